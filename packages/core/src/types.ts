@@ -1,0 +1,167 @@
+/**
+ * The data model of ipvs-node-controller's rule engine.
+ *
+ * Everything here is plain, JSON-serialisable data: a backend can compile a {@link Ruleset}
+ * without knowing anything about Kubernetes, and two rulesets can be compared byte for byte.
+ *
+ * @packageDocumentation
+ */
+
+/** An IP family. The controller handles each enabled family independently. */
+export type IpFamily = "ipv4" | "ipv6";
+
+/** Transport protocols a Service port may use (Kubernetes' `TCP`, `UDP`, `SCTP`, lower-cased). */
+export type L4Protocol = "tcp" | "udp" | "sctp";
+
+/** The owner of a mapping, for rule comments and logs. Both parts are validated DNS labels. */
+export interface ServiceRef {
+  readonly namespace: string;
+  readonly name: string;
+}
+
+/**
+ * One DNAT translation: traffic that starts on this node towards
+ * (`externalIP`, `protocol`, `port`) goes to (`clusterIP`, `protocol`, `port`) instead.
+ *
+ * Addresses are canonical (IPv4 dotted decimal, IPv6 RFC 5952: compressed, lower case) and of `family`.
+ */
+export interface Mapping {
+  readonly family: IpFamily;
+  /** A LoadBalancer ingress IP or a `spec.externalIPs` entry. */
+  readonly externalIP: string;
+  readonly protocol: L4Protocol;
+  /** The Service port (not targetPort, not nodePort), 1–65535. */
+  readonly port: number;
+  /** The Service's cluster IP of the same family. */
+  readonly clusterIP: string;
+  readonly service: ServiceRef;
+}
+
+/**
+ * How traffic from pods on this node is recognised in the prerouting hook, mirroring kube-proxy's
+ * `--detect-local-mode`. Host-network traffic (output hook, local source address) is always covered
+ * and needs no description here.
+ *
+ * - `sourceCIDRs`: the packet's source address is in one of `cidrs` (NodeCIDR and ClusterCIDR modes).
+ *   An empty list means no pod traffic is recognised for this family (e.g. the Node has no pod CIDR of it).
+ * - `inputInterface`: the packet arrived on the bridge interface `name` (BridgeInterface mode).
+ * - `inputInterfacePrefix`: the packet arrived on an interface whose name starts with `prefix`
+ *   (InterfaceNamePrefix mode).
+ */
+export type LocalPodMatch =
+  | { readonly kind: "sourceCIDRs"; readonly cidrs: readonly string[] }
+  | { readonly kind: "inputInterface"; readonly name: string }
+  | { readonly kind: "inputInterfacePrefix"; readonly prefix: string };
+
+/** Everything a backend needs for one IP family. */
+export interface FamilyRuleset {
+  readonly family: IpFamily;
+  /** Which prerouting traffic counts as coming from a local pod. CIDRs are canonical and of `family`. */
+  readonly localPods: LocalPodMatch;
+  /** Sorted by (externalIP, protocol, port); keys are unique. */
+  readonly mappings: readonly Mapping[];
+}
+
+/**
+ * The complete desired NAT state of one node. Deterministic: the same input in any order gives a
+ * byte-identical `JSON.stringify`.
+ */
+export interface Ruleset {
+  /**
+   * The packet mark OR'd into translated packets so kube-proxy's POSTROUTING masquerades them:
+   * `1 << masqueradeBit`, as an unsigned 32-bit integer (0x4000 for kube-proxy's default bit 14).
+   */
+  readonly masqueradeMark: number;
+  /** One entry per enabled family, IPv4 first. A family that is enabled but has no mappings is still listed. */
+  readonly families: readonly FamilyRuleset[];
+}
+
+/** Machine-readable reasons why a Service, or one of its addresses or ports, produced no mapping. */
+export type SkipReason =
+  /** The Service's namespace or name is not a valid DNS label (it would reach rule comments). */
+  | "InvalidMetadata"
+  /** The opt-out annotation is set to "true". */
+  | "OptedOut"
+  /** Only `externalTrafficPolicy: Local` Services are handled and this one is not. */
+  | "NotLocalTrafficPolicy"
+  /** Headless (`None`) or no cluster IP at all. */
+  | "NoClusterIP"
+  /** A LoadBalancer Service whose status has no ingress yet (and no usable externalIPs). */
+  | "NoIngress"
+  /** An ingress entry carries only a hostname (e.g. a cloud ELB): there is no IP to translate. */
+  | "HostnameOnlyIngress"
+  /** `ipMode: Proxy`: traffic must go through the load balancer, as kube-proxy also does. */
+  | "ProxyIPMode"
+  /** An external IP of a family the Service has no cluster IP for. */
+  | "NoClusterIPForFamily"
+  /** An external IP of a family that is not enabled in the configuration. */
+  | "FamilyNotEnabled"
+  /** An address that is not a valid, canonicalisable unicast IP (bad syntax, zone suffix, IPv4-mapped IPv6...). */
+  | "InvalidIP"
+  /** A port that is missing, out of range, or uses an unknown protocol. */
+  | "InvalidPort"
+  /** The Service has no usable port at all. */
+  | "NoPorts"
+  /** Another Service already claims this (IP, protocol, port); see {@link Conflict}. */
+  | "Conflict";
+
+/** A Service, or part of one, that produced no mapping. */
+export interface SkippedEntry {
+  /** `namespace/name` as found in the object (may be the raw, invalid text for `InvalidMetadata`, sanitised). */
+  readonly service: string;
+  readonly reason: SkipReason;
+  /** Human-readable detail naming the offending value, e.g. `externalIPs[1] "10.0.0.300" is not an IP`. */
+  readonly detail: string;
+}
+
+/** Two Services claimed the same (family, external IP, protocol, port); the older one won. */
+export interface Conflict {
+  readonly family: IpFamily;
+  readonly externalIP: string;
+  readonly protocol: L4Protocol;
+  readonly port: number;
+  /** `namespace/name` of the Service that got the mapping. */
+  readonly winner: string;
+  /** `namespace/name` of the Service that did not. */
+  readonly loser: string;
+}
+
+/** kube-proxy's `--detect-local-mode` values, as configuration. */
+export type LocalDetection =
+  | { readonly mode: "NodeCIDR" }
+  | { readonly mode: "ClusterCIDR"; readonly cidrs: readonly string[] }
+  | { readonly mode: "BridgeInterface"; readonly interfaceName: string }
+  | { readonly mode: "InterfaceNamePrefix"; readonly interfacePrefix: string };
+
+/** Options of the rule engine. Invalid values make {@link computeRuleset} throw a {@link ConfigError}. */
+export interface CoreConfig {
+  /** Enabled IP families. Default `["ipv4"]` (the original's `NET_STACK=ipv4`). */
+  readonly families: readonly IpFamily[];
+  /** Translate `spec.externalIPs` as well as LoadBalancer ingress IPs. Default `true`. */
+  readonly externalIPs: boolean;
+  /** Only handle Services with `externalTrafficPolicy: Local`. Default `false`. */
+  readonly onlyLocalTrafficPolicy: boolean;
+  /** Bit of the masquerade mark, 0–31, as kube-proxy's `--masquerade-bit`. Default 14. */
+  readonly masqueradeBit: number;
+  /** How pod traffic is recognised. Default `{ mode: "NodeCIDR" }`. */
+  readonly localDetection: LocalDetection;
+}
+
+/** Facts about the node the controller runs on. */
+export interface NodeFacts {
+  /** The Node's pod CIDRs (`spec.podCIDRs`), used by the NodeCIDR detection mode. */
+  readonly podCIDRs: readonly string[];
+}
+
+/** The diff between two rulesets, keyed by (family, external IP, protocol, port). */
+export interface RulesetDiff {
+  readonly added: readonly Mapping[];
+  readonly removed: readonly Mapping[];
+  /** Same key, different cluster IP or owner. */
+  readonly changed: readonly { readonly before: Mapping; readonly after: Mapping }[];
+  /**
+   * True when anything other than mappings differs (mark, families, local-pod matching):
+   * such a change cannot be applied element by element and needs a full sync.
+   */
+  readonly settingsChanged: boolean;
+}
