@@ -1,0 +1,2 @@
+// Each fixture module re-exports itself here as it lands.
+export {};
