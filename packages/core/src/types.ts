@@ -164,4 +164,12 @@ export interface RulesetDiff {
    * such a change cannot be applied element by element and needs a full sync.
    */
   readonly settingsChanged: boolean;
+  /** The next ruleset's settings, so the diff alone can rebuild it (see `applyDiff`). */
+  readonly settings: RulesetSettings;
+}
+
+/** Everything in a {@link Ruleset} except its mappings. */
+export interface RulesetSettings {
+  readonly masqueradeMark: number;
+  readonly families: readonly { readonly family: IpFamily; readonly localPods: LocalPodMatch }[];
 }

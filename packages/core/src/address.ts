@@ -1,0 +1,136 @@
+/**
+ * Strict parsing and canonicalisation of IP addresses and CIDRs.
+ *
+ * Everything that ends up in a kernel document passes through here, so the rules are narrow on
+ * purpose: only the characters an address can contain, no zone suffixes, no IPv4-mapped IPv6, no
+ * leading zeros in dotted decimal (which some parsers read as octal).
+ */
+import ipaddr from "ipaddr.js";
+import type { IpFamily } from "./types.js";
+
+/** A parsed address in canonical text form. */
+export interface CanonicalIP {
+  readonly family: IpFamily;
+  /** Dotted decimal for IPv4, RFC 5952 (compressed, lower case) for IPv6. */
+  readonly address: string;
+  /** A fixed-width key that sorts addresses numerically within a family. */
+  readonly sortKey: string;
+}
+
+/** A parsed CIDR: the network address (host bits cleared) and the prefix length. */
+export interface CanonicalCIDR {
+  readonly family: IpFamily;
+  /** `address/prefix`, with the network address in canonical form. */
+  readonly cidr: string;
+}
+
+/** Result of a parse: the value, or a sentence saying what is wrong with the input. */
+export type Parsed<T> =
+  | { readonly ok: true; readonly value: T }
+  | { readonly ok: false; readonly error: string };
+
+const IPV4_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+const IPV4_STRICT = new RegExp(`^${IPV4_OCTET}(?:\\.${IPV4_OCTET}){3}$`);
+const IPV6_CHARS = /^[0-9A-Fa-f:.]+$/;
+const MAX_ADDRESS_LENGTH = 45;
+
+/** Renders an untrusted value for an error message without letting it span lines or run on. */
+export function quote(value: unknown): string {
+  if (typeof value !== "string") {
+    return typeof value === "number" || typeof value === "boolean" ? String(value) : typeof value;
+  }
+  return JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}…` : value);
+}
+
+function fail<T>(error: string): Parsed<T> {
+  return { ok: false, error };
+}
+
+function hex(bytes: readonly number[]): string {
+  let key = "";
+  for (const byte of bytes) key += byte.toString(16).padStart(2, "0");
+  return key;
+}
+
+/**
+ * Parses one IP address strictly.
+ *
+ * Accepts dotted-decimal IPv4 without leading zeros and any textual IPv6 form except zone suffixes
+ * (`fe80::1%eth0`) and IPv4-mapped addresses (`::ffff:192.0.2.1`), which would silently cross families.
+ */
+export function parseIP(value: unknown): Parsed<CanonicalIP> {
+  if (typeof value !== "string") return fail(`${quote(value)} is not a string`);
+  if (value.length === 0) return fail("the address is empty");
+  if (value.length > MAX_ADDRESS_LENGTH)
+    return fail(`${quote(value)} is too long for an IP address`);
+  if (value.includes("%")) return fail(`${quote(value)} has a zone suffix, which is not allowed`);
+  if (IPV4_STRICT.test(value)) {
+    const octets = value.split(".").map(Number);
+    return { ok: true, value: { family: "ipv4", address: octets.join("."), sortKey: hex(octets) } };
+  }
+  if (!value.includes(":")) return fail(`${quote(value)} is not a valid IPv4 or IPv6 address`);
+  if (!IPV6_CHARS.test(value) || !ipaddr.IPv6.isValid(value)) {
+    return fail(`${quote(value)} is not a valid IPv6 address`);
+  }
+  const parsed = ipaddr.IPv6.parse(value);
+  if (parsed.isIPv4MappedAddress()) {
+    return fail(`${quote(value)} is an IPv4-mapped IPv6 address; use the IPv4 address itself`);
+  }
+  return {
+    ok: true,
+    value: {
+      family: "ipv6",
+      address: parsed.toRFC5952String(),
+      sortKey: hex(parsed.toByteArray()),
+    },
+  };
+}
+
+/**
+ * Parses an address that may receive traffic as a Service's external IP: a unicast address, not
+ * the unspecified address, a loopback, a multicast or the broadcast address.
+ */
+export function parseExternalIP(value: unknown): Parsed<CanonicalIP> {
+  const parsed = parseIP(value);
+  if (!parsed.ok) return parsed;
+  const range = ipaddr.parse(parsed.value.address).range();
+  if (
+    range === "unspecified" ||
+    range === "multicast" ||
+    range === "broadcast" ||
+    range === "loopback"
+  ) {
+    return fail(`${quote(value)} is a ${range} address, not a unicast one`);
+  }
+  return parsed;
+}
+
+/** Parses a cluster IP: any valid address except the unspecified one. */
+export function parseClusterIP(value: unknown): Parsed<CanonicalIP> {
+  const parsed = parseIP(value);
+  if (!parsed.ok) return parsed;
+  if (ipaddr.parse(parsed.value.address).range() === "unspecified") {
+    return fail(`${quote(value)} is the unspecified address`);
+  }
+  return parsed;
+}
+
+/** Parses a CIDR strictly and clears its host bits (`10.244.1.7/24` becomes `10.244.1.0/24`). */
+export function parseCIDR(value: unknown): Parsed<CanonicalCIDR> {
+  if (typeof value !== "string") return fail(`${quote(value)} is not a string`);
+  const slash = value.indexOf("/");
+  if (slash < 0) return fail(`${quote(value)} is not a CIDR (missing "/prefix")`);
+  const prefixText = value.slice(slash + 1);
+  const address = parseIP(value.slice(0, slash));
+  if (!address.ok) return fail(`${quote(value)} is not a valid CIDR: ${address.error}`);
+  const maxPrefix = address.value.family === "ipv4" ? 32 : 128;
+  if (!/^(0|[1-9][0-9]{0,2})$/.test(prefixText) || Number(prefixText) > maxPrefix) {
+    return fail(`${quote(value)} has an invalid prefix length (0–${maxPrefix} expected)`);
+  }
+  const canonical = `${address.value.address}/${prefixText}`;
+  const network =
+    address.value.family === "ipv4"
+      ? ipaddr.IPv4.networkAddressFromCIDR(canonical).toString()
+      : ipaddr.IPv6.networkAddressFromCIDR(canonical).toRFC5952String();
+  return { ok: true, value: { family: address.value.family, cidr: `${network}/${prefixText}` } };
+}

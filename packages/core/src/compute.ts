@@ -1,0 +1,440 @@
+/**
+ * Services in, ruleset out: the one place where the controller decides which traffic to translate.
+ */
+import type { V1Service, V1ServicePort } from "@kubernetes/client-node";
+import { type CanonicalIP, parseCIDR, parseClusterIP, parseExternalIP, quote } from "./address.js";
+import { markForBit, resolveConfig } from "./config.js";
+import { compareMappings } from "./mapping.js";
+import type {
+  Conflict,
+  CoreConfig,
+  FamilyRuleset,
+  IpFamily,
+  L4Protocol,
+  LocalPodMatch,
+  Mapping,
+  NodeFacts,
+  Ruleset,
+  ServiceRef,
+  SkippedEntry,
+} from "./types.js";
+
+/**
+ * The per-Service opt-out: a Service annotated `ipvs-node-controller.io/skip: "true"` gets no rules.
+ */
+export const SKIP_ANNOTATION = "ipvs-node-controller.io/skip";
+
+/** What {@link computeRuleset} needs. */
+export interface RulesetInput {
+  /** Services as the Kubernetes API returns them (typed objects or parsed JSON/YAML). */
+  readonly services: readonly V1Service[];
+  /** Facts about this node; only the NodeCIDR detection mode uses them. */
+  readonly node?: NodeFacts;
+  /** Options; missing ones take {@link DEFAULT_CONFIG}'s values. */
+  readonly config?: Partial<CoreConfig>;
+}
+
+/** What {@link computeRuleset} returns. */
+export interface RulesetResult {
+  /** The desired state, canonical and deterministic. */
+  readonly ruleset: Ruleset;
+  /** Services or parts of Services that produced no mapping, sorted by service then reason. */
+  readonly skipped: readonly SkippedEntry[];
+  /** (IP, protocol, port) claimed by more than one Service, sorted. */
+  readonly conflicts: readonly Conflict[];
+  /** Problems with node facts (e.g. a malformed pod CIDR), which are skipped rather than fatal. */
+  readonly warnings: readonly string[];
+}
+
+/** RFC 1123 label: what Kubernetes allows for namespaces and Service names. */
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+const PROTOCOLS: Readonly<Record<string, L4Protocol>> = { TCP: "tcp", UDP: "udp", SCTP: "sctp" };
+
+/** A mapping candidate with what is needed to pick a winner among Services claiming the same key. */
+interface Candidate {
+  readonly mapping: Mapping;
+  readonly key: string;
+  readonly sortKey: string;
+  /** Milliseconds since the epoch; missing or unreadable timestamps sort last. */
+  readonly created: number;
+  readonly owner: string;
+}
+
+function creationTime(service: V1Service): number {
+  const stamp: unknown = service.metadata?.creationTimestamp;
+  const time =
+    stamp instanceof Date
+      ? stamp.getTime()
+      : typeof stamp === "string"
+        ? Date.parse(stamp)
+        : Number.NaN;
+  return Number.isFinite(time) ? time : Number.POSITIVE_INFINITY;
+}
+
+/** `namespace/name` for reports, safe to print even when the metadata is hostile. */
+function describeService(service: V1Service): string {
+  const namespace = service.metadata?.namespace;
+  const name = service.metadata?.name;
+  const show = (part: unknown) =>
+    typeof part === "string" && DNS_LABEL.test(part) ? part : quote(part ?? "");
+  return `${show(namespace ?? "default")}/${show(name)}`;
+}
+
+function serviceRef(service: V1Service): ServiceRef | undefined {
+  const namespace = service.metadata?.namespace ?? "default";
+  const name = service.metadata?.name;
+  if (typeof namespace !== "string" || !DNS_LABEL.test(namespace)) return undefined;
+  if (typeof name !== "string" || !DNS_LABEL.test(name)) return undefined;
+  return { namespace, name };
+}
+
+/** An address this Service wants translated, before validation, with where it came from. */
+interface ExternalAddress {
+  readonly value: unknown;
+  readonly origin: string;
+  readonly ipMode?: unknown;
+  readonly hostname?: unknown;
+}
+
+function externalAddresses(service: V1Service, config: CoreConfig): ExternalAddress[] {
+  const found: ExternalAddress[] = [];
+  if (service.spec?.type === "LoadBalancer") {
+    const ingress = service.status?.loadBalancer?.ingress;
+    if (Array.isArray(ingress)) {
+      ingress.forEach((entry, index) => {
+        found.push({
+          value: entry?.ip,
+          origin: `status.loadBalancer.ingress[${index}]`,
+          ipMode: entry?.ipMode,
+          hostname: entry?.hostname,
+        });
+      });
+    }
+  }
+  const externalIPs = service.spec?.externalIPs;
+  if (config.externalIPs && Array.isArray(externalIPs)) {
+    externalIPs.forEach((value, index) => {
+      found.push({ value, origin: `spec.externalIPs[${index}]` });
+    });
+  }
+  return found;
+}
+
+interface ServicePortSpec {
+  readonly protocol: L4Protocol;
+  readonly port: number;
+}
+
+/** The Service's cluster IPs, at most one per family (the first valid one, as Kubernetes orders them). */
+function clusterIPsByFamily(
+  service: V1Service,
+  skip: (reason: SkippedEntry["reason"], detail: string) => void,
+): Map<IpFamily, CanonicalIP> {
+  const spec = service.spec;
+  const listed =
+    Array.isArray(spec?.clusterIPs) && spec.clusterIPs.length > 0
+      ? spec.clusterIPs
+      : [spec?.clusterIP];
+  const byFamily = new Map<IpFamily, CanonicalIP>();
+  listed.forEach((value, index) => {
+    if (value === undefined || value === null || value === "" || value === "None") return;
+    const parsed = parseClusterIP(value);
+    if (!parsed.ok) {
+      skip("InvalidIP", `spec.clusterIPs[${index}]: ${parsed.error}`);
+      return;
+    }
+    if (!byFamily.has(parsed.value.family)) byFamily.set(parsed.value.family, parsed.value);
+  });
+  return byFamily;
+}
+
+function servicePorts(
+  service: V1Service,
+  skip: (reason: SkippedEntry["reason"], detail: string) => void,
+): ServicePortSpec[] {
+  const ports: ServicePortSpec[] = [];
+  const seen = new Set<string>();
+  const listed: unknown = service.spec?.ports;
+  if (!Array.isArray(listed)) return ports;
+  listed.forEach((entry: V1ServicePort | undefined, index) => {
+    const rawProtocol: unknown = entry?.protocol ?? "TCP";
+    const protocol = typeof rawProtocol === "string" ? PROTOCOLS[rawProtocol] : undefined;
+    if (protocol === undefined) {
+      skip(
+        "InvalidPort",
+        `spec.ports[${index}]: protocol ${quote(rawProtocol)} is not TCP, UDP or SCTP`,
+      );
+      return;
+    }
+    const port: unknown = entry?.port;
+    if (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535) {
+      skip(
+        "InvalidPort",
+        `spec.ports[${index}]: port ${quote(port)} is not an integer from 1 to 65535`,
+      );
+      return;
+    }
+    const key = `${protocol}/${port}`;
+    if (seen.has(key)) return;
+    seen.add(key);
+    ports.push({ protocol, port });
+  });
+  return ports;
+}
+
+/**
+ * Turns one Service into mapping candidates, reporting everything it had to leave out.
+ * Never throws: whatever the object holds, the worst outcome is a skip.
+ */
+function candidatesOf(
+  service: V1Service,
+  config: CoreConfig,
+  enabled: ReadonlySet<IpFamily>,
+  skipped: SkippedEntry[],
+): Candidate[] {
+  const owner = describeService(service);
+  const skip = (reason: SkippedEntry["reason"], detail: string) => {
+    skipped.push({ service: owner, reason, detail });
+  };
+  const addresses = externalAddresses(service, config);
+  if (addresses.length === 0) {
+    // Only a LoadBalancer waiting for its address is worth a report; a plain ClusterIP Service is
+    // simply not our business.
+    if (service.spec?.type === "LoadBalancer") {
+      skip("NoIngress", "the load balancer has not assigned an address yet");
+    }
+    return [];
+  }
+  const ref = serviceRef(service);
+  if (ref === undefined) {
+    skip("InvalidMetadata", "namespace and name must be DNS labels (lower-case a-z, 0-9 and -)");
+    return [];
+  }
+  if (service.metadata?.annotations?.[SKIP_ANNOTATION] === "true") {
+    skip("OptedOut", `annotation ${SKIP_ANNOTATION} is "true"`);
+    return [];
+  }
+  if (config.onlyLocalTrafficPolicy && service.spec?.externalTrafficPolicy !== "Local") {
+    skip(
+      "NotLocalTrafficPolicy",
+      `externalTrafficPolicy is ${quote(service.spec?.externalTrafficPolicy ?? "Cluster")}`,
+    );
+    return [];
+  }
+  const clusterIPs = clusterIPsByFamily(service, skip);
+  if (clusterIPs.size === 0) {
+    skip("NoClusterIP", "the Service is headless or has no cluster IP");
+    return [];
+  }
+  const ports = servicePorts(service, skip);
+  if (ports.length === 0) {
+    skip("NoPorts", "the Service has no valid port");
+    return [];
+  }
+
+  const created = creationTime(service);
+  const candidates: Candidate[] = [];
+  const seen = new Set<string>();
+  for (const address of addresses) {
+    if (address.value === undefined || address.value === null || address.value === "") {
+      if (typeof address.hostname === "string" && address.hostname !== "") {
+        skip(
+          "HostnameOnlyIngress",
+          `${address.origin} has only the hostname ${quote(address.hostname)}`,
+        );
+      } else {
+        skip("InvalidIP", `${address.origin} has no IP`);
+      }
+      continue;
+    }
+    if (address.ipMode === "Proxy") {
+      skip("ProxyIPMode", `${address.origin} ${quote(address.value)} has ipMode Proxy`);
+      continue;
+    }
+    const parsed = parseExternalIP(address.value);
+    if (!parsed.ok) {
+      skip("InvalidIP", `${address.origin}: ${parsed.error}`);
+      continue;
+    }
+    const external = parsed.value;
+    if (!enabled.has(external.family)) {
+      skip(
+        "FamilyNotEnabled",
+        `${address.origin} ${external.address}: ${external.family} is not enabled`,
+      );
+      continue;
+    }
+    const clusterIP = clusterIPs.get(external.family);
+    if (clusterIP === undefined) {
+      skip(
+        "NoClusterIPForFamily",
+        `${address.origin} ${external.address}: the Service has no ${external.family} cluster IP`,
+      );
+      continue;
+    }
+    for (const { protocol, port } of ports) {
+      const mapping: Mapping = {
+        family: external.family,
+        externalIP: external.address,
+        protocol,
+        port,
+        clusterIP: clusterIP.address,
+        service: ref,
+      };
+      const key = `${external.family}|${external.address}|${protocol}|${port}`;
+      if (seen.has(key)) continue; // the same IP listed twice by one Service
+      seen.add(key);
+      candidates.push({
+        mapping,
+        key,
+        sortKey: `${external.family}|${external.sortKey}|${protocol}|${String(port).padStart(5, "0")}`,
+        created,
+        owner,
+      });
+    }
+  }
+  return candidates;
+}
+
+/** Older Services win; among equals the lower namespace/name, then the lower cluster IP, so any input order agrees. */
+function beats(a: Candidate, b: Candidate): boolean {
+  if (a.created !== b.created) return a.created < b.created;
+  if (a.owner !== b.owner) return a.owner < b.owner;
+  return a.mapping.clusterIP < b.mapping.clusterIP;
+}
+
+function localPodMatches(
+  config: CoreConfig,
+  node: NodeFacts | undefined,
+  warnings: string[],
+): Map<IpFamily, LocalPodMatch> {
+  const detection = config.localDetection;
+  const result = new Map<IpFamily, LocalPodMatch>();
+  for (const family of config.families) {
+    switch (detection.mode) {
+      case "BridgeInterface":
+        result.set(family, { kind: "inputInterface", name: detection.interfaceName });
+        break;
+      case "InterfaceNamePrefix":
+        result.set(family, { kind: "inputInterfacePrefix", prefix: detection.interfacePrefix });
+        break;
+      default:
+        result.set(family, { kind: "sourceCIDRs", cidrs: [] });
+    }
+  }
+  if (detection.mode !== "NodeCIDR" && detection.mode !== "ClusterCIDR") return result;
+
+  const texts = detection.mode === "ClusterCIDR" ? detection.cidrs : (node?.podCIDRs ?? []);
+  const byFamily = new Map<IpFamily, Set<string>>();
+  for (const text of texts) {
+    const parsed = parseCIDR(text);
+    if (!parsed.ok) {
+      warnings.push(`pod CIDR ignored: ${parsed.error}`);
+      continue;
+    }
+    const set = byFamily.get(parsed.value.family) ?? new Set<string>();
+    set.add(parsed.value.cidr);
+    byFamily.set(parsed.value.family, set);
+  }
+  for (const family of config.families) {
+    const cidrs = [...(byFamily.get(family) ?? [])].sort();
+    result.set(family, { kind: "sourceCIDRs", cidrs });
+    if (cidrs.length === 0 && detection.mode === "NodeCIDR") {
+      warnings.push(
+        `no ${family} pod CIDR is known for this node: only host-network traffic is translated for ${family}`,
+      );
+    }
+  }
+  return result;
+}
+
+function compareConflicts(a: Conflict, b: Conflict): number {
+  return compareMappings(a, b) || (a.loser < b.loser ? -1 : a.loser > b.loser ? 1 : 0);
+}
+
+function compareSkipped(a: SkippedEntry, b: SkippedEntry): number {
+  if (a.service !== b.service) return a.service < b.service ? -1 : 1;
+  if (a.detail !== b.detail) return a.detail < b.detail ? -1 : 1;
+  return a.reason < b.reason ? -1 : a.reason > b.reason ? 1 : 0;
+}
+
+/**
+ * Computes the complete desired NAT state of a node.
+ *
+ * Pure and deterministic: no I/O, no clock; the same Services in any order give a byte-identical
+ * ruleset. Bad Service data never throws — the offending Service (or just the offending address or
+ * port) is reported in `skipped` — while bad configuration throws a {@link ConfigError}.
+ *
+ * @example
+ * ```ts
+ * const { ruleset, skipped } = computeRuleset({ services, node: { podCIDRs: ["10.244.1.0/24"] } });
+ * ```
+ */
+export function computeRuleset(input: RulesetInput): RulesetResult {
+  const config = resolveConfig(input.config);
+  const enabled = new Set(config.families);
+  const skipped: SkippedEntry[] = [];
+  const warnings: string[] = [];
+
+  const winners = new Map<string, Candidate>();
+  const losers: { loser: Candidate; against: string }[] = [];
+  for (const service of input.services) {
+    if (service === null || typeof service !== "object") {
+      skipped.push({ service: "?/?", reason: "InvalidMetadata", detail: "not an object" });
+      continue;
+    }
+    for (const candidate of candidatesOf(service, config, enabled, skipped)) {
+      const current = winners.get(candidate.key);
+      if (current === undefined) {
+        winners.set(candidate.key, candidate);
+      } else if (beats(candidate, current)) {
+        winners.set(candidate.key, candidate);
+        losers.push({ loser: current, against: candidate.key });
+      } else {
+        losers.push({ loser: candidate, against: candidate.key });
+      }
+    }
+  }
+
+  const conflicts: Conflict[] = [];
+  for (const { loser, against } of losers) {
+    const winner = winners.get(against) as Candidate;
+    const { family, externalIP, protocol, port } = loser.mapping;
+    conflicts.push({
+      family,
+      externalIP,
+      protocol,
+      port,
+      winner: winner.owner,
+      loser: loser.owner,
+    });
+    skipped.push({
+      service: loser.owner,
+      reason: "Conflict",
+      detail: `${externalIP} ${protocol}/${port} is already claimed by the older Service ${winner.owner}`,
+    });
+  }
+
+  const ordered = [...winners.values()].sort((a, b) =>
+    a.sortKey < b.sortKey ? -1 : a.sortKey > b.sortKey ? 1 : 0,
+  );
+  const localPods = localPodMatches(config, input.node, warnings);
+  const families: FamilyRuleset[] = config.families.map((family) => ({
+    family,
+    localPods: localPods.get(family) as LocalPodMatch,
+    mappings: ordered.filter((c) => c.mapping.family === family).map((c) => c.mapping),
+  }));
+
+  return {
+    ruleset: { masqueradeMark: markForBit(config.masqueradeBit), families },
+    skipped: skipped.sort(compareSkipped),
+    conflicts: conflicts.sort(compareConflicts),
+    warnings,
+  };
+}
+
+/** A ruleset with the configured families and settings but no mappings, e.g. before the first sync. */
+export function emptyRuleset(config?: Partial<CoreConfig>, node?: NodeFacts): Ruleset {
+  return computeRuleset({ services: [], config, node }).ruleset;
+}

@@ -1,0 +1,135 @@
+/**
+ * Configuration of the rule engine: defaults, validation and the parsers the CLI shares.
+ *
+ * Unlike Service data, which comes from other people and is skipped when bad, configuration is the
+ * operator's own: a bad value stops everything with a {@link ConfigError} that names it.
+ */
+import { parseCIDR, quote } from "./address.js";
+import type { CoreConfig, IpFamily, LocalDetection } from "./types.js";
+
+/** A configuration value is invalid. The message names the option and the value. */
+export class ConfigError extends Error {
+  override readonly name = "ConfigError";
+}
+
+/** The defaults: IPv4 only, externalIPs on, every Service, kube-proxy's mark bit 14, NodeCIDR detection. */
+export const DEFAULT_CONFIG: CoreConfig = Object.freeze({
+  families: Object.freeze(["ipv4"]) as readonly IpFamily[],
+  externalIPs: true,
+  onlyLocalTrafficPolicy: false,
+  masqueradeBit: 14,
+  localDetection: Object.freeze({ mode: "NodeCIDR" }) as LocalDetection,
+});
+
+/** Linux interface names: at most 15 bytes (IFNAMSIZ - 1), and nothing that could quote or escape. */
+const INTERFACE_NAME = /^[A-Za-z0-9_.-]{1,15}$/;
+
+const FAMILY_ORDER: Record<IpFamily, number> = { ipv4: 0, ipv6: 1 };
+
+/** Validates an interface name or prefix for the BridgeInterface / InterfaceNamePrefix modes. */
+export function validateInterfaceName(option: string, value: unknown): string {
+  if (typeof value !== "string" || !INTERFACE_NAME.test(value)) {
+    throw new ConfigError(
+      `${option}: ${quote(value)} is not a valid interface name (1–15 characters of A-Z a-z 0-9 _ . -)`,
+    );
+  }
+  return value;
+}
+
+/**
+ * Parses a `NET_STACK` / `--net-stack` value: `ipv4`, `ipv6` or `ipv4,ipv6` (either order, spaces allowed).
+ */
+export function parseFamilies(text: string): IpFamily[] {
+  const items = text
+    .split(",")
+    .map((item) => item.trim().toLowerCase())
+    .filter((item) => item !== "");
+  if (items.length === 0) throw new ConfigError(`net stack ${quote(text)} names no IP family`);
+  for (const item of items) {
+    if (item !== "ipv4" && item !== "ipv6") {
+      throw new ConfigError(`net stack ${quote(text)}: ${quote(item)} is not "ipv4" or "ipv6"`);
+    }
+  }
+  return normaliseFamilies(items as IpFamily[]);
+}
+
+function normaliseFamilies(families: readonly unknown[]): IpFamily[] {
+  if (families.length === 0)
+    throw new ConfigError("families: at least one IP family must be enabled");
+  for (const family of families) {
+    if (family !== "ipv4" && family !== "ipv6") {
+      throw new ConfigError(`families: ${quote(family)} is not "ipv4" or "ipv6"`);
+    }
+  }
+  const unique = [...new Set(families as IpFamily[])];
+  return unique.sort((a, b) => FAMILY_ORDER[a] - FAMILY_ORDER[b]);
+}
+
+function normaliseDetection(detection: LocalDetection): LocalDetection {
+  switch (detection.mode) {
+    case "NodeCIDR":
+      return { mode: "NodeCIDR" };
+    case "ClusterCIDR": {
+      if (!Array.isArray(detection.cidrs) || detection.cidrs.length === 0) {
+        throw new ConfigError(
+          "cluster CIDR: the ClusterCIDR detection mode needs at least one CIDR",
+        );
+      }
+      const cidrs = detection.cidrs.map((cidr) => {
+        const parsed = parseCIDR(cidr);
+        if (!parsed.ok) throw new ConfigError(`cluster CIDR: ${parsed.error}`);
+        return parsed.value.cidr;
+      });
+      return { mode: "ClusterCIDR", cidrs: [...new Set(cidrs)] };
+    }
+    case "BridgeInterface":
+      return {
+        mode: "BridgeInterface",
+        interfaceName: validateInterfaceName("pod bridge interface", detection.interfaceName),
+      };
+    case "InterfaceNamePrefix":
+      return {
+        mode: "InterfaceNamePrefix",
+        interfacePrefix: validateInterfaceName(
+          "pod interface name prefix",
+          detection.interfacePrefix,
+        ),
+      };
+    default:
+      throw new ConfigError(
+        `detect-local-mode: ${quote((detection as { mode?: unknown }).mode)} is not NodeCIDR, ClusterCIDR, BridgeInterface or InterfaceNamePrefix`,
+      );
+  }
+}
+
+/**
+ * Fills in defaults and validates a partial configuration. Throws {@link ConfigError} naming the
+ * first invalid value.
+ */
+export function resolveConfig(partial: Partial<CoreConfig> = {}): CoreConfig {
+  const merged = { ...DEFAULT_CONFIG, ...partial };
+  const bit = merged.masqueradeBit;
+  if (!Number.isInteger(bit) || bit < 0 || bit > 31) {
+    throw new ConfigError(`masquerade bit: ${quote(bit)} is not an integer from 0 to 31`);
+  }
+  if (typeof merged.externalIPs !== "boolean") {
+    throw new ConfigError(`externalIPs: ${quote(merged.externalIPs)} is not a boolean`);
+  }
+  if (typeof merged.onlyLocalTrafficPolicy !== "boolean") {
+    throw new ConfigError(
+      `onlyLocalTrafficPolicy: ${quote(merged.onlyLocalTrafficPolicy)} is not a boolean`,
+    );
+  }
+  return {
+    families: normaliseFamilies(merged.families),
+    externalIPs: merged.externalIPs,
+    onlyLocalTrafficPolicy: merged.onlyLocalTrafficPolicy,
+    masqueradeBit: bit,
+    localDetection: normaliseDetection(merged.localDetection),
+  };
+}
+
+/** The mark value for a masquerade bit, as an unsigned 32-bit integer. */
+export function markForBit(bit: number): number {
+  return (1 << bit) >>> 0;
+}

@@ -1,0 +1,38 @@
+/**
+ * Identity and order of mappings, shared by the engine, the diff and the backends.
+ */
+import { parseIP } from "./address.js";
+import type { IpFamily, L4Protocol, Mapping } from "./types.js";
+
+/** The fields that identify a mapping: two mappings with the same key cannot both be in the kernel. */
+export interface MappingKeyFields {
+  readonly family: IpFamily;
+  readonly externalIP: string;
+  readonly protocol: L4Protocol;
+  readonly port: number;
+}
+
+/** `family|externalIP|protocol|port`: the identity of a mapping (its cluster IP and owner may change). */
+export function mappingKey(mapping: MappingKeyFields): string {
+  return `${mapping.family}|${mapping.externalIP}|${mapping.protocol}|${mapping.port}`;
+}
+
+function addressSortKey(address: string): string {
+  const parsed = parseIP(address);
+  return parsed.ok ? parsed.value.sortKey : address;
+}
+
+/** Canonical order: family (IPv4 first), external IP numerically, protocol, port. */
+export function compareMappings(a: MappingKeyFields, b: MappingKeyFields): number {
+  if (a.family !== b.family) return a.family < b.family ? -1 : 1;
+  if (a.externalIP !== b.externalIP) {
+    return addressSortKey(a.externalIP) < addressSortKey(b.externalIP) ? -1 : 1;
+  }
+  if (a.protocol !== b.protocol) return a.protocol < b.protocol ? -1 : 1;
+  return a.port - b.port;
+}
+
+/** Returns a new array of `mappings` in canonical order. */
+export function sortMappings(mappings: readonly Mapping[]): Mapping[] {
+  return [...mappings].sort(compareMappings);
+}

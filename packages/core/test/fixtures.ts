@@ -1,0 +1,42 @@
+import type { V1Service } from "@kubernetes/client-node";
+
+/** Options for {@link lbService}; everything has a sensible default. */
+export interface ServiceOptions {
+  namespace?: string;
+  name?: string;
+  type?: string;
+  clusterIP?: string;
+  clusterIPs?: string[];
+  ingress?: { ip?: string; hostname?: string; ipMode?: string }[];
+  externalIPs?: string[];
+  ports?: { port?: unknown; protocol?: unknown; targetPort?: number; nodePort?: number }[];
+  externalTrafficPolicy?: string;
+  annotations?: Record<string, string>;
+  created?: string;
+}
+
+/** A LoadBalancer Service shaped as the API returns it. */
+export function lbService(options: ServiceOptions = {}): V1Service {
+  const clusterIP = options.clusterIP ?? "10.96.0.10";
+  return {
+    apiVersion: "v1",
+    kind: "Service",
+    metadata: {
+      namespace: options.namespace ?? "default",
+      name: options.name ?? "web",
+      annotations: options.annotations,
+      creationTimestamp: (options.created ?? "2024-01-01T00:00:00Z") as unknown as Date,
+    },
+    spec: {
+      type: options.type ?? "LoadBalancer",
+      clusterIP,
+      clusterIPs: options.clusterIPs ?? [clusterIP],
+      externalIPs: options.externalIPs,
+      externalTrafficPolicy: options.externalTrafficPolicy ?? "Local",
+      ports: (options.ports ?? [
+        { port: 80, protocol: "TCP", targetPort: 8080, nodePort: 30080 },
+      ]) as never,
+    },
+    status: { loadBalancer: { ingress: options.ingress ?? [{ ip: "192.0.2.10" }] } },
+  };
+}
