@@ -1,2 +1,2 @@
-// Each fixture module re-exports itself here as it lands.
-export {};
+export * from "./netns.js";
+export * from "./runner.js";

@@ -1,0 +1,89 @@
+import {
+  ADDRESS_PLAN,
+  createTopology,
+  kernelTestsEnabled,
+  type Topology,
+} from "@ipvs-node-controller/test-support";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+const kernel = await kernelTestsEnabled("network-namespace topology tests");
+
+// The fixture must reproduce the bug before any product code is involved.
+describe.skipIf(!kernel)("test topology reproduces the IPVS Local-policy hole", () => {
+  let topology: Topology;
+  const lb = { ipv4: "203.0.113.10", ipv6: "2001:db8:ffff::10" };
+  const cluster = { ipv4: "10.96.0.10", ipv6: "fd00:10:96::10" };
+
+  beforeAll(async () => {
+    topology = await createTopology({ prefix: "fixture" });
+    await topology.addNodeAddresses([lb.ipv4, lb.ipv6, cluster.ipv4, cluster.ipv6]);
+    await topology.listen([
+      { ip: cluster.ipv4, port: 80, protocol: "tcp", reply: "web" },
+      { ip: cluster.ipv6, port: 80, protocol: "tcp", reply: "web6" },
+      { ip: cluster.ipv4, port: 53, protocol: "udp", reply: "dns" },
+      { ip: cluster.ipv6, port: 53, protocol: "udp", reply: "dns6" },
+    ]);
+  }, 30_000);
+  afterAll(async () => {
+    await topology?.destroy();
+  });
+
+  for (const family of ["ipv4", "ipv6"] as const) {
+    it(`${family}: pod -> cluster IP answers, pod -> LB IP is refused (tcp and udp)`, async () => {
+      expect(await topology.connect("pod", cluster[family], 80, "tcp")).toEqual({
+        ok: true,
+        reply: family === "ipv4" ? "web" : "web6",
+      });
+      expect(await topology.connect("pod", cluster[family], 53, "udp")).toEqual({
+        ok: true,
+        reply: family === "ipv4" ? "dns" : "dns6",
+      });
+      expect(await topology.connect("pod", lb[family], 80, "tcp")).toEqual({
+        ok: false,
+        error: "refused",
+      });
+      expect(await topology.connect("pod", lb[family], 53, "udp")).toEqual({
+        ok: false,
+        error: "refused",
+      });
+    });
+
+    it(`${family}: host network and remote host are refused on the LB IP too`, async () => {
+      expect(await topology.connect("node", lb[family], 80, "tcp")).toEqual({
+        ok: false,
+        error: "refused",
+      });
+      expect(await topology.connect("remote", lb[family], 80, "tcp")).toEqual({
+        ok: false,
+        error: "refused",
+      });
+      expect(await topology.connect("remote", cluster[family], 80, "tcp")).toMatchObject({
+        ok: true,
+      });
+    });
+  }
+
+  it("the mark counter starts at zero and sees no unmarked traffic", async () => {
+    const counter = await topology.markCounter();
+    await topology.connect("pod", cluster.ipv4, 80, "tcp");
+    expect(await counter.read()).toBe(0);
+  });
+
+  it("puts the pod inside the pod CIDR and names its namespaces uniquely", () => {
+    expect(ADDRESS_PLAN.pod.ipv4.startsWith("10.244.1.")).toBe(true);
+    expect(topology.namespaces.node).toContain(String(process.pid));
+    expect(new Set(Object.values(topology.namespaces)).size).toBe(3);
+  });
+
+  it("destroy removes every namespace and can be called twice", async () => {
+    const extra = await createTopology({ prefix: "fixture" });
+    await extra.listen([
+      { ip: ADDRESS_PLAN.nodePodSide.ipv4, port: 8080, protocol: "tcp", reply: "x" },
+    ]);
+    await extra.destroy();
+    await extra.destroy();
+    const { execa } = await import("execa");
+    const listed = await execa("ip", ["netns", "list"]);
+    for (const name of Object.values(extra.namespaces)) expect(listed.stdout).not.toContain(name);
+  });
+});

@@ -1,0 +1,67 @@
+/**
+ * {@link CommandRunner}s for tests: one that runs programs directly and one that runs them inside a
+ * named network namespace with `ip netns exec`.
+ */
+import type { CommandResult, CommandRunner } from "@ipvs-node-controller/core";
+import { execa } from "execa";
+
+/**
+ * The error a runner throws when the program does not exist, so that callers can tell
+ * "not installed" apart from "failed". `code` is `"ENOENT"`, as with Node's own spawn errors.
+ */
+export class ProgramNotFoundError extends Error {
+  override readonly name = "ProgramNotFoundError";
+  readonly code = "ENOENT";
+  constructor(readonly program: string) {
+    super(`program not found: ${program}`);
+  }
+}
+
+async function run(
+  file: string,
+  args: readonly string[],
+  input: string | undefined,
+  missingProgram: string,
+): Promise<CommandResult> {
+  const result = await execa(file, [...args], {
+    input: input ?? "",
+    reject: false,
+    stripFinalNewline: false,
+  });
+  if (result.exitCode === undefined) {
+    // The process never started; execa reports why in `code`.
+    if ((result as { code?: string }).code === "ENOENT") {
+      throw new ProgramNotFoundError(missingProgram);
+    }
+    throw new Error(`could not run ${file}: ${result.message}`);
+  }
+  return { stdout: result.stdout, stderr: result.stderr, exitCode: result.exitCode };
+}
+
+/** Runs programs in the current network namespace. */
+export const hostRunner: CommandRunner = (file, args, options) =>
+  run(file, args, options?.input, file);
+
+/**
+ * Runs programs inside the network namespace `namespace` (`ip netns exec NAMESPACE FILE ARGS...`),
+ * feeding `input` on stdin. Needs root. A missing `file` inside the namespace is reported the same
+ * way as a missing program on the host: by throwing {@link ProgramNotFoundError}.
+ */
+export function runnerIn(namespace: string): CommandRunner {
+  return async (file, args, options) => {
+    const result = await run(
+      "ip",
+      ["netns", "exec", namespace, file, ...args],
+      options?.input,
+      "ip",
+    );
+    // `ip netns exec` exits 255 with this message when execvp() fails.
+    if (
+      result.exitCode === 255 &&
+      /exec of ".*" failed: No such file or directory/.test(result.stderr)
+    ) {
+      throw new ProgramNotFoundError(file);
+    }
+    return result;
+  };
+}
