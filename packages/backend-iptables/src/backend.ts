@@ -1,0 +1,254 @@
+/**
+ * The iptables implementation of core's {@link Backend}: one `iptables-restore --noflush -w` per
+ * family per sync, touching only our chains and the jumps into them.
+ */
+import {
+  type ApplyResult,
+  type Backend,
+  BackendError,
+  type CommandResult,
+  type CommandRunner,
+  type IpFamily,
+} from "@ipvs-node-controller/core";
+import {
+  EMPTY_TARGET,
+  planTransition,
+  renderRuleset,
+  rulesetTargets,
+  type TargetState,
+} from "./render.js";
+import { execaRunner } from "./runner.js";
+import { hasAnything, type LiveState, parseNatSave } from "./state.js";
+import {
+  detectIptablesVariant,
+  type IptablesBinaries,
+  type IptablesMode,
+  type IptablesVariant,
+  variantBinaries,
+} from "./variant.js";
+
+/** Options of {@link createIptablesBackend}. */
+export interface IptablesBackendOptions {
+  /**
+   * Which iptables to drive. `auto` (default) detects the host's variant on first use, see
+   * {@link detectIptablesVariant}; `legacy` and `nft` force one.
+   */
+  readonly mode?: IptablesMode;
+  /** Directory holding the `iptables-<variant>-*` tools; default: looked up on `PATH`. */
+  readonly binDir?: string;
+  /** Explicit program paths; each one given overrides the variant's default. */
+  readonly binaries?: Partial<IptablesBinaries>;
+  /**
+   * How programs are started. Default: {@link execaRunner} (this network namespace, inherited
+   * environment, so `XTABLES_LOCKFILE` is honoured).
+   */
+  readonly runner?: CommandRunner;
+  /** Receives one line per notable event (the chosen variant, a rollback). Default: silent. */
+  readonly log?: (message: string) => void;
+}
+
+/** The iptables backend, plus a way to learn which variant it drives. */
+export interface IptablesBackend extends Backend {
+  readonly name: "iptables";
+  /** The variant in use (detected on the first call in `auto` mode, then cached). */
+  variant(): Promise<IptablesVariant>;
+}
+
+const FAMILIES: readonly IpFamily[] = ["ipv4", "ipv6"];
+
+/** The restore line that failed, quoted from the document when iptables names its number. */
+function failedLine(stderr: string, document: string): string {
+  const match = /line:? (\d+)/.exec(stderr);
+  if (!match) return "";
+  const line = document.split("\n")[Number(match[1]) - 1];
+  return line === undefined ? "" : ` (line ${match[1]}: ${line})`;
+}
+
+function trimmed(text: string): string {
+  return text.trim().split("\n").slice(0, 5).join(" | ");
+}
+
+/**
+ * Creates the iptables backend.
+ *
+ * @example
+ * ```ts
+ * const backend = createIptablesBackend({ mode: "auto", log: console.log });
+ * await backend.apply(ruleset); // { mode: "full", changedMappings: 3 }
+ * await backend.verify(ruleset); // true
+ * await backend.cleanup(); // true: our chains and jumps are gone
+ * ```
+ */
+export function createIptablesBackend(options: IptablesBackendOptions = {}): IptablesBackend {
+  const runner = options.runner ?? execaRunner;
+  const log = options.log ?? (() => {});
+  const mode = options.mode ?? "auto";
+  if (mode !== "auto" && mode !== "legacy" && mode !== "nft") {
+    throw new BackendError(`unknown iptables mode ${JSON.stringify(mode)}`, "iptables");
+  }
+
+  let variantPromise: Promise<IptablesVariant> | undefined;
+  const variant = (): Promise<IptablesVariant> => {
+    if (variantPromise === undefined) {
+      variantPromise =
+        mode === "auto"
+          ? detectIptablesVariant(runner, options.binDir).then((detection) => {
+              log(`using iptables-${detection.variant}: ${detection.reason}`);
+              return detection.variant;
+            })
+          : Promise.resolve(mode);
+      // A failed detection (tools missing) is retried on the next call instead of cached.
+      variantPromise.catch(() => {
+        variantPromise = undefined;
+      });
+    }
+    return variantPromise;
+  };
+
+  const binaries = async (): Promise<IptablesBinaries> => ({
+    ...variantBinaries(await variant(), options.binDir),
+    ...options.binaries,
+  });
+
+  /** Errors of programs that could not be started at all: never tolerated, even for IPv6. */
+  const unstartable = new WeakSet<object>();
+
+  async function run(file: string, args: readonly string[], input?: string) {
+    let result: CommandResult;
+    try {
+      result = await runner(file, args, input === undefined ? undefined : { input });
+    } catch (error) {
+      const reason = error instanceof Error ? error.message : String(error);
+      const missing = new BackendError(`${file} could not be run: ${reason}`, file);
+      unstartable.add(missing);
+      throw missing;
+    }
+    return result;
+  }
+
+  async function save(family: IpFamily): Promise<string> {
+    const b = await binaries();
+    const file = family === "ipv4" ? b.iptablesSave : b.ip6tablesSave;
+    const result = await run(file, ["-t", "nat"]);
+    if (result.exitCode !== 0) {
+      throw new BackendError(
+        `${file} -t nat failed with exit code ${result.exitCode}: ${trimmed(result.stderr)}`,
+        file,
+        result.stderr.trim(),
+      );
+    }
+    return result.stdout;
+  }
+
+  const readState = async (family: IpFamily): Promise<LiveState> =>
+    parseNatSave(await save(family));
+
+  /**
+   * The state of a family the caller did not ask for: undefined when its table cannot be read
+   * (e.g. a kernel without IPv6), so that such a family never fails a sync of the other one. A
+   * tool that cannot be started at all is still an error.
+   */
+  async function readStateIfPossible(family: IpFamily): Promise<LiveState | undefined> {
+    try {
+      return await readState(family);
+    } catch (error) {
+      if (unstartable.has(error as object)) throw error;
+      log(`cannot read the ${family} nat table, leaving it alone: ${(error as Error).message}`);
+      return undefined;
+    }
+  }
+
+  async function restore(family: IpFamily, document: string): Promise<void> {
+    const b = await binaries();
+    const file = family === "ipv4" ? b.iptablesRestore : b.ip6tablesRestore;
+    const result = await run(file, ["--noflush", "-w"], document);
+    if (result.exitCode !== 0) {
+      throw new BackendError(
+        `${file} refused the ${family} rules, nothing was changed for ${family}` +
+          `${failedLine(result.stderr, document)}: ${trimmed(result.stderr)}`,
+        file,
+        result.stderr.trim(),
+      );
+    }
+  }
+
+  /** Puts our part of a family back the way `previous` had it, after a later family failed. */
+  async function rollBack(family: IpFamily, previous: LiveState): Promise<void> {
+    const target: TargetState = {
+      chains: previous.chains,
+      jumps: [...new Map(previous.jumps.map((j) => [j.chain, j])).values()],
+    };
+    try {
+      await restore(family, planTransition(await readState(family), target).document);
+      log(`rolled ${family} back to its previous rules`);
+    } catch (error) {
+      log(`could not roll ${family} back: ${(error as Error).message}`);
+    }
+  }
+
+  return {
+    name: "iptables",
+    variant,
+
+    render: renderRuleset,
+
+    async apply(ruleset, applyOptions): Promise<ApplyResult> {
+      const targets = rulesetTargets(ruleset);
+      const plans: { family: IpFamily; live: LiveState; document: string; upToDate: boolean }[] =
+        [];
+      for (const family of FAMILIES) {
+        const target = targets.get(family);
+        // A family that is no longer enabled loses whatever we left there earlier.
+        const live = target ? await readState(family) : await readStateIfPossible(family);
+        if (live === undefined || (!target && !hasAnything(live))) continue;
+        plans.push({ family, live, ...planTransition(live, target ?? EMPTY_TARGET) });
+      }
+      // The live state is compared rather than the last applied ruleset, so this also holds
+      // after a restart and notices rules that someone else removed or edited.
+      if (!applyOptions?.full && plans.every((plan) => plan.upToDate)) {
+        return { mode: "none", changedMappings: 0 };
+      }
+      const done: (typeof plans)[number][] = [];
+      for (const plan of plans) {
+        try {
+          await restore(plan.family, plan.document);
+        } catch (error) {
+          // Each restore is atomic, but two families are two restores: undo the ones that went in.
+          for (const earlier of done) await rollBack(earlier.family, earlier.live);
+          throw error;
+        }
+        done.push(plan);
+      }
+      return {
+        mode: "full",
+        changedMappings: ruleset.families.reduce((sum, f) => sum + f.mappings.length, 0),
+      };
+    },
+
+    async verify(ruleset): Promise<boolean> {
+      const targets = rulesetTargets(ruleset);
+      for (const family of FAMILIES) {
+        const target = targets.get(family);
+        if (target) {
+          if (!planTransition(await readState(family), target).upToDate) return false;
+        } else {
+          const live = await readStateIfPossible(family);
+          if (live !== undefined && hasAnything(live)) return false;
+        }
+      }
+      return true;
+    },
+
+    async cleanup(): Promise<boolean> {
+      let removed = false;
+      for (const family of FAMILIES) {
+        const live =
+          family === "ipv4" ? await readState(family) : await readStateIfPossible(family);
+        if (live === undefined || !hasAnything(live)) continue;
+        await restore(family, planTransition(live, EMPTY_TARGET).document);
+        removed = true;
+      }
+      return removed;
+    },
+  };
+}

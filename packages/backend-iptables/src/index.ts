@@ -1,0 +1,42 @@
+/**
+ * iptables backend of ipvs-node-controller: compiles a core Ruleset to `iptables-restore
+ * --noflush` documents and applies them atomically per IP family, with iptables-legacy or
+ * iptables-nft.
+ *
+ * @packageDocumentation
+ */
+export {
+  createIptablesBackend,
+  type IptablesBackend,
+  type IptablesBackendOptions,
+} from "./backend.js";
+export {
+  CHAINS,
+  EMPTY_TARGET,
+  familyTarget,
+  JUMP_COMMENT,
+  planTransition,
+  renderRuleset,
+  restoreToolName,
+  rulesetTargets,
+  type TargetState,
+  type TransitionPlan,
+} from "./render.js";
+export { execaRunner, SpawnError } from "./runner.js";
+export {
+  CHAIN_PREFIX,
+  EMPTY_STATE,
+  type LiveJump,
+  type LiveState,
+  normalizeSpec,
+  parseNatSave,
+  tokenize,
+} from "./state.js";
+export {
+  detectIptablesVariant,
+  type IptablesBinaries,
+  type IptablesMode,
+  type IptablesVariant,
+  type VariantDetection,
+  variantBinaries,
+} from "./variant.js";
