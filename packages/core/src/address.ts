@@ -46,10 +46,22 @@ function fail<T>(error: string): Parsed<T> {
   return { ok: false, error };
 }
 
+const HEX_BYTE = Array.from({ length: 256 }, (_, byte) => byte.toString(16).padStart(2, "0"));
+
 function hex(bytes: readonly number[]): string {
   let key = "";
-  for (const byte of bytes) key += byte.toString(16).padStart(2, "0");
+  for (const byte of bytes) key += HEX_BYTE[byte];
   return key;
+}
+
+/** The special IPv4 ranges that can never be a Service's external address. */
+function ipv4NonUnicastRange(octets: readonly number[]): string | undefined {
+  const [first = 0] = octets;
+  if (octets.every((octet) => octet === 0)) return "unspecified";
+  if (octets.every((octet) => octet === 255)) return "broadcast";
+  if (first === 127) return "loopback";
+  if (first >= 224 && first <= 239) return "multicast";
+  return undefined;
 }
 
 /**
@@ -109,7 +121,7 @@ export function parseExternalIP(value: unknown): Parsed<CanonicalIP> {
 export function parseClusterIP(value: unknown): Parsed<CanonicalIP> {
   const parsed = parseIP(value);
   if (!parsed.ok) return parsed;
-  if (ipaddr.parse(parsed.value.address).range() === "unspecified") {
+  if (parsed.value.sortKey.replaceAll("0", "") === "") {
     return fail(`${quote(value)} is the unspecified address`);
   }
   return parsed;

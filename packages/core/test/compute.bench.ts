@@ -1,0 +1,60 @@
+/**
+ * How long computeRuleset takes for many LoadBalancer Services (3 ports each).
+ * Run with `pnpm bench` from the repository root.
+ */
+import type { V1Service } from "@kubernetes/client-node";
+import { bench, describe } from "vitest";
+import { computeRuleset, diffRulesets } from "../src/index.js";
+
+function manyServices(count: number): V1Service[] {
+  const services: V1Service[] = [];
+  for (let i = 0; i < count; i++) {
+    const a = (i >> 16) & 255;
+    const b = (i >> 8) & 255;
+    const c = i & 255;
+    services.push({
+      metadata: {
+        namespace: `ns-${i % 100}`,
+        name: `svc-${i}`,
+        creationTimestamp: new Date(1_700_000_000_000 + i),
+      },
+      spec: {
+        type: "LoadBalancer",
+        clusterIP: `10.${96 + a}.${b}.${c}`,
+        clusterIPs: [`10.${96 + a}.${b}.${c}`],
+        externalTrafficPolicy: "Local",
+        ports: [
+          { port: 80, protocol: "TCP" },
+          { port: 443, protocol: "TCP" },
+          { port: 443, protocol: "UDP" },
+        ],
+      },
+      status: { loadBalancer: { ingress: [{ ip: `172.${16 + a}.${b}.${c}` }] } },
+    });
+  }
+  return services;
+}
+
+const node = { podCIDRs: ["10.244.1.0/24"] };
+for (const count of [1_000, 10_000, 50_000]) {
+  const services = manyServices(count);
+  describe(`${count} LoadBalancer Services, 3 ports each`, () => {
+    bench("computeRuleset", () => {
+      computeRuleset({ services, node });
+    });
+  });
+}
+
+describe("10000 Services: diff after one Service changed", () => {
+  const services = manyServices(10_000);
+  const before = computeRuleset({ services, node }).ruleset;
+  const changed = services.slice();
+  changed[5000] = {
+    ...manyServices(1)[0],
+    metadata: { namespace: "x", name: "moved" },
+  } as V1Service;
+  const after = computeRuleset({ services: changed, node }).ruleset;
+  bench("diffRulesets", () => {
+    diffRulesets(before, after);
+  });
+});
