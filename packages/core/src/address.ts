@@ -105,7 +105,12 @@ export function parseIP(value: unknown): Parsed<CanonicalIP> {
 export function parseExternalIP(value: unknown): Parsed<CanonicalIP> {
   const parsed = parseIP(value);
   if (!parsed.ok) return parsed;
-  const range = ipaddr.parse(parsed.value.address).range();
+  const { family, address } = parsed.value;
+  // IPv4 is checked by hand: this runs for every external IP of every Service on every sync.
+  const range =
+    family === "ipv4"
+      ? ipv4NonUnicastRange(address.split(".").map(Number))
+      : ipaddr.IPv6.parse(address).range();
   if (
     range === "unspecified" ||
     range === "multicast" ||
