@@ -1,0 +1,128 @@
+/**
+ * Hand-made rulesets and Service generators shared by this package's tests.
+ */
+import type {
+  computeRuleset,
+  FamilyRuleset,
+  IpFamily,
+  L4Protocol,
+  LocalPodMatch,
+  Mapping,
+  Ruleset,
+} from "@ipvs-node-controller/core";
+import fc from "fast-check";
+
+/** The core's Service type (from @kubernetes/client-node), without depending on that package here. */
+export type Service = Parameters<typeof computeRuleset>[0]["services"][number];
+
+/** A mapping with defaults that can be overridden field by field. */
+export function mapping(
+  externalIP: string,
+  port: number,
+  clusterIP: string,
+  options: { protocol?: L4Protocol; namespace?: string; name?: string } = {},
+): Mapping {
+  return {
+    family: externalIP.includes(":") ? "ipv6" : "ipv4",
+    externalIP,
+    protocol: options.protocol ?? "tcp",
+    port,
+    clusterIP,
+    service: { namespace: options.namespace ?? "default", name: options.name ?? "web" },
+  };
+}
+
+/** One family's ruleset; mappings are sorted the way the core sorts them. */
+export function family(
+  ipFamily: IpFamily,
+  localPods: LocalPodMatch,
+  mappings: readonly Mapping[],
+): FamilyRuleset {
+  return { family: ipFamily, localPods, mappings };
+}
+
+export function ruleset(families: readonly FamilyRuleset[], masqueradeMark = 0x4000): Ruleset {
+  return { masqueradeMark, families };
+}
+
+/** Strings that try to break out of an iptables-restore document, or are just invalid. */
+export const HOSTILE_STRINGS = [
+  '"',
+  "'",
+  "\\",
+  "\n",
+  "\r",
+  " ",
+  "\t",
+  "#",
+  "",
+  '192.0.2.1" -j ACCEPT "',
+  "192.0.2.1\n-A INPUT -j DROP",
+  "192.0.2.1 -j ACCEPT",
+  "web\nCOMMIT",
+  'web" --comment "x',
+  "web -j DROP",
+  "$(reboot)",
+  "`id`",
+  "::ffff:192.0.2.1",
+  "fe80::1%eth0",
+  "192.0.2.01",
+  "2001:DB8::1",
+  "2001:db8:0:0:0:0:0:1",
+  "10.0.0.0/33",
+  "10.0.0.1/24",
+  "eth0+",
+  "a-very-long-interface-name",
+  "Web",
+  "-web",
+] as const;
+
+export const hostileString = fc.constantFrom(...HOSTILE_STRINGS);
+
+const ipv4 = fc
+  .tuple(fc.constantFrom(192, 198, 203), fc.nat(3), fc.integer({ min: 1, max: 9 }))
+  .map(([a, c, d]) => `${a}.0.${c}.${d}`);
+const ipv6 = fc
+  .tuple(fc.constantFrom("2001:db8", "fd00"), fc.nat(3), fc.integer({ min: 1, max: 15 }))
+  .map(([prefix, b, d]) => `${prefix}:${b}::${d.toString(16)}`);
+
+/** A string that is usually valid for its slot and sometimes hostile. */
+function sometimesHostile<T>(valid: fc.Arbitrary<T>): fc.Arbitrary<T | string> {
+  return fc.oneof({ weight: 6, arbitrary: valid }, { weight: 1, arbitrary: hostileString });
+}
+
+/** A Service as the API could return it, mostly valid, sometimes carrying hostile strings. */
+export const serviceArbitrary: fc.Arbitrary<Service> = fc
+  .record({
+    namespace: sometimesHostile(fc.constantFrom("default", "kube-system", "team-a")),
+    name: sometimesHostile(fc.constantFrom("web", "dns", "api-v2", "db")),
+    dualStack: fc.boolean(),
+    clusterIP4: sometimesHostile(ipv4.map((ip) => ip.replace(/^\d+/, "10"))),
+    clusterIP6: ipv6.map((ip) => ip.replace(/^[^:]+:[^:]+/, "fd00:96")),
+    ingress: fc.array(sometimesHostile(fc.oneof(ipv4, ipv6)), { maxLength: 3 }),
+    externalIPs: fc.array(sometimesHostile(fc.oneof(ipv4, ipv6)), { maxLength: 2 }),
+    ports: fc.array(
+      fc.record({
+        port: fc.oneof(fc.constantFrom(53, 80, 443, 8443), fc.integer({ min: 1, max: 65535 })),
+        protocol: fc.constantFrom("TCP", "UDP", "SCTP"),
+      }),
+      { minLength: 1, maxLength: 3 },
+    ),
+  })
+  .map(
+    (s): Service => ({
+      apiVersion: "v1",
+      kind: "Service",
+      metadata: { namespace: s.namespace, name: s.name, creationTimestamp: new Date(0) },
+      spec: {
+        type: "LoadBalancer",
+        externalTrafficPolicy: "Local",
+        clusterIP: s.clusterIP4,
+        clusterIPs: s.dualStack ? [s.clusterIP4, s.clusterIP6] : [s.clusterIP4],
+        ipFamilies: s.dualStack ? ["IPv4", "IPv6"] : ["IPv4"],
+        externalIPs: s.externalIPs,
+        ports: s.ports.map((p, i) => ({ name: `p${i}`, port: p.port, protocol: p.protocol })),
+      },
+      status: { loadBalancer: { ingress: s.ingress.map((ip) => ({ ip })) } },
+    }),
+  );
