@@ -79,7 +79,7 @@ export interface Topology {
   readonly namespaces: Readonly<Record<Host, string>>;
   /** Runs a program inside `host`'s namespace; a `CommandRunner` for backends. */
   runner(host: Host): CommandRunner;
-  /** Binds addresses on the node's `lo` (IPv4 as /32, IPv6 as /128 without DAD). */
+  /** Binds addresses on the node's `lo` (IPv4 as /32, IPv6 as /128 without DAD); duplicates once. */
   addNodeAddresses(ips: readonly string[]): Promise<void>;
   /** Starts one listener process in `host` (default `node`) and waits until every socket is bound. */
   listen(specs: readonly ListenerSpec[], host?: Host): Promise<Listeners>;
@@ -318,10 +318,12 @@ export async function createTopology(
     runner: (host) => runnerIn(namespaces[host]),
 
     async addNodeAddresses(ips) {
-      if (ips.length === 0) return;
+      // The same address twice (e.g. an LB IP shared by two Services) is bound once.
+      const unique = [...new Set(ips)];
+      if (unique.length === 0) return;
       await ipBatch(
         namespaces.node,
-        ips.map((address) =>
+        unique.map((address) =>
           address.includes(":")
             ? `addr add ${address}/128 dev lo nodad`
             : `addr add ${address}/32 dev lo`,

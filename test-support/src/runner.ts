@@ -2,6 +2,9 @@
  * {@link CommandRunner}s for tests: one that runs programs directly and one that runs them inside a
  * named network namespace with `ip netns exec`.
  */
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { CommandResult, CommandRunner } from "@ipvs-node-controller/core";
 import { execa } from "execa";
 
@@ -17,16 +20,36 @@ export class ProgramNotFoundError extends Error {
   }
 }
 
+/**
+ * Returns a read-only descriptor of an already unlinked file holding `input`, for use as stdin.
+ * Node connects "piped" stdin through a socket, and some programs (`nft -j -f -` opens
+ * /dev/stdin) cannot read from one; a regular file works for every program.
+ */
+function stdinFile(input: string): number {
+  const directory = mkdtempSync(join(tmpdir(), "stdin-"));
+  const path = join(directory, "input");
+  try {
+    writeFileSync(path, input, { mode: 0o600 });
+    return openSync(path, "r");
+  } finally {
+    rmSync(directory, { recursive: true, force: true });
+  }
+}
+
 async function run(
   file: string,
   args: readonly string[],
   input: string | undefined,
   missingProgram: string,
 ): Promise<CommandResult> {
+  const stdin = input === undefined ? undefined : stdinFile(input);
   const result = await execa(file, [...args], {
-    input: input ?? "",
+    // execa's types only list descriptors 0 and 3-9, but any open descriptor goes to spawn() as is.
+    stdin: (stdin ?? "ignore") as "ignore",
     reject: false,
     stripFinalNewline: false,
+  }).finally(() => {
+    if (stdin !== undefined) closeSync(stdin);
   });
   if (result.exitCode === undefined) {
     // The process never started; execa reports why in `code`.

@@ -1,0 +1,342 @@
+/**
+ * Compiles a {@link Ruleset} to libnftables JSON (`nft -j -f -`).
+ *
+ * Layout of the one `inet` table (names for a table called `ipvs-node-controller`):
+ *
+ * - map `mappings-ipv4`: `ipv4_addr . inet_proto . inet_service : ipv4_addr`, external IP, protocol
+ *   and port to cluster IP (same for `-ipv6`). One lookup per packet whatever the number of Services.
+ * - set `pod-cidrs-ipv4` (interval), only when local pods are recognised by source CIDR.
+ * - chain `prerouting` (nat, hook prerouting, priority -110): per family,
+ *   `<local-pod match> ip daddr . meta l4proto . th dport @mappings-ipv4
+ *    meta mark set meta mark | MARK dnat ip to ip daddr . meta l4proto . th dport map @mappings-ipv4`
+ * - chain `output` (nat, hook output, priority -110): the same with `fib saddr type local` as the match.
+ *
+ * The membership test before the mark keeps untranslated packets unmarked; a lookup miss ends the
+ * rule without a verdict, so traffic to anything else passes untouched.
+ */
+import type {
+  FamilyRuleset,
+  IpFamily,
+  Mapping,
+  Ruleset,
+  RulesetDiff,
+} from "@ipvs-node-controller/core";
+
+/** One libnftables JSON command or object; the schema is nft's, see libnftables-json(5). */
+export type NftObject = Record<string, unknown>;
+
+/** A complete `nft -j -f` document. */
+export interface NftDocument {
+  nftables: NftObject[];
+}
+
+/** Hook priority of both chains: before iptables' and kube-proxy's nat (-100), after conntrack. */
+export const CHAIN_PRIORITY = -110;
+
+/** Names of the objects inside our table. */
+export const CHAINS = { prerouting: "prerouting", output: "output" } as const;
+
+/** The map holding one family's translations. */
+export function mapName(family: IpFamily): string {
+  return `mappings-${family}`;
+}
+
+/** The interval set of one family's pod CIDRs. */
+export function podSetName(family: IpFamily): string {
+  return `pod-cidrs-${family}`;
+}
+
+const NFT_PROTOCOL: Record<IpFamily, { payload: "ip" | "ip6"; addressType: string }> = {
+  ipv4: { payload: "ip", addressType: "ipv4_addr" },
+  ipv6: { payload: "ip6", addressType: "ipv6_addr" },
+};
+
+/** The kernel's limit on element comments is generous; DNS labels fit twice over. */
+const COMMENT_PART_MAX = 63;
+
+/**
+ * `namespace/name` for an element comment. Anything outside DNS-label-ish characters becomes `_`:
+ * JSON would carry any string safely, but `nft list` prints comments between bare double quotes,
+ * and a saved listing that is later fed back to `nft -f` must not contain a way out of them.
+ */
+export function elementComment(service: Mapping["service"]): string {
+  const clean = (part: string) =>
+    part.replace(/[^A-Za-z0-9.-]/g, "_").slice(0, COMMENT_PART_MAX) || "_";
+  return `${clean(service.namespace)}/${clean(service.name)}`;
+}
+
+function lookupKey(family: IpFamily): NftObject {
+  return {
+    concat: [
+      { payload: { protocol: NFT_PROTOCOL[family].payload, field: "daddr" } },
+      { meta: { key: "l4proto" } },
+      { payload: { protocol: "th", field: "dport" } },
+    ],
+  };
+}
+
+/** The key of a map element: external IP . protocol . port. */
+function elementKey(mapping: Mapping): NftObject {
+  return { concat: [mapping.externalIP, mapping.protocol, mapping.port] };
+}
+
+/** A map element with its comment: `[{elem: {val, comment}}, clusterIP]`. */
+function mapElement(mapping: Mapping): unknown[] {
+  return [
+    { elem: { val: elementKey(mapping), comment: elementComment(mapping.service) } },
+    mapping.clusterIP,
+  ];
+}
+
+/** The statements shared by both chains: membership test, mark, DNAT from the map. */
+function translate(family: IpFamily, mark: number): NftObject[] {
+  const map = `@${mapName(family)}`;
+  return [
+    { match: { op: "==", left: lookupKey(family), right: map } },
+    {
+      mangle: { key: { meta: { key: "mark" } }, value: { "|": [{ meta: { key: "mark" } }, mark] } },
+    },
+    {
+      dnat: {
+        family: NFT_PROTOCOL[family].payload,
+        addr: { map: { key: lookupKey(family), data: map } },
+      },
+    },
+  ];
+}
+
+function localPodMatch(family: FamilyRuleset): NftObject {
+  const match = family.localPods;
+  switch (match.kind) {
+    case "sourceCIDRs":
+      return {
+        match: {
+          op: "==",
+          left: { payload: { protocol: NFT_PROTOCOL[family.family].payload, field: "saddr" } },
+          right: `@${podSetName(family.family)}`,
+        },
+      };
+    case "inputInterface":
+      // Validated to contain no "*", so this is an exact name.
+      return { match: { op: "==", left: { meta: { key: "iifname" } }, right: match.name } };
+    case "inputInterfacePrefix":
+      // A trailing "*" in an interface name is nft's prefix wildcard.
+      return { match: { op: "==", left: { meta: { key: "iifname" } }, right: `${match.prefix}*` } };
+  }
+}
+
+const HOST_ORIGINATED: NftObject = {
+  match: { op: "==", left: { fib: { result: "type", flags: ["saddr"] } }, right: "local" },
+};
+
+/** The rule expressions of each chain, in order, exactly as `nft -j list` prints them back. */
+export function chainRules(ruleset: Ruleset): Record<keyof typeof CHAINS, NftObject[][]> {
+  return {
+    prerouting: ruleset.families.map((family) => [
+      localPodMatch(family),
+      ...translate(family.family, ruleset.masqueradeMark),
+    ]),
+    output: ruleset.families.map((family) => [
+      HOST_ORIGINATED,
+      ...translate(family.family, ruleset.masqueradeMark),
+    ]),
+  };
+}
+
+/** IPv4/IPv6 address as an unsigned integer, for interval arithmetic on CIDRs. */
+export function addressToBigInt(address: string): bigint {
+  if (!address.includes(":")) {
+    return address.split(".").reduce((value, octet) => (value << 8n) | BigInt(Number(octet)), 0n);
+  }
+  const [head = "", tail] = address.split("::");
+  const groups = (text: string) => (text === "" ? [] : text.split(":"));
+  const left = groups(head);
+  const right = tail === undefined ? [] : groups(tail);
+  const missing = 8 - left.length - right.length;
+  const all = [...left, ...Array<string>(tail === undefined ? 0 : missing).fill("0"), ...right];
+  return all.reduce((value, group) => (value << 16n) | BigInt(Number.parseInt(group, 16)), 0n);
+}
+
+/** A closed interval of addresses. */
+export interface AddressInterval {
+  readonly first: bigint;
+  readonly last: bigint;
+}
+
+/** The address interval covered by a canonical CIDR. */
+export function cidrInterval(cidr: string): AddressInterval {
+  const [address = "", prefixText = ""] = cidr.split("/");
+  const bits = address.includes(":") ? 128n : 32n;
+  const hostBits = bits - BigInt(Number(prefixText));
+  const first = addressToBigInt(address);
+  return { first, last: first + (1n << hostBits) - 1n };
+}
+
+/** Sorts intervals and merges overlapping or adjacent ones: a canonical form of a set of addresses. */
+export function mergeIntervals(intervals: readonly AddressInterval[]): AddressInterval[] {
+  const sorted = [...intervals].sort((a, b) =>
+    a.first < b.first ? -1 : a.first > b.first ? 1 : 0,
+  );
+  const merged: AddressInterval[] = [];
+  for (const interval of sorted) {
+    const previous = merged.at(-1);
+    if (previous && interval.first <= previous.last + 1n) {
+      if (interval.last > previous.last)
+        merged[merged.length - 1] = { ...previous, last: interval.last };
+    } else {
+      merged.push(interval);
+    }
+  }
+  return merged;
+}
+
+/**
+ * Drops CIDRs contained in another one of the list (and duplicates). nft refuses overlapping
+ * intervals in one set; CIDRs never partially overlap, so this is all it takes.
+ */
+export function outermostCIDRs(cidrs: readonly string[]): string[] {
+  const withIntervals = cidrs.map((cidr) => ({ cidr, interval: cidrInterval(cidr) }));
+  const coveredByAnother = (interval: AddressInterval, index: number) =>
+    withIntervals.some((other, otherIndex) => {
+      if (otherIndex === index) return false;
+      const covers = other.interval.first <= interval.first && other.interval.last >= interval.last;
+      const same = other.interval.first === interval.first && other.interval.last === interval.last;
+      // Of two equal CIDRs the first one stays.
+      return covers && (!same || otherIndex < index);
+    });
+  return withIntervals
+    .filter(({ interval }, index) => !coveredByAnother(interval, index))
+    .map(({ cidr }) => cidr);
+}
+
+function cidrElement(cidr: string): NftObject {
+  const [addr = "", len = ""] = cidr.split("/");
+  return { prefix: { addr, len: Number(len) } };
+}
+
+/**
+ * The definitions of everything inside the table: sets, maps (with their elements), chains, rules.
+ * The caller wraps them into a table replacement (full sync).
+ */
+function tableContents(ruleset: Ruleset, table: string): NftObject[] {
+  const base = { family: "inet", table };
+  const commands: NftObject[] = [];
+  for (const family of ruleset.families) {
+    const addressType = NFT_PROTOCOL[family.family].addressType;
+    if (family.localPods.kind === "sourceCIDRs") {
+      const cidrs = outermostCIDRs(family.localPods.cidrs);
+      commands.push({
+        add: {
+          set: {
+            ...base,
+            name: podSetName(family.family),
+            type: addressType,
+            flags: ["interval"],
+            ...(cidrs.length > 0 ? { elem: cidrs.map(cidrElement) } : {}),
+          },
+        },
+      });
+    }
+    commands.push({
+      add: {
+        map: {
+          ...base,
+          name: mapName(family.family),
+          type: [addressType, "inet_proto", "inet_service"],
+          map: addressType,
+          ...(family.mappings.length > 0 ? { elem: family.mappings.map(mapElement) } : {}),
+        },
+      },
+    });
+  }
+  for (const [chain, hook] of [
+    [CHAINS.prerouting, "prerouting"],
+    [CHAINS.output, "output"],
+  ] as const) {
+    commands.push({
+      add: {
+        chain: { ...base, name: chain, type: "nat", hook, prio: CHAIN_PRIORITY, policy: "accept" },
+      },
+    });
+  }
+  commands.push(...ruleCommands(ruleset, table));
+  return commands;
+}
+
+function ruleCommands(ruleset: Ruleset, table: string): NftObject[] {
+  const rules = chainRules(ruleset);
+  return (Object.keys(rules) as (keyof typeof rules)[]).flatMap((chain) =>
+    rules[chain].map((expr) => ({ add: { rule: { family: "inet", table, chain, expr } } })),
+  );
+}
+
+/**
+ * The full sync: one transaction that creates the table if missing, deletes it with everything in it,
+ * and builds it again. Atomic: the kernel switches from the old table to the new one in one step.
+ */
+export function fullSyncDocument(ruleset: Ruleset, table: string): NftDocument {
+  const tableObject = { table: { family: "inet", name: table } };
+  return {
+    nftables: [
+      { add: tableObject },
+      { delete: tableObject },
+      { add: tableObject },
+      ...tableContents(ruleset, table),
+    ],
+  };
+}
+
+/**
+ * An incremental sync: element changes only, plus the few rules rewritten (flush + add), which
+ * repairs tampered rules cheaply and, because `flush chain` fails on a missing table or chain,
+ * turns a vanished table into an error the caller answers with a full sync. Deleting an element
+ * that is gone fails the same way.
+ */
+export function incrementalDocument(next: Ruleset, diff: RulesetDiff, table: string): NftDocument {
+  const base = { family: "inet", table };
+  const commands: NftObject[] = [
+    { flush: { chain: { ...base, name: CHAINS.prerouting } } },
+    { flush: { chain: { ...base, name: CHAINS.output } } },
+    ...ruleCommands(next, table),
+  ];
+  const deletions = [...diff.removed, ...diff.changed.map(({ before }) => before)];
+  const additions = [...diff.added, ...diff.changed.map(({ after }) => after)];
+  for (const family of ["ipv4", "ipv6"] as const) {
+    const deleted = deletions.filter((mapping) => mapping.family === family);
+    if (deleted.length > 0) {
+      commands.push({
+        delete: { element: { ...base, name: mapName(family), elem: deleted.map(elementKey) } },
+      });
+    }
+  }
+  for (const family of ["ipv4", "ipv6"] as const) {
+    const added = additions.filter((mapping) => mapping.family === family);
+    if (added.length > 0) {
+      commands.push({
+        add: { element: { ...base, name: mapName(family), elem: added.map(mapElement) } },
+      });
+    }
+  }
+  return { nftables: commands };
+}
+
+/**
+ * JSON with two-space indentation, except that any array or object that fits on one line of
+ * `width` characters is printed on one line: maps of thousands of elements stay readable.
+ */
+export function formatJson(value: unknown, width = 100, indent = ""): string {
+  const compact = JSON.stringify(value);
+  if (compact === undefined) return "null";
+  if (typeof value !== "object" || value === null || compact.length + indent.length <= width) {
+    return compact;
+  }
+  const inner = `${indent}  `;
+  if (Array.isArray(value)) {
+    const items = value.map((item) => inner + formatJson(item, width, inner));
+    return `[\n${items.join(",\n")}\n${indent}]`;
+  }
+  const entries = Object.entries(value).map(
+    ([key, item]) => `${inner}${JSON.stringify(key)}: ${formatJson(item, width, inner)}`,
+  );
+  return `{\n${entries.join(",\n")}\n${indent}}`;
+}

@@ -1,0 +1,22 @@
+/**
+ * @ipvs-node-controller/backend-nft — applies an ipvs-node-controller ruleset with nftables.
+ *
+ * @packageDocumentation
+ */
+export {
+  createNftBackend,
+  DEFAULT_TABLE_NAME,
+  execaRunner,
+  type NftBackendOptions,
+} from "./backend.js";
+export {
+  CHAIN_PRIORITY,
+  elementComment,
+  fullSyncDocument,
+  incrementalDocument,
+  mapName,
+  type NftDocument,
+  type NftObject,
+  podSetName,
+} from "./compile.js";
+export { validateRuleset } from "./validate.js";

@@ -1,0 +1,270 @@
+/**
+ * The nft backend on the real kernel, proven with real traffic in network namespaces.
+ * Tests in this file run in order and share one topology.
+ */
+import type { Backend, IpFamily } from "@ipvs-node-controller/core";
+import {
+  createTopology,
+  kernelTestsEnabled,
+  type MarkCounter,
+  type Topology,
+} from "@ipvs-node-controller/test-support";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createNftBackend } from "../src/index.js";
+import { deployServices, replyOf, rulesetFor, type TestService } from "./helpers.js";
+
+const kernel = await kernelTestsEnabled("nft backend kernel tests");
+
+const web: TestService = {
+  name: "web",
+  cluster: { ipv4: "10.96.0.10", ipv6: "fd00:10:96::10" },
+  lb: { ipv4: "203.0.113.10", ipv6: "2001:db8:ffff::10" },
+  ports: [
+    { port: 80, protocol: "tcp" },
+    { port: 53, protocol: "udp" },
+  ],
+};
+// Two Services sharing one LB IP on different ports (MetalLB's allow-shared-ip).
+const alpha: TestService = {
+  name: "alpha",
+  cluster: { ipv4: "10.96.0.11", ipv6: "fd00:10:96::11" },
+  lb: { ipv4: "203.0.113.11", ipv6: "2001:db8:ffff::11" },
+  ports: [{ port: 80, protocol: "tcp" }],
+};
+const beta: TestService = {
+  name: "beta",
+  cluster: { ipv4: "10.96.0.12", ipv6: "fd00:10:96::12" },
+  lb: alpha.lb,
+  ports: [{ port: 443, protocol: "tcp" }],
+};
+// ipMode Proxy: the core leaves it out, traffic must keep going to the load balancer.
+const proxied: TestService = {
+  name: "proxied",
+  cluster: { ipv4: "10.96.0.13", ipv6: "fd00:10:96::13" },
+  lb: { ipv4: "203.0.113.13", ipv6: "2001:db8:ffff::13" },
+  ports: [{ port: 80, protocol: "tcp" }],
+  ipMode: "Proxy",
+};
+// Answers on every cluster IP but is never exposed by a Service: a reply from it means over-translation.
+const UNEXPOSED_PORT = 8080;
+const FAMILIES: IpFamily[] = ["ipv4", "ipv6"];
+
+describe.skipIf(!kernel)("nft backend with real traffic (dual-stack)", () => {
+  let topology: Topology;
+  let backend: Backend;
+  let marks: MarkCounter;
+  const nft = (...args: string[]) => topology.runner("node")("nft", args);
+
+  beforeAll(async () => {
+    topology = await createTopology({ prefix: "nft-traffic" });
+    await deployServices(topology, [web, alpha, beta, proxied], [UNEXPOSED_PORT]);
+    marks = await topology.markCounter(0x4000);
+    backend = createNftBackend({ runner: topology.runner("node") });
+  }, 30_000);
+  afterAll(async () => {
+    await topology?.destroy();
+  });
+
+  it.each(FAMILIES)("%s: before any rule, pod -> LB IP is refused (the bug)", async (family) => {
+    expect(await topology.connect("pod", web.lb[family], 80, "tcp")).toEqual({
+      ok: false,
+      error: "refused",
+    });
+    expect(await topology.connect("node", web.lb[family], 80, "tcp")).toEqual({
+      ok: false,
+      error: "refused",
+    });
+  });
+
+  it("the first apply is a full sync of every mapping", async () => {
+    const desired = rulesetFor([web, alpha, beta, proxied]);
+    // web: tcp/80 + udp/53, alpha, beta: 4 mappings per family; proxied is left out by the core.
+    expect(desired.families.map((f) => f.mappings.length)).toEqual([4, 4]);
+    expect(await backend.apply(desired)).toEqual({ mode: "full", changedMappings: 8 });
+    expect(await backend.verify(desired)).toBe(true);
+  });
+
+  describe.each(FAMILIES)("%s", (family) => {
+    it("pod -> LB:port reaches the Service's cluster IP of the same family (tcp and udp)", async () => {
+      expect(await topology.connect("pod", web.lb[family], 80, "tcp")).toEqual({
+        ok: true,
+        reply: replyOf(web, family, 80),
+      });
+      expect(await topology.connect("pod", web.lb[family], 53, "udp")).toEqual({
+        ok: true,
+        reply: replyOf(web, family, 53),
+      });
+    });
+
+    it("host network -> LB:port reaches the Service", async () => {
+      expect(await topology.connect("node", web.lb[family], 80, "tcp")).toEqual({
+        ok: true,
+        reply: replyOf(web, family, 80),
+      });
+      expect(await topology.connect("node", web.lb[family], 53, "udp")).toEqual({
+        ok: true,
+        reply: replyOf(web, family, 53),
+      });
+    });
+
+    it("traffic from outside the node is untouched", async () => {
+      expect(await topology.connect("remote", web.lb[family], 80, "tcp")).toEqual({
+        ok: false,
+        error: "refused",
+      });
+      expect(await topology.connect("remote", web.lb[family], 53, "udp")).toEqual({
+        ok: false,
+        error: "refused",
+      });
+    });
+
+    it("a port the Service does not expose is not translated", async () => {
+      for (const from of ["pod", "node"] as const) {
+        expect(await topology.connect(from, web.lb[family], UNEXPOSED_PORT, "tcp")).toEqual({
+          ok: false,
+          error: "refused",
+        });
+      }
+    });
+
+    it("two Services sharing an IP each get their own port's traffic", async () => {
+      expect(await topology.connect("pod", alpha.lb[family], 80, "tcp")).toEqual({
+        ok: true,
+        reply: replyOf(alpha, family, 80),
+      });
+      expect(await topology.connect("pod", beta.lb[family], 443, "tcp")).toEqual({
+        ok: true,
+        reply: replyOf(beta, family, 443),
+      });
+    });
+
+    it("an ipMode Proxy Service (no mapping) is not translated", async () => {
+      expect(await topology.connect("pod", proxied.lb[family], 80, "tcp")).toEqual({
+        ok: false,
+        error: "refused",
+      });
+    });
+
+    it("translated packets carry the masquerade mark, untranslated ones do not", async () => {
+      const before = await marks.read();
+      await topology.connect("remote", web.lb[family], 80, "tcp");
+      await topology.connect("pod", web.cluster[family], 80, "tcp");
+      expect(await marks.read()).toBe(before);
+      await topology.connect("pod", web.lb[family], 80, "tcp");
+      const afterPod = await marks.read();
+      expect(afterPod).toBeGreaterThan(before);
+      await topology.connect("node", web.lb[family], 80, "tcp");
+      expect(await marks.read()).toBeGreaterThan(afterPod);
+    });
+  });
+
+  it("applying the same ruleset again does nothing", async () => {
+    const desired = rulesetFor([web, alpha, beta, proxied]);
+    const listing = await nft("list", "table", "inet", "ipvs-node-controller");
+    expect(await backend.apply(desired)).toEqual({ mode: "none", changedMappings: 0 });
+    expect((await nft("list", "table", "inet", "ipvs-node-controller")).stdout).toBe(
+      listing.stdout,
+    );
+  });
+
+  it("removing and editing one mapping each changes only their traffic (incremental)", async () => {
+    const movedBeta: TestService = { ...beta, cluster: web.cluster };
+    const desired = rulesetFor([web, movedBeta, proxied]);
+    expect(await backend.apply(desired)).toEqual({ mode: "incremental", changedMappings: 4 });
+    expect(await backend.verify(desired)).toBe(true);
+    for (const family of FAMILIES) {
+      // alpha's mapping is gone: back to the bug.
+      expect(await topology.connect("pod", alpha.lb[family], 80, "tcp")).toEqual({
+        ok: false,
+        error: "refused",
+      });
+      // beta now points at web's cluster IP, where nothing listens on 443.
+      expect(await topology.connect("pod", beta.lb[family], 443, "tcp")).toEqual({
+        ok: false,
+        error: "refused",
+      });
+      expect(await topology.connect("pod", web.lb[family], 80, "tcp")).toEqual({
+        ok: true,
+        reply: replyOf(web, family, 80),
+      });
+    }
+    // Back to the original: incremental again, everything answers as before.
+    const original = rulesetFor([web, alpha, beta, proxied]);
+    expect(await backend.apply(original)).toEqual({ mode: "incremental", changedMappings: 4 });
+    expect(await topology.connect("pod", beta.lb.ipv6, 443, "tcp")).toEqual({
+      ok: true,
+      reply: replyOf(beta, "ipv6", 443),
+    });
+  });
+
+  describe("drift", () => {
+    const original = () => rulesetFor([web, alpha, beta, proxied]);
+    const withoutAlpha = () => rulesetFor([web, beta, proxied]);
+
+    it("a deleted element is noticed by verify and repaired by a full apply", async () => {
+      const deleted = await nft(
+        "delete",
+        "element",
+        "inet",
+        "ipvs-node-controller",
+        "mappings-ipv4",
+        "{ 203.0.113.10 . tcp . 80 }",
+      );
+      expect(deleted.stderr).toBe("");
+      expect(await topology.connect("pod", web.lb.ipv4, 80, "tcp")).toMatchObject({ ok: false });
+      expect(await backend.verify(original())).toBe(false);
+      // Nothing changed since the last apply, so only a full sync can know.
+      expect(await backend.apply(original())).toEqual({ mode: "none", changedMappings: 0 });
+      expect(await backend.apply(original(), { full: true })).toMatchObject({ mode: "full" });
+      expect(await backend.verify(original())).toBe(true);
+      expect(await topology.connect("pod", web.lb.ipv4, 80, "tcp")).toMatchObject({ ok: true });
+    });
+
+    it("an element gone before the incremental sync that deletes it makes that sync full", async () => {
+      await nft(
+        "delete",
+        "element",
+        "inet",
+        "ipvs-node-controller",
+        "mappings-ipv6",
+        "{ 2001:db8:ffff::11 . tcp . 80 }",
+      );
+      expect(await backend.apply(withoutAlpha())).toMatchObject({ mode: "full" });
+      expect(await backend.verify(withoutAlpha())).toBe(true);
+      expect(await backend.apply(original())).toEqual({ mode: "incremental", changedMappings: 2 });
+    });
+
+    it("a flushed table gets its rules back with the next change", async () => {
+      await nft("flush", "table", "inet", "ipvs-node-controller");
+      expect(await topology.connect("pod", web.lb.ipv4, 80, "tcp")).toMatchObject({ ok: false });
+      expect(await backend.verify(original())).toBe(false);
+      expect(await backend.apply(withoutAlpha())).toMatchObject({ mode: "incremental" });
+      expect(await backend.verify(withoutAlpha())).toBe(true);
+      expect(await topology.connect("pod", web.lb.ipv4, 80, "tcp")).toMatchObject({ ok: true });
+    });
+
+    it("a deleted table is rebuilt by the next change", async () => {
+      await nft("delete", "table", "inet", "ipvs-node-controller");
+      expect(await backend.verify(withoutAlpha())).toBe(false);
+      expect(await backend.apply(original())).toEqual({ mode: "full", changedMappings: 8 });
+      expect(await backend.verify(original())).toBe(true);
+      for (const family of FAMILIES) {
+        expect(await topology.connect("node", alpha.lb[family], 80, "tcp")).toEqual({
+          ok: true,
+          reply: replyOf(alpha, family, 80),
+        });
+      }
+    });
+  });
+
+  it("cleanup removes the table, after which the bug is back", async () => {
+    expect(await backend.cleanup()).toBe(true);
+    expect(await backend.cleanup()).toBe(false);
+    const tables = await nft("list", "tables");
+    expect(tables.stdout).not.toContain("ipvs-node-controller");
+    expect(await topology.connect("pod", web.lb.ipv6, 80, "tcp")).toEqual({
+      ok: false,
+      error: "refused",
+    });
+  });
+});
