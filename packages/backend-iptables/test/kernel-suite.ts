@@ -1,0 +1,447 @@
+/**
+ * The kernel tests, run once per iptables variant (see kernel-legacy.test.ts and
+ * kernel-nft.test.ts, which vitest runs in parallel in separate namespaces).
+ *
+ * Every claim is proven with real traffic through a three-namespace topology: a pod and a remote
+ * host attached to a node whose `lo` carries the LB IPs and cluster IPs, with listeners on the
+ * cluster IPs only.
+ */
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import {
+  BackendError,
+  type CommandRunner,
+  computeRuleset,
+  type Ruleset,
+} from "@ipvs-node-controller/core";
+import {
+  ADDRESS_PLAN,
+  createTopology,
+  type Host,
+  kernelTestsEnabled,
+  type ProbeProtocol,
+  type Topology,
+} from "@ipvs-node-controller/test-support";
+import fc from "fast-check";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { createIptablesBackend, type IptablesVariant, renderRuleset } from "../src/index.js";
+import { family, mapping, ruleset, serviceArbitrary } from "./fixtures.js";
+
+const LB4 = "192.0.2.10";
+const LB6 = "2001:db8::10";
+const OTHER_LB4 = "192.0.2.20";
+
+/** Cluster IPs with a listener each; the reply names the Service (and family) that answered. */
+const LISTENERS = [
+  { ip: "10.96.0.10", port: 80, protocol: "tcp", reply: "web-v4" },
+  { ip: "10.96.0.10", port: 81, protocol: "tcp", reply: "web-unexposed" },
+  { ip: "fd00:96::10", port: 80, protocol: "tcp", reply: "web-v6" },
+  { ip: "10.96.0.53", port: 53, protocol: "udp", reply: "dns" },
+  { ip: "fd00:96::53", port: 53, protocol: "udp", reply: "dns-v6" },
+  { ip: "10.96.0.80", port: 8080, protocol: "tcp", reply: "api" },
+  { ip: "10.96.0.81", port: 8080, protocol: "tcp", reply: "api-2" },
+  { ip: "10.96.0.20", port: 80, protocol: "tcp", reply: "other" },
+] as const;
+
+const POD_CIDRS = {
+  ipv4: { kind: "sourceCIDRs", cidrs: [ADDRESS_PLAN.podCIDR.ipv4] },
+  ipv6: { kind: "sourceCIDRs", cidrs: [ADDRESS_PLAN.podCIDR.ipv6] },
+} as const;
+
+/** Web on both families, and DNS (udp) and an API (tcp 8080) sharing the IPv4 LB IP. */
+function dualStack(options: { apiCluster?: string; withDns?: boolean } = {}): Ruleset {
+  const v4 = [
+    mapping(LB4, 80, "10.96.0.10", { name: "web" }),
+    mapping(LB4, 8080, options.apiCluster ?? "10.96.0.80", { name: "api" }),
+    mapping(OTHER_LB4, 80, "10.96.0.20", { name: "other" }),
+  ];
+  if (options.withDns ?? true) {
+    v4.push(mapping(LB4, 53, "10.96.0.53", { protocol: "udp", name: "dns" }));
+  }
+  return ruleset([
+    family("ipv4", POD_CIDRS.ipv4, v4),
+    family("ipv6", POD_CIDRS.ipv6, [
+      mapping(LB6, 80, "fd00:96::10", { name: "web" }),
+      mapping(LB6, 53, "fd00:96::53", { protocol: "udp", name: "dns" }),
+    ]),
+  ]);
+}
+
+/** kube-proxy-like state that must survive every apply and cleanup untouched. */
+const KUBE_PROXY_LIKE = `*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-NODE-PORT - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-POSTROUTING - [0:0]
+-A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment "kubernetes postrouting rules" -j KUBE-POSTROUTING
+-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m tcp --dport 443 -j RETURN
+-A KUBE-SERVICES -m addrtype --dst-type LOCAL -j KUBE-NODE-PORT
+-A KUBE-NODE-PORT -p tcp -m tcp --dport 30000 -j KUBE-MARK-MASQ
+-A KUBE-MARK-MASQ -j MARK --set-xmark 0x4000/0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+COMMIT
+*filter
+:KUBE-FIREWALL - [0:0]
+-A INPUT -j KUBE-FIREWALL
+-A KUBE-FIREWALL -s 203.0.113.0/24 -j DROP
+COMMIT
+`;
+
+const UNRELATED_NFT_TABLE = `table inet unrelated {
+	set blocked {
+		type ipv4_addr
+		elements = { 203.0.113.99 }
+	}
+
+	chain input {
+		type filter hook input priority filter + 10; policy accept;
+		ip saddr @blocked drop
+	}
+}
+`;
+
+/**
+ * Defines the suite for one variant. Call it from a test module after
+ * `await kernelTestsEnabled(...)`, which warns (or, with CI=true, fails) when namespaces are
+ * unavailable.
+ */
+export async function defineKernelSuite(variant: IptablesVariant): Promise<void> {
+  const tools = {
+    save4: `iptables-${variant}-save`,
+    save6: `ip6tables-${variant}-save`,
+    restore4: `iptables-${variant}-restore`,
+    restore6: `ip6tables-${variant}-restore`,
+  };
+  const enabled = await kernelTestsEnabled(`iptables-${variant} kernel tests`);
+
+  describe.skipIf(!enabled)(`iptables-${variant} backend on the kernel`, () => {
+    let topology: Topology;
+    let node: CommandRunner;
+    let lockDir: string;
+
+    /** Runs a program in the node namespace and fails the test on a non-zero exit. */
+    async function nodeRun(file: string, args: string[], input?: string): Promise<string> {
+      const result = await node(file, args, input === undefined ? undefined : { input });
+      if (result.exitCode !== 0) throw new Error(`${file} ${args.join(" ")}: ${result.stderr}`);
+      return result.stdout;
+    }
+
+    /**
+     * Both families' full iptables-save output (all tables), without the timestamped comments and
+     * with the built-in chains' policy counters zeroed (iptables-legacy prints them even without
+     * -c, and they grow with every probe).
+     */
+    async function saveAll(): Promise<string> {
+      const v4 = await nodeRun(tools.save4, []);
+      const v6 = await nodeRun(tools.save6, []);
+      return `${v4}${v6}`
+        .split("\n")
+        .filter((line) => !line.startsWith("#"))
+        .map((line) => line.replace(/^(:\S+ \S+) \[\d+:\d+\]$/, "$1 [0:0]"))
+        .join("\n");
+    }
+
+    const withoutOurs = (save: string) =>
+      save
+        .split("\n")
+        .filter((line) => !line.includes("IPVSNC-"))
+        .join("\n");
+
+    const backend = (runner: CommandRunner = node) =>
+      createIptablesBackend({ mode: variant, runner });
+
+    async function expectReply(
+      from: Host,
+      ip: string,
+      port: number,
+      protocol: ProbeProtocol,
+      reply: string,
+    ) {
+      expect(await topology.connect(from, ip, port, protocol), `${from} -> ${ip}:${port}`).toEqual({
+        ok: true,
+        reply,
+      });
+    }
+
+    async function expectRefused(from: Host, ip: string, port: number, protocol: ProbeProtocol) {
+      expect(await topology.connect(from, ip, port, protocol), `${from} -> ${ip}:${port}`).toEqual({
+        ok: false,
+        error: "refused",
+      });
+    }
+
+    /** Counts the jumps into our chains from each built-in chain. */
+    async function jumpCounts(): Promise<Record<string, number>> {
+      const counts: Record<string, number> = {};
+      for (const save of [tools.save4, tools.save6]) {
+        for (const line of (await nodeRun(save, ["-t", "nat"])).split("\n")) {
+          const match = /^-A (PREROUTING|OUTPUT) .*-j (IPVSNC-\S+)/.exec(line);
+          if (match) {
+            const key = `${save}:${match[1]}`;
+            counts[key] = (counts[key] ?? 0) + 1;
+          }
+        }
+      }
+      return counts;
+    }
+
+    beforeAll(async () => {
+      // iptables-legacy serialises on a lock file; give the tests their own, as a container would.
+      lockDir = mkdtempSync(join(tmpdir(), "ipvsnc-xtables-"));
+      process.env.XTABLES_LOCKFILE = join(lockDir, "xtables.lock");
+      topology = await createTopology({ prefix: `ipt${variant.slice(0, 3)}` });
+      node = topology.runner("node");
+      await topology.addNodeAddresses([
+        LB4,
+        LB6,
+        OTHER_LB4,
+        ...new Set(LISTENERS.map((l) => l.ip)),
+      ]);
+      await topology.listen(LISTENERS);
+    }, 60_000);
+
+    afterAll(async () => {
+      await topology?.destroy();
+      rmSync(lockDir, { recursive: true, force: true });
+    });
+
+    it("reproduces the hole before any rule: LB IPs are refused", async () => {
+      await expectRefused("pod", LB4, 80, "tcp");
+      await expectRefused("pod", LB6, 80, "tcp");
+      await expectRefused("node", LB4, 80, "tcp");
+      await expectRefused("pod", LB4, 53, "udp");
+      // ...while the cluster IPs answer.
+      await expectReply("pod", "10.96.0.10", 80, "tcp", "web-v4");
+    });
+
+    let baseline: string;
+    let unrelatedTable: string;
+
+    it("leaves kube-proxy-like chains and an unrelated nft table byte-identical on apply", async () => {
+      await nodeRun(tools.restore4, ["--noflush", "-w"], KUBE_PROXY_LIKE);
+      await nodeRun(
+        tools.restore6,
+        ["--noflush", "-w"],
+        KUBE_PROXY_LIKE.replace("10.96.0.1/32", "fd00:96::1/128").replace(
+          "203.0.113.0/24",
+          "2001:db8:113::/64",
+        ),
+      );
+      await nodeRun("nft", ["-f", "-"], UNRELATED_NFT_TABLE);
+      baseline = await saveAll();
+      unrelatedTable = await nodeRun("nft", ["list", "table", "inet", "unrelated"]);
+
+      const result = await backend().apply(dualStack());
+      expect(result).toEqual({ mode: "full", changedMappings: 6 });
+
+      const after = await saveAll();
+      expect(after).not.toBe(baseline);
+      expect(withoutOurs(after)).toBe(baseline);
+      expect(await nodeRun("nft", ["list", "table", "inet", "unrelated"])).toBe(unrelatedTable);
+      // Our jumps went to the top, above kube-proxy's.
+      expect(after).toMatch(
+        /-A PREROUTING -m comment --comment ipvs-node-controller -j IPVSNC-PREROUTING\n-A PREROUTING -m comment --comment "kubernetes service portals"/,
+      );
+    });
+
+    it("lets pods and the node reach each Service through its LB IP, per family", async () => {
+      await expectReply("pod", LB4, 80, "tcp", "web-v4");
+      await expectReply("pod", LB6, 80, "tcp", "web-v6");
+      await expectReply("node", LB4, 80, "tcp", "web-v4");
+      await expectReply("node", LB6, 80, "tcp", "web-v6");
+      // Two Services sharing one IP on different ports each get their own.
+      await expectReply("pod", LB4, 53, "udp", "dns");
+      await expectReply("pod", LB4, 8080, "tcp", "api");
+      await expectReply("node", LB4, 8080, "tcp", "api");
+      await expectReply("pod", LB6, 53, "udp", "dns-v6");
+      await expectReply("pod", OTHER_LB4, 80, "tcp", "other");
+    });
+
+    it("leaves traffic from outside the node and unexposed ports untranslated", async () => {
+      await expectRefused("remote", LB4, 80, "tcp");
+      await expectRefused("remote", LB6, 80, "tcp");
+      await expectRefused("remote", LB4, 53, "udp");
+      // Port 81 has a listener on the cluster IP but is no Service port: no translation.
+      await expectRefused("pod", LB4, 81, "tcp");
+      await expectRefused("node", LB4, 81, "tcp");
+    });
+
+    it("gives translated packets the masquerade mark, and only those", async () => {
+      const counter = await topology.markCounter(0x4000);
+      const before = await counter.read();
+      await expectRefused("remote", LB4, 80, "tcp");
+      await expectRefused("pod", LB4, 81, "tcp");
+      expect(await counter.read()).toBe(before);
+      await expectReply("pod", LB4, 80, "tcp", "web-v4");
+      const afterPod = await counter.read();
+      expect(afterPod).toBeGreaterThan(before);
+      await expectReply("node", LB6, 80, "tcp", "web-v6");
+      expect(await counter.read()).toBeGreaterThan(afterPod);
+    });
+
+    it("changes nothing on a second apply, even a forced full one", async () => {
+      const before = await saveAll();
+      expect(await backend().verify(dualStack())).toBe(true);
+      expect(await backend().apply(dualStack())).toEqual({ mode: "none", changedMappings: 0 });
+      expect(await saveAll()).toBe(before);
+      expect(await backend().apply(dualStack(), { full: true })).toEqual({
+        mode: "full",
+        changedMappings: 6,
+      });
+      expect(await saveAll()).toBe(before);
+    });
+
+    it("notices drift and repairs it", async () => {
+      await nodeRun(tools.restore4, ["--noflush", "-w"], "*nat\n:IPVSNC-DNAT - [0:0]\nCOMMIT\n");
+      await expectRefused("pod", LB4, 80, "tcp");
+      expect(await backend().verify(dualStack())).toBe(false);
+      expect((await backend().apply(dualStack())).mode).toBe("full");
+      expect(await backend().verify(dualStack())).toBe(true);
+      await expectReply("pod", LB4, 80, "tcp", "web-v4");
+    });
+
+    it("changes only the traffic of an edited or removed mapping", async () => {
+      const edited = dualStack({ apiCluster: "10.96.0.81", withDns: false });
+      await backend().apply(edited);
+      await expectReply("pod", LB4, 8080, "tcp", "api-2");
+      await expectRefused("pod", LB4, 53, "udp");
+      await expectReply("pod", LB4, 80, "tcp", "web-v4");
+      await expectReply("pod", LB6, 53, "udp", "dns-v6");
+      await expectReply("node", OTHER_LB4, 80, "tcp", "other");
+      await backend().apply(dualStack());
+      await expectReply("pod", LB4, 8080, "tcp", "api");
+      await expectReply("pod", LB4, 53, "udp", "dns");
+    });
+
+    it("keeps exactly one jump per chain, at the top, across restarts", async () => {
+      // A restarted kube-proxy prepends its own jump above ours.
+      await nodeRun(
+        tools.restore4,
+        ["--noflush", "-w"],
+        [
+          "*nat",
+          '-D PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+          '-I PREROUTING 1 -m comment --comment "kubernetes service portals" -j KUBE-SERVICES',
+          "COMMIT",
+          "",
+        ].join("\n"),
+      );
+      expect(await backend().verify(dualStack())).toBe(false);
+      // Each apply is a new instance, as after a restart of the controller.
+      for (let restart = 0; restart < 3; restart++) {
+        await backend().apply(dualStack(), { full: true });
+      }
+      expect(await jumpCounts()).toEqual({
+        [`${tools.save4}:PREROUTING`]: 1,
+        [`${tools.save4}:OUTPUT`]: 1,
+        [`${tools.save6}:PREROUTING`]: 1,
+        [`${tools.save6}:OUTPUT`]: 1,
+      });
+      expect(await nodeRun(tools.save4, ["-t", "nat"])).toMatch(
+        /\n-A PREROUTING -m comment --comment ipvs-node-controller -j IPVSNC-PREROUTING\n/,
+      );
+      expect(await backend().verify(dualStack())).toBe(true);
+      await expectReply("pod", LB4, 80, "tcp", "web-v4");
+    });
+
+    it("throws a BackendError for a document the kernel refuses and keeps the previous rules", async () => {
+      const corrupting =
+        (target: string): CommandRunner =>
+        (file, args, options) =>
+          node(file, args, {
+            input:
+              file === target && options?.input
+                ? options.input.replace("-j DNAT", "-j NO-SUCH-TARGET")
+                : options?.input,
+          } as { input?: string });
+      const edited = dualStack({ apiCluster: "10.96.0.81" });
+
+      await expect(backend(corrupting(tools.restore4)).apply(edited)).rejects.toThrow(BackendError);
+      await expectReply("pod", LB4, 8080, "tcp", "api");
+
+      // IPv6 fails after IPv4 went in: IPv4 is rolled back to the previous rules.
+      const error = await backend(corrupting(tools.restore6))
+        .apply(edited)
+        .catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(BackendError);
+      expect((error as BackendError).tool).toBe(tools.restore6);
+      expect((error as BackendError).message).toMatch(/NO-SUCH-TARGET|line/);
+      await expectReply("pod", LB4, 8080, "tcp", "api");
+      await expectReply("pod", LB6, 80, "tcp", "web-v6");
+      expect(await backend().verify(dualStack())).toBe(true);
+
+      // A hand-made ruleset with a bad value never reaches the kernel.
+      const bad = dualStack();
+      const hostile = {
+        ...bad,
+        families: [
+          {
+            ...(bad.families[0] as Ruleset["families"][number]),
+            mappings: [mapping(LB4, 80, '10.96.0.10" -j ACCEPT "')],
+          },
+        ],
+      };
+      await expect(backend().apply(hostile)).rejects.toThrow(/clusterIP/);
+      await expectReply("pod", LB4, 8080, "tcp", "api");
+      expect(await backend().verify(dualStack())).toBe(true);
+    });
+
+    it("removes a family that is no longer enabled", async () => {
+      const v4Only = ruleset([dualStack().families[0] as Ruleset["families"][number]]);
+      await backend().apply(v4Only);
+      await expectReply("pod", LB4, 80, "tcp", "web-v4");
+      await expectRefused("pod", LB6, 80, "tcp");
+      expect(await nodeRun(tools.save6, ["-t", "nat"])).not.toContain("IPVSNC-");
+      expect(await backend().verify(v4Only)).toBe(true);
+      await backend().apply(dualStack());
+      await expectReply("pod", LB6, 80, "tcp", "web-v6");
+    });
+
+    it("cleans up everything of its own and nothing else", async () => {
+      expect(await backend().cleanup()).toBe(true);
+      expect(await saveAll()).toBe(baseline);
+      expect(await nodeRun("nft", ["list", "table", "inet", "unrelated"])).toBe(unrelatedTable);
+      await expectRefused("pod", LB4, 80, "tcp");
+      await expectRefused("node", LB6, 80, "tcp");
+      expect(await backend().cleanup()).toBe(false);
+    });
+
+    it("names a missing binary in its error", async () => {
+      const missing = createIptablesBackend({
+        mode: variant,
+        runner: node,
+        binaries: { iptablesSave: "/nonexistent/iptables-save" },
+      });
+      await expect(missing.apply(dualStack())).rejects.toThrow(/\/nonexistent\/iptables-save/);
+    });
+
+    it("has every document computed from random Services accepted by restore --test", async () => {
+      let families = 0;
+      await fc.assert(
+        fc.asyncProperty(fc.array(serviceArbitrary, { maxLength: 6 }), async (services) => {
+          const { ruleset: computed } = computeRuleset({
+            services,
+            node: { podCIDRs: [ADDRESS_PLAN.podCIDR.ipv4, ADDRESS_PLAN.podCIDR.ipv6] },
+            config: { families: ["ipv4", "ipv6"] },
+          });
+          const documents = renderRuleset(computed).split(/^# (ipv[46]): .*$/m);
+          for (let i = 1; i < documents.length; i += 2) {
+            const tool = documents[i] === "ipv4" ? tools.restore4 : tools.restore6;
+            const result = await node(tool, ["--test", "--noflush", "-w"], {
+              input: documents[i + 1] as string,
+            });
+            expect(result.stderr).toBe("");
+            expect(result.exitCode).toBe(0);
+            families++;
+          }
+        }),
+        { numRuns: 25 },
+      );
+      expect(families).toBe(50);
+      expect(await saveAll()).toBe(baseline);
+    });
+  });
+}
