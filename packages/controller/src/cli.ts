@@ -1,0 +1,178 @@
+/**
+ * The `ipvs-node-controller` command line.
+ *
+ * Exit codes: 0 done, 1 the work failed (a kernel tool refused, a file was unreadable), 2 bad usage.
+ */
+import { ConfigError } from "@ipvs-node-controller/core";
+import { Command, CommanderError, Option } from "commander";
+import pino from "pino";
+import { parseBindAddress } from "./http-server.js";
+import {
+  type Console,
+  cleanupCommand,
+  type OneShotFlags,
+  renderCommand,
+  syncOnceCommand,
+} from "./oneshot.js";
+import {
+  addBackendOptions,
+  addRuleOptions,
+  type BackendFlags,
+  coreConfigFromFlags,
+  durationFlag,
+  type RuleFlags,
+} from "./options.js";
+import { runController } from "./run.js";
+
+/** A usage error: reported in one line, exit code 2. */
+class UsageError extends Error {}
+
+interface RunFlags extends RuleFlags, BackendFlags {
+  kubeconfig?: string;
+  nodeName?: string;
+  syncPeriod: string;
+  minSyncPeriod: string;
+  metricsBindAddress: string;
+  healthProbeBindAddress: string;
+  logLevel: string;
+}
+
+function buildProgram(io: Console, exit: { code: number }, signals: NodeJS.EventEmitter): Command {
+  const program = new Command("ipvs-node-controller")
+    .description(
+      "Lets pods and host-network processes reach LoadBalancer and external IPs of their own cluster under kube-proxy's IPVS mode.",
+    )
+    .exitOverride()
+    .configureOutput({ writeOut: io.out, writeErr: io.err, outputError: () => {} })
+    .showHelpAfterError(false);
+
+  const withFiles = (command: Command) =>
+    addBackendOptions(addRuleOptions(command))
+      .requiredOption(
+        "--services <file>",
+        "Services as `kubectl get svc -A -o yaml|json` prints them",
+      )
+      .option("--node <file>", "a Node object whose spec.podCIDRs are this node's pod CIDRs");
+
+  withFiles(
+    program.command("render").description("print the document a sync would feed to the kernel"),
+  ).action((flags: OneShotFlags) => renderCommand(flags, io));
+
+  withFiles(program.command("sync").description("apply the rules to this network namespace"))
+    .requiredOption(
+      "--once",
+      "apply once and exit (the only mode of this command; `run` watches a cluster)",
+    )
+    .action((flags: OneShotFlags) => syncOnceCommand(flags, io));
+
+  addBackendOptions(
+    program.command("cleanup").description("remove every rule the controller created"),
+    ["nft", "iptables", "all"],
+  ).action((flags: BackendFlags) => cleanupCommand(flags, io));
+
+  addBackendOptions(
+    addRuleOptions(
+      program.command("run").description("watch the cluster and keep this node's rules in sync"),
+    ),
+  )
+    .option("--kubeconfig <file>", "kubeconfig to use (default: in-cluster config)")
+    .addOption(new Option("--node-name <name>", "name of this node").env("NODE_NAME"))
+    .option(
+      "--sync-period <duration>",
+      "how often the kernel state is verified and repaired",
+      "30s",
+    )
+    .option(
+      "--min-sync-period <duration>",
+      "minimum time between syncs; bursts are coalesced",
+      "1s",
+    )
+    .option(
+      "--metrics-bind-address <address>",
+      "host:port of /metrics, or 0 to disable",
+      "127.0.0.1:10266",
+    )
+    .option(
+      "--health-probe-bind-address <address>",
+      "host:port of /healthz and /readyz, or 0 to disable",
+      "0.0.0.0:10267",
+    )
+    .addOption(
+      new Option("--log-level <level>", "log level")
+        .choices(["trace", "debug", "info", "warn", "error", "fatal"])
+        .default("info"),
+    )
+    .action(async (flags: RunFlags) => {
+      if (!flags.nodeName) throw new UsageError("--node-name (or NODE_NAME) is required");
+      const config = coreConfigFromFlags(flags);
+      const syncPeriodMs = durationFlag("--sync-period", flags.syncPeriod, 1000);
+      const minSyncPeriodMs = durationFlag("--min-sync-period", flags.minSyncPeriod);
+      let metricsAddress: ReturnType<typeof parseBindAddress>;
+      let healthAddress: ReturnType<typeof parseBindAddress>;
+      try {
+        metricsAddress = parseBindAddress("--metrics-bind-address", flags.metricsBindAddress);
+        healthAddress = parseBindAddress(
+          "--health-probe-bind-address",
+          flags.healthProbeBindAddress,
+        );
+      } catch (error) {
+        throw new UsageError((error as Error).message);
+      }
+      const log = pino({ level: flags.logLevel, base: { node: flags.nodeName } });
+      const controller = await runController({
+        kubeconfig: flags.kubeconfig,
+        nodeName: flags.nodeName,
+        backend: flags.backend,
+        backendFlags: flags,
+        config,
+        extraPodCIDRs: flags.podCidr,
+        syncPeriodMs,
+        minSyncPeriodMs,
+        metricsAddress,
+        healthAddress,
+        log,
+      });
+      await new Promise<void>((resolve) => {
+        const shutdown = (signal: string) => {
+          log.info({ signal }, "shutting down");
+          controller.stop().then(resolve, resolve);
+        };
+        signals.once("SIGTERM", () => shutdown("SIGTERM"));
+        signals.once("SIGINT", () => shutdown("SIGINT"));
+      });
+      exit.code = 0;
+    });
+  return program;
+}
+
+/**
+ * Runs the CLI with `argv` (without the node and script paths) and returns the exit code.
+ * Errors are printed as one line on `io.err`.
+ */
+export async function main(
+  argv: readonly string[],
+  io: Console = {
+    out: (text) => process.stdout.write(`${text}\n`),
+    err: (text) => process.stderr.write(`${text}\n`),
+  },
+  signals: NodeJS.EventEmitter = process,
+): Promise<number> {
+  const exit = { code: 0 };
+  const program = buildProgram(io, exit, signals);
+  try {
+    await program.parseAsync([...argv], { from: "user" });
+    return exit.code;
+  } catch (error) {
+    if (error instanceof CommanderError) {
+      if (error.exitCode === 0) return 0; // --help, --version
+      io.err(`error: ${error.message.replace(/^error: /, "")}`);
+      return 2;
+    }
+    if (error instanceof UsageError || error instanceof ConfigError) {
+      io.err(`error: ${error.message}`);
+      return 2;
+    }
+    io.err(`error: ${(error as Error).message.split("\n")[0]}`);
+    return 1;
+  }
+}

@@ -1,0 +1,93 @@
+/**
+ * The metrics and health endpoints: small `node:http` servers, one per bind address.
+ */
+import { createServer, type Server } from "node:http";
+import type { Registry } from "prom-client";
+
+/** What the health endpoints report. */
+export interface HealthSource {
+  /** Liveness: the process is running its loop. */
+  alive(): boolean;
+  /** Readiness: caches synced and the last sync succeeded; the reason when not. */
+  ready(): { ready: true } | { ready: false; reason: string };
+}
+
+/** Parses `host:port`, `:port` or `[v6]:port`; `0` disables the server. */
+export function parseBindAddress(
+  option: string,
+  text: string,
+): { host: string; port: number } | undefined {
+  if (text === "0") return undefined;
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:[\]]*)):(\d{1,5})$/.exec(text);
+  const port = Number(match?.[3]);
+  if (!match || port > 65535) {
+    throw new Error(`${option}: ${JSON.stringify(text)} is not host:port, :port, [ipv6]:port or 0`);
+  }
+  return { host: match[1] ?? (match[2] || "0.0.0.0"), port };
+}
+
+/** Starts an HTTP server with the given routes; resolves once it listens. */
+export async function serve(
+  address: { host: string; port: number },
+  routes: Record<string, () => Promise<{ status: number; body: string; type?: string }>>,
+): Promise<Server> {
+  const server = createServer((request, response) => {
+    const path = (request.url ?? "/").split("?")[0] ?? "/";
+    const route = routes[path];
+    if (route === undefined || (request.method !== "GET" && request.method !== "HEAD")) {
+      response.writeHead(404).end("not found\n");
+      return;
+    }
+    route().then(
+      ({ status, body, type }) => {
+        response
+          .writeHead(status, { "content-type": type ?? "text/plain; charset=utf-8" })
+          .end(body);
+      },
+      (error: unknown) => {
+        response.writeHead(500).end(`${(error as Error).message}\n`);
+      },
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(address.port, address.host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+  return server;
+}
+
+/** Routes for `/metrics`. */
+export function metricsRoutes(registry: Registry) {
+  return {
+    "/metrics": async () => ({
+      status: 200,
+      body: await registry.metrics(),
+      type: registry.contentType,
+    }),
+  };
+}
+
+/** Routes for `/healthz` and `/readyz`. */
+export function healthRoutes(health: HealthSource) {
+  return {
+    "/healthz": async () =>
+      health.alive() ? { status: 200, body: "ok\n" } : { status: 503, body: "stopped\n" },
+    "/readyz": async () => {
+      const state = health.ready();
+      return state.ready
+        ? { status: 200, body: "ok\n" }
+        : { status: 503, body: `${state.reason}\n` };
+    },
+  };
+}
+
+/** Closes a server, ending idle keep-alive connections. */
+export function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeIdleConnections();
+  });
+}

@@ -1,0 +1,74 @@
+/**
+ * Reading Services and Nodes from files, in any form `kubectl get -o yaml|json` prints.
+ */
+import { readFile } from "node:fs/promises";
+import type { V1Node, V1Service } from "@kubernetes/client-node";
+import { parseAllDocuments } from "yaml";
+
+/** A file could not be read or parsed. The message names the file. */
+export class InputFileError extends Error {
+  override readonly name = "InputFileError";
+}
+
+async function readDocuments(path: string): Promise<unknown[]> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (error) {
+    throw new InputFileError(`cannot read ${path}: ${(error as Error).message}`);
+  }
+  // YAML is a superset of JSON, so one parser covers `-o json`, `-o yaml` and multi-document streams.
+  const documents = parseAllDocuments(text);
+  const values: unknown[] = [];
+  for (const document of documents) {
+    const [error] = document.errors;
+    if (error !== undefined) {
+      throw new InputFileError(`cannot parse ${path}: ${error.message.split("\n")[0]}`);
+    }
+    const value = document.toJS();
+    if (value !== null && value !== undefined) values.push(value);
+  }
+  return values;
+}
+
+function flatten(value: unknown): unknown[] {
+  if (Array.isArray(value)) return value.flatMap(flatten);
+  if (
+    value !== null &&
+    typeof value === "object" &&
+    Array.isArray((value as { items?: unknown }).items)
+  ) {
+    return (value as { items: unknown[] }).items.flatMap(flatten);
+  }
+  return [value];
+}
+
+/**
+ * Reads Services from a file holding a `List`, a `ServiceList`, single objects or a multi-document
+ * YAML stream. Objects of other kinds are ignored; what is left is handed to the core, which skips
+ * malformed Services one by one.
+ */
+export async function readServicesFile(path: string): Promise<V1Service[]> {
+  const objects = (await readDocuments(path)).flatMap(flatten);
+  return objects.filter((object): object is V1Service => {
+    if (object === null || typeof object !== "object") return false;
+    const kind = (object as { kind?: unknown }).kind;
+    return kind === undefined || kind === "Service";
+  });
+}
+
+/** Reads one Node object (or the first Node of a list) and returns its pod CIDRs. */
+export async function readNodePodCIDRs(path: string): Promise<string[]> {
+  const objects = (await readDocuments(path)).flatMap(flatten) as V1Node[];
+  const node = objects.find((object) => object?.kind === "Node");
+  if (node === undefined) throw new InputFileError(`${path} holds no Node object`);
+  return podCIDRsOf(node);
+}
+
+/** `spec.podCIDRs`, falling back to the older single `spec.podCIDR`. Non-strings are dropped. */
+export function podCIDRsOf(node: V1Node | undefined): string[] {
+  const spec = node?.spec;
+  const listed =
+    Array.isArray(spec?.podCIDRs) && spec.podCIDRs.length > 0 ? spec.podCIDRs : [spec?.podCIDR];
+  return listed.filter((cidr): cidr is string => typeof cidr === "string" && cidr !== "");
+}

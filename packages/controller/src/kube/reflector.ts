@@ -1,0 +1,208 @@
+/**
+ * A list+watch reflector that keeps a trimmed copy of one kind of object and never gives up.
+ *
+ * client-node's own informer stops for good on any error other than 410 Gone and keeps whole
+ * objects (managedFields included). A node agent must instead follow the API server through
+ * restarts and outages, and should hold only the fields it reads: this class does both.
+ */
+import type { Watch } from "@kubernetes/client-node";
+
+/** One page of a list call, as the generated client returns it. */
+export interface ListPage {
+  readonly items: readonly unknown[];
+  readonly metadata?: { readonly resourceVersion?: string; readonly _continue?: string };
+}
+
+/** Lifecycle events, for logs and metrics. */
+export type ReflectorEvent =
+  | { readonly type: "listed"; readonly objects: number }
+  | { readonly type: "watch-ended"; readonly error?: unknown }
+  | { readonly type: "expired" }
+  | { readonly type: "retry"; readonly error: unknown; readonly delayMs: number };
+
+/** How a reflector lists, watches and trims its objects. */
+export interface ReflectorOptions<T> {
+  /** For logs, e.g. `services`. */
+  readonly name: string;
+  /** Lists one page; `continueToken` is undefined for the first page. */
+  readonly list: (continueToken: string | undefined) => Promise<ListPage>;
+  /** The watch path, e.g. `/api/v1/services`. */
+  readonly watchPath: string;
+  /** Extra query parameters of the watch, e.g. a field selector. */
+  readonly watchQuery?: Readonly<Record<string, string>>;
+  readonly watch: Pick<Watch, "watch">;
+  /** Keeps only what the consumer reads; undefined drops the object. */
+  readonly trim: (object: unknown) => T | undefined;
+  /** Called after every change of the store (add, update, delete, relist). */
+  readonly onChange: () => void;
+  /** Lifecycle notifications. */
+  readonly onEvent?: (event: ReflectorEvent) => void;
+  /** Retry delays: doubled from `initialMs` up to `maxMs`, with jitter. */
+  readonly backoff?: { readonly initialMs: number; readonly maxMs: number };
+}
+
+interface ObjectMeta {
+  readonly namespace?: string;
+  readonly name?: string;
+  readonly resourceVersion?: string;
+}
+
+function metaOf(object: unknown): ObjectMeta {
+  const metadata = (object as { metadata?: ObjectMeta } | null)?.metadata;
+  return metadata ?? {};
+}
+
+function keyOf(object: unknown): string {
+  const { namespace, name } = metaOf(object);
+  return `${namespace ?? ""}/${name ?? ""}`;
+}
+
+function statusCode(error: unknown): number | undefined {
+  const candidate = error as { statusCode?: unknown; code?: unknown } | null;
+  if (typeof candidate?.statusCode === "number") return candidate.statusCode;
+  if (typeof candidate?.code === "number") return candidate.code;
+  return undefined;
+}
+
+/** A resourceVersion too old for the server: start again with a fresh list. */
+class ExpiredError extends Error {}
+
+const sleep = (ms: number, signal: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
+
+/** Keeps `store` equal to the API server's objects of one kind, through errors and restarts. */
+export class Reflector<T> {
+  /** The trimmed objects by `namespace/name`. */
+  readonly store = new Map<string, T>();
+  private resourceVersion = "";
+  private synced = false;
+  private readonly stopper = new AbortController();
+  private currentWatch: AbortController | undefined;
+  private loop: Promise<void> | undefined;
+
+  constructor(private readonly options: ReflectorOptions<T>) {}
+
+  /** True once the first complete list has been stored. */
+  get hasSynced(): boolean {
+    return this.synced;
+  }
+
+  /** Starts listing and watching in the background. */
+  start(): void {
+    this.loop ??= this.run();
+  }
+
+  /** Stops watching; resolves when the background loop has ended. */
+  async stop(): Promise<void> {
+    this.stopper.abort();
+    this.currentWatch?.abort();
+    await this.loop;
+  }
+
+  private get stopped(): boolean {
+    return this.stopper.signal.aborted;
+  }
+
+  private async run(): Promise<void> {
+    const { initialMs, maxMs } = this.options.backoff ?? { initialMs: 500, maxMs: 30_000 };
+    let failures = 0;
+    while (!this.stopped) {
+      try {
+        if (this.resourceVersion === "") await this.relist();
+        await this.watchOnce();
+        failures = 0;
+      } catch (error) {
+        if (this.stopped) break;
+        if (error instanceof ExpiredError || statusCode(error) === 410) {
+          this.options.onEvent?.({ type: "expired" });
+          this.resourceVersion = "";
+          continue;
+        }
+        failures += 1;
+        const base = Math.min(maxMs, initialMs * 2 ** (failures - 1));
+        const delayMs = Math.round(base * (0.8 + Math.random() * 0.4));
+        this.options.onEvent?.({ type: "retry", error, delayMs });
+        await sleep(delayMs, this.stopper.signal);
+      }
+    }
+  }
+
+  /** Lists every page, then replaces the store in one step so consumers never see half a list. */
+  private async relist(): Promise<void> {
+    const fresh = new Map<string, T>();
+    let continueToken: string | undefined;
+    let resourceVersion = "";
+    do {
+      const page = await this.options.list(continueToken);
+      for (const item of page.items) {
+        const trimmed = this.options.trim(item);
+        if (trimmed !== undefined) fresh.set(keyOf(item), trimmed);
+      }
+      continueToken = page.metadata?._continue || undefined;
+      resourceVersion = page.metadata?.resourceVersion ?? "";
+    } while (continueToken !== undefined && !this.stopped);
+    this.store.clear();
+    for (const [key, value] of fresh) this.store.set(key, value);
+    this.resourceVersion = resourceVersion;
+    this.synced = true;
+    this.options.onEvent?.({ type: "listed", objects: fresh.size });
+    this.options.onChange();
+  }
+
+  /** Watches from the stored resourceVersion until the server or the network ends the stream. */
+  private watchOnce(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      let expired = false;
+      const onEvent = (phase: string, object: unknown) => {
+        if (phase === "ERROR") {
+          // The server reports "too old resource version" as an in-stream Status, then closes.
+          if (statusCode(object) === 410) expired = true;
+          return;
+        }
+        const version = metaOf(object).resourceVersion;
+        if (version) this.resourceVersion = version;
+        if (phase === "BOOKMARK") return;
+        const key = keyOf(object);
+        const trimmed = phase === "DELETED" ? undefined : this.options.trim(object);
+        if (trimmed === undefined) {
+          if (this.store.delete(key)) this.options.onChange();
+        } else {
+          this.store.set(key, trimmed);
+          this.options.onChange();
+        }
+      };
+      const onDone = (error: unknown) => {
+        this.currentWatch = undefined;
+        this.options.onEvent?.({ type: "watch-ended", error: error ?? undefined });
+        if (expired) reject(new ExpiredError("resource version expired"));
+        else if (error && !this.stopped) reject(error);
+        else resolve();
+      };
+      // The server closes the watch after timeoutSeconds; a spread keeps many nodes from
+      // re-watching in lockstep, as client-go does.
+      const timeoutSeconds = String(300 + Math.floor(Math.random() * 300));
+      this.options.watch
+        .watch(
+          this.options.watchPath,
+          {
+            ...this.options.watchQuery,
+            resourceVersion: this.resourceVersion,
+            allowWatchBookmarks: "true",
+            timeoutSeconds,
+          },
+          onEvent,
+          onDone,
+        )
+        .then((controller) => {
+          this.currentWatch = controller;
+          if (this.stopped) controller.abort();
+        }, reject);
+    });
+  }
+}

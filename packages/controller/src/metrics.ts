@@ -1,0 +1,88 @@
+/**
+ * Prometheus metrics of the controller (prom-client), in a registry of its own so that several
+ * controllers in one process (tests) do not collide.
+ */
+import type { RulesetResult, SkipReason } from "@ipvs-node-controller/core";
+import { Counter, Gauge, Histogram, Registry } from "prom-client";
+
+const PREFIX = "ipvs_node_controller_";
+
+/** Every metric the controller exports. */
+export class ControllerMetrics {
+  readonly registry = new Registry();
+
+  /** Time of one sync: computing the ruleset and applying it. */
+  readonly syncDuration = new Histogram({
+    name: `${PREFIX}sync_duration_seconds`,
+    help: "Duration of a sync (compute + apply), by the kind of apply",
+    labelNames: ["mode"] as const,
+    buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
+    registers: [this.registry],
+  });
+
+  readonly syncs = new Counter({
+    name: `${PREFIX}syncs_total`,
+    help: "Syncs that succeeded, by the kind of apply (full, incremental, none)",
+    labelNames: ["mode"] as const,
+    registers: [this.registry],
+  });
+
+  readonly syncFailures = new Counter({
+    name: `${PREFIX}sync_failures_total`,
+    help: "Syncs whose apply failed (the previous rules stayed in place)",
+    registers: [this.registry],
+  });
+
+  readonly mappings = new Gauge({
+    name: `${PREFIX}mappings`,
+    help: "DNAT mappings in the kernel, by IP family",
+    labelNames: ["family"] as const,
+    registers: [this.registry],
+  });
+
+  readonly skippedServices = new Gauge({
+    name: `${PREFIX}skipped_entries`,
+    help: "Services or parts of Services that produced no mapping, by reason",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
+
+  readonly conflicts = new Gauge({
+    name: `${PREFIX}conflicts`,
+    help: "(IP, protocol, port) claimed by more than one Service",
+    registers: [this.registry],
+  });
+
+  readonly lastSuccessfulSync = new Gauge({
+    name: `${PREFIX}last_successful_sync_timestamp_seconds`,
+    help: "Unix time of the last successful sync",
+    registers: [this.registry],
+  });
+
+  readonly programmingLatency = new Histogram({
+    name: `${PREFIX}network_programming_duration_seconds`,
+    help: "Time from a Service or Node change being observed to its rules being in the kernel",
+    buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
+    registers: [this.registry],
+  });
+
+  readonly watchRestarts = new Counter({
+    name: `${PREFIX}watch_restarts_total`,
+    help: "Watches restarted after an error, by resource",
+    labelNames: ["resource"] as const,
+    registers: [this.registry],
+  });
+
+  /** Records the outcome of computing a ruleset. */
+  observeRuleset(result: RulesetResult): void {
+    for (const family of result.ruleset.families) {
+      this.mappings.set({ family: family.family }, family.mappings.length);
+    }
+    const counts = new Map<SkipReason, number>();
+    for (const entry of result.skipped)
+      counts.set(entry.reason, (counts.get(entry.reason) ?? 0) + 1);
+    this.skippedServices.reset();
+    for (const [reason, count] of counts) this.skippedServices.set({ reason }, count);
+    this.conflicts.set(result.conflicts.length);
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * The one-shot subcommands: `render` prints what would be fed to the kernel, `sync --once` applies
+ * it, `cleanup` removes everything of ours.
+ */
+import { type Backend, computeRuleset, type RulesetResult } from "@ipvs-node-controller/core";
+import { readNodePodCIDRs, readServicesFile } from "./input-files.js";
+import {
+  type BackendFlags,
+  type BackendName,
+  coreConfigFromFlags,
+  createBackend,
+  type RuleFlags,
+} from "./options.js";
+
+/** Where a one-shot command writes: results to `out`, diagnostics to `err`, one line each. */
+export interface Console {
+  out(text: string): void;
+  err(text: string): void;
+}
+
+/** Flags of `render` and `sync`. */
+export interface OneShotFlags extends RuleFlags, BackendFlags {
+  services: string;
+  node?: string;
+}
+
+/** Prints every skipped Service, conflict and warning as one line on the error stream. */
+export function reportDiagnostics(result: RulesetResult, log: (line: string) => void): void {
+  for (const entry of result.skipped)
+    log(`skipped ${entry.service}: ${entry.reason}: ${entry.detail}`);
+  for (const conflict of result.conflicts) {
+    log(
+      `conflict ${conflict.externalIP} ${conflict.protocol}/${conflict.port}: ${conflict.winner} wins over ${conflict.loser}`,
+    );
+  }
+  for (const warning of result.warnings) log(`warning: ${warning}`);
+}
+
+async function computeFromFiles(flags: OneShotFlags): Promise<RulesetResult> {
+  const config = coreConfigFromFlags(flags);
+  const services = await readServicesFile(flags.services);
+  const nodeCIDRs = flags.node === undefined ? [] : await readNodePodCIDRs(flags.node);
+  return computeRuleset({ services, node: { podCIDRs: [...nodeCIDRs, ...flags.podCidr] }, config });
+}
+
+/** `render`: prints the document a full sync would feed to the kernel tool. */
+export async function renderCommand(flags: OneShotFlags, io: Console): Promise<void> {
+  const result = await computeFromFiles(flags);
+  reportDiagnostics(result, io.err);
+  io.out(createBackend(flags.backend, flags).render(result.ruleset));
+}
+
+/** `sync --once`: applies the rules to the current network namespace. */
+export async function syncOnceCommand(flags: OneShotFlags, io: Console): Promise<void> {
+  const result = await computeFromFiles(flags);
+  reportDiagnostics(result, io.err);
+  const backend = createBackend(flags.backend, flags, io.err);
+  // A fresh process knows nothing of what is in the kernel: always a full, atomic replace.
+  const applied = await backend.apply(result.ruleset, { full: true });
+  const mappings = result.ruleset.families.reduce((sum, family) => sum + family.mappings.length, 0);
+  io.err(`applied ${mappings} mappings with ${backend.name} (${applied.mode} sync)`);
+}
+
+/** `cleanup`: removes what the chosen backend(s) created. Succeeds when there was nothing to remove. */
+export async function cleanupCommand(
+  flags: Omit<BackendFlags, "backend"> & { backend: BackendName | "all" },
+  io: Console,
+): Promise<void> {
+  const names: BackendName[] = flags.backend === "all" ? ["nft", "iptables"] : [flags.backend];
+  for (const name of names) {
+    const backend: Backend = createBackend(name, flags, io.err);
+    const removed = await backend.cleanup();
+    io.err(removed ? `removed the ${name} rules` : `no ${name} rules to remove`);
+  }
+}
