@@ -1,0 +1,233 @@
+/**
+ * The backend's process handling, with scripted runners instead of the kernel.
+ */
+import { BackendError, type CommandResult, type CommandRunner } from "@ipvs-node-controller/core";
+import { describe, expect, it } from "vitest";
+import {
+  createIptablesBackend,
+  detectIptablesVariant,
+  execaRunner,
+  SpawnError,
+  variantBinaries,
+} from "../src/index.js";
+import { family, mapping, ruleset } from "./fixtures.js";
+
+const EMPTY_NAT = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
+
+const ok = (stdout = ""): CommandResult => ({ stdout, stderr: "", exitCode: 0 });
+
+/** A runner answering from a table keyed by the program's file name, recording every call. */
+function scripted(
+  answers: Record<string, (args: readonly string[], input?: string) => CommandResult>,
+) {
+  const calls: { file: string; args: readonly string[]; input?: string }[] = [];
+  const runner: CommandRunner = async (file, args, options) => {
+    calls.push({ file, args, input: options?.input });
+    const answer = answers[file];
+    if (!answer) throw new SpawnError(file, "ENOENT", `${file} could not be started: ENOENT`);
+    return answer(args, options?.input);
+  };
+  return { runner, calls };
+}
+
+const simple = ruleset([
+  family("ipv4", { kind: "sourceCIDRs", cidrs: ["10.244.1.0/24"] }, [
+    mapping("192.0.2.1", 80, "10.96.0.1"),
+  ]),
+]);
+
+/** Save output with `n` rules in the filter table, optionally with the kubelet's hint chain. */
+function saveWith(rules: number, hint = false): string {
+  const lines = ["*mangle", hint ? ":KUBE-IPTABLES-HINT - [0:0]" : "", "COMMIT", "*filter"];
+  for (let i = 0; i < rules; i++) lines.push(`-A INPUT -s 203.0.113.${i}/32 -j DROP`);
+  lines.push("COMMIT", "");
+  return lines.join("\n");
+}
+
+describe("detectIptablesVariant", () => {
+  const cases: {
+    name: string;
+    legacy: number;
+    nft: number;
+    legacyHint?: boolean;
+    nftHint?: boolean;
+    expected: "legacy" | "nft";
+  }[] = [
+    { name: "legacy sees more rules", legacy: 5, nft: 2, expected: "legacy" },
+    { name: "nft sees more rules", legacy: 1, nft: 3, expected: "nft" },
+    { name: "a tie prefers nft", legacy: 2, nft: 2, expected: "nft" },
+    { name: "nothing anywhere prefers nft", legacy: 0, nft: 0, expected: "nft" },
+    { name: "the kubelet's hint in nft wins", legacy: 9, nft: 0, nftHint: true, expected: "nft" },
+    {
+      name: "the kubelet's hint in legacy wins",
+      legacy: 0,
+      nft: 9,
+      legacyHint: true,
+      expected: "legacy",
+    },
+  ];
+  it.each(cases)("$name", async ({ legacy, nft, legacyHint, nftHint, expected }) => {
+    const { runner } = scripted({
+      "iptables-legacy-save": () => ok(saveWith(legacy, legacyHint)),
+      "ip6tables-legacy-save": () => ok(""),
+      "iptables-nft-save": () => ok(saveWith(nft, nftHint)),
+      "ip6tables-nft-save": () => ok(""),
+    });
+    const detection = await detectIptablesVariant(runner);
+    expect(detection.variant).toBe(expected);
+    expect(detection.reason).not.toBe("");
+  });
+
+  it("counts IPv6 rules too, and treats a failing tool as seeing nothing", async () => {
+    const { runner } = scripted({
+      "iptables-legacy-save": () => ({ stdout: "", stderr: "no table", exitCode: 1 }),
+      "ip6tables-legacy-save": () => ok(saveWith(4)),
+      "iptables-nft-save": () => ok(saveWith(1)),
+      "ip6tables-nft-save": () => ok(""),
+    });
+    expect(await detectIptablesVariant(runner)).toMatchObject({
+      variant: "legacy",
+      legacyRules: 4,
+      nftRules: 1,
+    });
+  });
+
+  it("names the tools when none of them can be started", async () => {
+    const { runner } = scripted({});
+    await expect(detectIptablesVariant(runner, "/opt/xt")).rejects.toThrow(
+      /\/opt\/xt\/iptables-nft-save.*\/opt\/xt\/iptables-legacy-save/,
+    );
+  });
+
+  it("looks for the tools in binDir", () => {
+    expect(variantBinaries("legacy", "/host/sbin")).toEqual({
+      iptablesRestore: "/host/sbin/iptables-legacy-restore",
+      iptablesSave: "/host/sbin/iptables-legacy-save",
+      ip6tablesRestore: "/host/sbin/ip6tables-legacy-restore",
+      ip6tablesSave: "/host/sbin/ip6tables-legacy-save",
+    });
+  });
+});
+
+describe("createIptablesBackend", () => {
+  it("detects the variant once, logs it, and uses that variant's tools", async () => {
+    const messages: string[] = [];
+    const { runner, calls } = scripted({
+      "iptables-legacy-save": (args) => ok(args.includes("nat") ? EMPTY_NAT : saveWith(3)),
+      "ip6tables-legacy-save": () => ok(EMPTY_NAT),
+      "iptables-legacy-restore": () => ok(),
+      "iptables-nft-save": () => ok(""),
+      "ip6tables-nft-save": () => ok(""),
+    });
+    const backend = createIptablesBackend({ runner, log: (m) => messages.push(m) });
+    expect(await backend.variant()).toBe("legacy");
+    expect(await backend.apply(simple)).toEqual({ mode: "full", changedMappings: 1 });
+    expect(await backend.variant()).toBe("legacy");
+    expect(messages.filter((m) => m.startsWith("using iptables-legacy"))).toHaveLength(1);
+    expect(calls.filter((c) => c.file === "iptables-nft-save")).toHaveLength(2);
+    const restore = calls.find((c) => c.file === "iptables-legacy-restore");
+    expect(restore?.args).toEqual(["--noflush", "-w"]);
+    expect(restore?.input).toBe(backend.render(simple).split("\n").slice(1).join("\n"));
+  });
+
+  it("prefers explicit binaries over the variant's defaults", async () => {
+    const { runner, calls } = scripted({
+      "/host/iptables-save": () => ok(EMPTY_NAT),
+      "ip6tables-nft-save": () => ok(EMPTY_NAT),
+      "/host/iptables-restore": () => ok(),
+    });
+    const backend = createIptablesBackend({
+      mode: "nft",
+      runner,
+      binaries: { iptablesSave: "/host/iptables-save", iptablesRestore: "/host/iptables-restore" },
+    });
+    await backend.apply(simple);
+    expect(calls.map((c) => c.file)).toEqual([
+      "/host/iptables-save",
+      "ip6tables-nft-save",
+      "/host/iptables-restore",
+    ]);
+  });
+
+  it("quotes the line iptables-restore refused", async () => {
+    const { runner } = scripted({
+      "iptables-nft-save": () => ok(EMPTY_NAT),
+      "ip6tables-nft-save": () => ok(EMPTY_NAT),
+      "iptables-nft-restore": () => ({
+        stdout: "",
+        stderr: "iptables-nft-restore: Chain 'X' does not exist\nError occurred at line: 6\n",
+        exitCode: 2,
+      }),
+    });
+    const error = await createIptablesBackend({ mode: "nft", runner })
+      .apply(simple)
+      .catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(BackendError);
+    expect((error as BackendError).tool).toBe("iptables-nft-restore");
+    expect((error as BackendError).stderr).toMatch(/does not exist/);
+    expect((error as BackendError).message).toContain(
+      "line 6: -A IPVSNC-PREROUTING -s 10.244.1.0/24 -j IPVSNC-SERVICES",
+    );
+  });
+
+  it("fails on a failing save of an enabled family", async () => {
+    const { runner } = scripted({
+      "iptables-nft-save": () => ({ stdout: "", stderr: "permission denied", exitCode: 4 }),
+    });
+    await expect(createIptablesBackend({ mode: "nft", runner }).apply(simple)).rejects.toThrow(
+      /iptables-nft-save -t nat failed with exit code 4: permission denied/,
+    );
+  });
+
+  it("tolerates an unreadable IPv6 table when IPv6 is not in use", async () => {
+    const messages: string[] = [];
+    const { runner } = scripted({
+      "iptables-nft-save": () => ok(EMPTY_NAT),
+      "ip6tables-nft-save": () => ({ stdout: "", stderr: "no IPv6", exitCode: 1 }),
+      "iptables-nft-restore": () => ok(),
+    });
+    const backend = createIptablesBackend({ mode: "nft", runner, log: (m) => messages.push(m) });
+    expect((await backend.apply(simple)).mode).toBe("full");
+    expect(await backend.cleanup()).toBe(false);
+    expect(messages.some((m) => m.includes("cannot read the ipv6 nat table"))).toBe(true);
+  });
+
+  it("never tolerates a tool that cannot be started", async () => {
+    const { runner } = scripted({ "iptables-nft-save": () => ok(EMPTY_NAT) });
+    await expect(createIptablesBackend({ mode: "nft", runner }).cleanup()).rejects.toThrow(
+      /ip6tables-nft-save could not be run/,
+    );
+  });
+
+  it("refuses an unknown mode", () => {
+    expect(() => createIptablesBackend({ mode: "xtables" as never })).toThrow(BackendError);
+  });
+
+  it("refuses a bad ruleset before running anything", async () => {
+    const { runner, calls } = scripted({});
+    const backend = createIptablesBackend({ mode: "nft", runner });
+    const bad = ruleset([family("ipv4", { kind: "inputInterface", name: "eth0 -j DROP" }, [])]);
+    await expect(backend.apply(bad)).rejects.toThrow(/localPods\.name/);
+    await expect(backend.verify(bad)).rejects.toThrow(BackendError);
+    expect(calls).toEqual([]);
+  });
+});
+
+describe("execaRunner", () => {
+  it("returns a non-zero exit instead of throwing, and feeds stdin", async () => {
+    expect(await execaRunner("cat", [], { input: "abc" })).toEqual({
+      stdout: "abc",
+      stderr: "",
+      exitCode: 0,
+    });
+    expect((await execaRunner("false", [])).exitCode).toBe(1);
+  });
+
+  it("throws a SpawnError naming a program that does not exist", async () => {
+    await expect(execaRunner("/nonexistent/iptables-nft-save", [])).rejects.toThrow(SpawnError);
+    const backend = createIptablesBackend({ mode: "nft", binDir: "/nonexistent" });
+    await expect(backend.apply(simple)).rejects.toThrow(
+      /\/nonexistent\/iptables-nft-save could not be run/,
+    );
+  });
+});
