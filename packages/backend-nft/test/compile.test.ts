@@ -1,0 +1,316 @@
+import { diffRulesets, type LocalPodMatch } from "@ipvs-node-controller/core";
+import { describe, expect, it } from "vitest";
+import {
+  CHAIN_PRIORITY,
+  chainRules,
+  elementComment,
+  formatJson,
+  fullSyncDocument,
+  incrementalDocument,
+  type NftObject,
+  outermostCIDRs,
+} from "../src/compile.js";
+import { mapping, ruleset } from "./helpers.js";
+
+const TABLE = "ipvs-node-controller";
+const web4 = mapping({ externalIP: "203.0.113.10", clusterIP: "10.96.0.10" });
+const dns4 = mapping({
+  externalIP: "203.0.113.10",
+  clusterIP: "10.96.0.10",
+  protocol: "udp",
+  port: 53,
+});
+const web6 = mapping({ externalIP: "2001:db8::10", clusterIP: "fd00::10" });
+
+/** The commands of a document with the given verb and object, e.g. ("add", "map"). */
+function commands(document: { nftables: NftObject[] }, verb: string, object: string): NftObject[] {
+  return document.nftables
+    .map((command) => (command[verb] as NftObject | undefined)?.[object] as NftObject | undefined)
+    .filter((value): value is NftObject => value !== undefined);
+}
+
+describe("full sync document", () => {
+  const document = fullSyncDocument(ruleset([web4, dns4, web6]), TABLE);
+
+  it("replaces the table atomically: add, delete, add, then its contents", () => {
+    expect(document.nftables.slice(0, 3)).toEqual([
+      { add: { table: { family: "inet", name: TABLE } } },
+      { delete: { table: { family: "inet", name: TABLE } } },
+      { add: { table: { family: "inet", name: TABLE } } },
+    ]);
+  });
+
+  it("creates nat chains on prerouting and output at the numeric priority -110", () => {
+    expect(CHAIN_PRIORITY).toBe(-110);
+    expect(commands(document, "add", "chain")).toEqual([
+      {
+        family: "inet",
+        table: TABLE,
+        name: "prerouting",
+        type: "nat",
+        hook: "prerouting",
+        prio: -110,
+        policy: "accept",
+      },
+      {
+        family: "inet",
+        table: TABLE,
+        name: "output",
+        type: "nat",
+        hook: "output",
+        prio: -110,
+        policy: "accept",
+      },
+    ]);
+  });
+
+  it("puts each family's mappings in its own concatenated-key map with comments", () => {
+    const maps = commands(document, "add", "map");
+    expect(maps.map((map) => [map.name, map.type, map.map])).toEqual([
+      ["mappings-ipv4", ["ipv4_addr", "inet_proto", "inet_service"], "ipv4_addr"],
+      ["mappings-ipv6", ["ipv6_addr", "inet_proto", "inet_service"], "ipv6_addr"],
+    ]);
+    expect(maps[0]?.elem).toEqual([
+      [
+        { elem: { val: { concat: ["203.0.113.10", "tcp", 80] }, comment: "default/web" } },
+        "10.96.0.10",
+      ],
+      [
+        { elem: { val: { concat: ["203.0.113.10", "udp", 53] }, comment: "default/web" } },
+        "10.96.0.10",
+      ],
+    ]);
+  });
+
+  it("leaves out the element list of a family without mappings", () => {
+    const maps = commands(fullSyncDocument(ruleset([web4]), TABLE), "add", "map");
+    expect(maps[1]).not.toHaveProperty("elem");
+  });
+
+  it("marks, then DNATs through the map, only after a membership test", () => {
+    const [rule] = chainRules(ruleset([web4], { families: ["ipv4"] })).output;
+    expect(rule).toEqual([
+      { match: { op: "==", left: { fib: { result: "type", flags: ["saddr"] } }, right: "local" } },
+      {
+        match: {
+          op: "==",
+          left: {
+            concat: [
+              { payload: { protocol: "ip", field: "daddr" } },
+              { meta: { key: "l4proto" } },
+              { payload: { protocol: "th", field: "dport" } },
+            ],
+          },
+          right: "@mappings-ipv4",
+        },
+      },
+      {
+        mangle: {
+          key: { meta: { key: "mark" } },
+          value: { "|": [{ meta: { key: "mark" } }, 0x4000] },
+        },
+      },
+      {
+        dnat: {
+          family: "ip",
+          addr: {
+            map: {
+              key: {
+                concat: [
+                  { payload: { protocol: "ip", field: "daddr" } },
+                  { meta: { key: "l4proto" } },
+                  { payload: { protocol: "th", field: "dport" } },
+                ],
+              },
+              data: "@mappings-ipv4",
+            },
+          },
+        },
+      },
+    ]);
+  });
+
+  it("uses the ruleset's mark", () => {
+    const rules = chainRules(ruleset([web6], { families: ["ipv6"], mark: 0x80000000 }));
+    expect(JSON.stringify(rules)).toContain('{"|":[{"meta":{"key":"mark"}},2147483648]}');
+    expect(JSON.stringify(rules)).toContain('"dnat":{"family":"ip6"');
+  });
+});
+
+describe("local-pod match in prerouting", () => {
+  const cases: [string, "ipv4" | "ipv6", LocalPodMatch, NftObject, boolean][] = [
+    [
+      "IPv4 source CIDRs",
+      "ipv4",
+      { kind: "sourceCIDRs", cidrs: ["10.244.1.0/24"] },
+      {
+        match: {
+          op: "==",
+          left: { payload: { protocol: "ip", field: "saddr" } },
+          right: "@pod-cidrs-ipv4",
+        },
+      },
+      true,
+    ],
+    [
+      "IPv6 source CIDRs",
+      "ipv6",
+      { kind: "sourceCIDRs", cidrs: ["fd00:10:244:1::/64"] },
+      {
+        match: {
+          op: "==",
+          left: { payload: { protocol: "ip6", field: "saddr" } },
+          right: "@pod-cidrs-ipv6",
+        },
+      },
+      true,
+    ],
+    [
+      "bridge interface",
+      "ipv4",
+      { kind: "inputInterface", name: "cni0" },
+      { match: { op: "==", left: { meta: { key: "iifname" } }, right: "cni0" } },
+      false,
+    ],
+    [
+      "interface prefix",
+      "ipv6",
+      { kind: "inputInterfacePrefix", prefix: "cali" },
+      { match: { op: "==", left: { meta: { key: "iifname" } }, right: "cali*" } },
+      false,
+    ],
+  ];
+
+  it.each(cases)("%s", (_name, family, localPods, expected, needsSet) => {
+    const rules = ruleset([], { families: [family], localPods: () => localPods });
+    expect(chainRules(rules).prerouting[0]?.[0]).toEqual(expected);
+    const sets = commands(fullSyncDocument(rules, TABLE), "add", "set");
+    expect(sets.length).toBe(needsSet ? 1 : 0);
+  });
+
+  it("loads pod CIDRs as prefixes, dropping the ones another CIDR contains", () => {
+    const rules = ruleset([], {
+      families: ["ipv4"],
+      localPods: () => ({
+        kind: "sourceCIDRs",
+        cidrs: ["10.244.1.0/24", "10.0.0.0/8", "192.0.2.0/24"],
+      }),
+    });
+    const [set] = commands(fullSyncDocument(rules, TABLE), "add", "set");
+    expect(set).toMatchObject({ type: "ipv4_addr", flags: ["interval"] });
+    expect(set?.elem).toEqual([
+      { prefix: { addr: "10.0.0.0", len: 8 } },
+      { prefix: { addr: "192.0.2.0", len: 24 } },
+    ]);
+  });
+
+  it("creates an empty set when the node has no pod CIDR of the family", () => {
+    const rules = ruleset([], {
+      families: ["ipv6"],
+      localPods: () => ({ kind: "sourceCIDRs", cidrs: [] }),
+    });
+    const [set] = commands(fullSyncDocument(rules, TABLE), "add", "set");
+    expect(set).toEqual({
+      family: "inet",
+      table: TABLE,
+      name: "pod-cidrs-ipv6",
+      type: "ipv6_addr",
+      flags: ["interval"],
+    });
+  });
+});
+
+describe("outermostCIDRs", () => {
+  it.each([
+    [["10.0.0.0/8", "10.1.0.0/16"], ["10.0.0.0/8"]],
+    [["10.1.0.0/16", "10.0.0.0/8"], ["10.0.0.0/8"]],
+    [
+      ["10.0.0.0/25", "10.0.0.128/25"],
+      ["10.0.0.0/25", "10.0.0.128/25"],
+    ],
+    [["10.0.0.0/24", "10.0.0.0/24"], ["10.0.0.0/24"]],
+    [["0.0.0.0/0", "192.0.2.1/32"], ["0.0.0.0/0"]],
+    [
+      ["fd00::/8", "fd00:10:244::/48", "2001:db8::/32"],
+      ["fd00::/8", "2001:db8::/32"],
+    ],
+    [[], []],
+  ])("%j -> %j", (input, expected) => {
+    expect(outermostCIDRs(input)).toEqual(expected);
+  });
+});
+
+describe("element comments", () => {
+  it.each([
+    [{ namespace: "default", name: "web" }, "default/web"],
+    [{ namespace: "kube-system", name: "a.b" }, "kube-system/a.b"],
+    [{ namespace: 'x"; flush ruleset; "', name: "web" }, "x___flush_ruleset___/web"],
+    [{ namespace: "", name: "\n" }, "_/_"],
+    [{ namespace: "a".repeat(100), name: "ü" }, `${"a".repeat(63)}/_`],
+  ])("%j -> %s", (service, expected) => {
+    expect(elementComment(service)).toBe(expected);
+  });
+});
+
+describe("incremental document", () => {
+  const before = ruleset([web4, dns4, web6]);
+  const moved = { ...dns4, clusterIP: "10.96.0.99" };
+  const extra = mapping({ externalIP: "2001:db8::11", clusterIP: "fd00::11", port: 443 });
+  const after = ruleset([moved, web6, extra]);
+  const document = incrementalDocument(after, diffRulesets(before, after), TABLE);
+
+  it("rewrites the chains' rules first, so a missing table fails the whole transaction", () => {
+    expect(document.nftables.slice(0, 2)).toEqual([
+      { flush: { chain: { family: "inet", table: TABLE, name: "prerouting" } } },
+      { flush: { chain: { family: "inet", table: TABLE, name: "output" } } },
+    ]);
+    expect(commands(document, "add", "rule")).toHaveLength(4);
+  });
+
+  it("deletes removed and changed keys, then adds added and changed elements", () => {
+    expect(commands(document, "delete", "element")).toEqual([
+      {
+        family: "inet",
+        table: TABLE,
+        name: "mappings-ipv4",
+        elem: [{ concat: ["203.0.113.10", "tcp", 80] }, { concat: ["203.0.113.10", "udp", 53] }],
+      },
+    ]);
+    expect(commands(document, "add", "element")).toEqual([
+      {
+        family: "inet",
+        table: TABLE,
+        name: "mappings-ipv4",
+        elem: [
+          [
+            { elem: { val: { concat: ["203.0.113.10", "udp", 53] }, comment: "default/web" } },
+            "10.96.0.99",
+          ],
+        ],
+      },
+      {
+        family: "inet",
+        table: TABLE,
+        name: "mappings-ipv6",
+        elem: [
+          [
+            { elem: { val: { concat: ["2001:db8::11", "tcp", 443] }, comment: "default/web" } },
+            "fd00::11",
+          ],
+        ],
+      },
+    ]);
+  });
+});
+
+describe("formatJson", () => {
+  it("round-trips and keeps short values on one line", () => {
+    const document = fullSyncDocument(ruleset([web4, dns4, web6]), TABLE);
+    const text = formatJson(document);
+    expect(JSON.parse(text)).toEqual(document);
+    expect(text).toContain(
+      '  {"add":{"table":{"family":"inet","name":"ipvs-node-controller"}}},\n',
+    );
+    expect(text.split("\n").every((line) => line.length <= 120)).toBe(true);
+  });
+});
