@@ -191,8 +191,9 @@ export function mergeIntervals(intervals: readonly AddressInterval[]): AddressIn
 }
 
 /**
- * Drops CIDRs contained in another one of the list (and duplicates). nft refuses overlapping
- * intervals in one set; CIDRs never partially overlap, so this is all it takes.
+ * Drops CIDRs contained in another one of the list (and duplicates) and sorts the rest by address.
+ * nft refuses overlapping intervals in one set; CIDRs never partially overlap, so this is all it
+ * takes. The order makes the document independent of the order of the input.
  */
 export function outermostCIDRs(cidrs: readonly string[]): string[] {
   const withIntervals = cidrs.map((cidr) => ({ cidr, interval: cidrInterval(cidr) }));
@@ -206,6 +207,7 @@ export function outermostCIDRs(cidrs: readonly string[]): string[] {
     });
   return withIntervals
     .filter(({ interval }, index) => !coveredByAnother(interval, index))
+    .sort((a, b) => (a.interval.first < b.interval.first ? -1 : 1))
     .map(({ cidr }) => cidr);
 }
 

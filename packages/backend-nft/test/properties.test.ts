@@ -1,0 +1,129 @@
+import { diffRulesets, mappingKey, type Ruleset } from "@ipvs-node-controller/core";
+import fc from "fast-check";
+import { describe, expect, it } from "vitest";
+import { fullSyncDocument, incrementalDocument, type NftObject } from "../src/compile.js";
+import { createNftBackend } from "../src/index.js";
+import { parseListing, tableMatches } from "../src/live.js";
+import { arbitraryRuleset } from "./arbitraries.js";
+
+const TABLE = "ipvs-node-controller";
+const backend = createNftBackend({
+  runner: async () => {
+    throw new Error("render never runs a program");
+  },
+});
+
+/** Every string anywhere in a JSON value. */
+function strings(value: unknown): string[] {
+  if (typeof value === "string") return [value];
+  if (Array.isArray(value)) return value.flatMap(strings);
+  if (typeof value === "object" && value !== null) {
+    return Object.entries(value).flatMap(([key, item]) => [key, ...strings(item)]);
+  }
+  return [];
+}
+
+/** `ip|protocol|port` of every element of every map in a document, in order. */
+function mapElementKeys(document: { nftables: NftObject[] }): string[] {
+  return document.nftables.flatMap((command) => {
+    const map = (command.add as NftObject | undefined)?.map as
+      | { name: string; elem?: unknown[] }
+      | undefined;
+    return (map?.elem ?? []).map((element) => {
+      const [key] = element as [{ elem: { val: { concat: unknown[] } } }, string];
+      const family = map?.name === "mappings-ipv4" ? "ipv4" : "ipv6";
+      return [family, ...key.elem.val.concat].join("|");
+    });
+  });
+}
+
+function allKeys(ruleset: Ruleset): string[] {
+  return ruleset.families.flatMap((family) => family.mappings.map(mappingKey));
+}
+
+/** What `nft -j list table` prints after a full sync: the added objects, without the commands. */
+function listingOf(ruleset: Ruleset): string {
+  const objects = fullSyncDocument(ruleset, TABLE)
+    .nftables.slice(3)
+    .map((command) => command.add as NftObject);
+  return JSON.stringify({ nftables: [{ table: { family: "inet", name: TABLE } }, ...objects] });
+}
+
+/** Only these characters ever appear in a document: no quote, backslash, space or control character. */
+const SAFE = /^[A-Za-z0-9_.:/*@|=-]*$/;
+
+describe("render (properties)", () => {
+  it("is valid JSON holding every mapping exactly once, whatever the service names", () => {
+    fc.assert(
+      fc.property(arbitraryRuleset(), (ruleset) => {
+        const document = JSON.parse(backend.render(ruleset)) as { nftables: NftObject[] };
+        expect(mapElementKeys(document).sort()).toEqual(allKeys(ruleset).sort());
+        const sets = ruleset.families.filter(
+          (family) => family.localPods.kind === "sourceCIDRs",
+        ).length;
+        // 3 table commands, sets, one map per family, 2 chains, one rule per family in each chain.
+        expect(document.nftables).toHaveLength(
+          3 + sets + ruleset.families.length + 2 + 2 * ruleset.families.length,
+        );
+        for (const text of strings(document)) expect(text).toMatch(SAFE);
+      }),
+      { numRuns: 300 },
+    );
+  });
+
+  it("incremental documents delete and add exactly the keys that changed", () => {
+    fc.assert(
+      fc.property(arbitraryRuleset(), arbitraryRuleset(), (before, other) => {
+        // Same settings, other mappings: what an incremental sync handles.
+        const after: Ruleset = {
+          ...before,
+          families: before.families.map((family) => ({
+            ...family,
+            mappings:
+              other.families.find((o) => o.family === family.family)?.mappings ?? family.mappings,
+          })),
+        };
+        const diff = diffRulesets(before, after);
+        const document = incrementalDocument(after, diff, TABLE);
+        const deleted = document.nftables.flatMap((command) => {
+          const element = (command.delete as NftObject | undefined)?.element as
+            | { name: string; elem: { concat: unknown[] }[] }
+            | undefined;
+          return (element?.elem ?? []).map((key) =>
+            [element?.name.slice(9), ...key.concat].join("|"),
+          );
+        });
+        const added = document.nftables.flatMap((command) => {
+          const element = (command.add as NftObject | undefined)?.element as
+            | { name: string; elem: [{ elem: { val: { concat: unknown[] } } }, string][] }
+            | undefined;
+          return (element?.elem ?? []).map(([key]) =>
+            [element?.name.slice(9), ...key.elem.val.concat].join("|"),
+          );
+        });
+        const changed = diff.changed.map(({ after: mapping }) => mappingKey(mapping));
+        expect(deleted.sort()).toEqual([...diff.removed.map(mappingKey), ...changed].sort());
+        expect(added.sort()).toEqual([...diff.added.map(mappingKey), ...changed].sort());
+        for (const text of strings(document)) expect(text).toMatch(SAFE);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  it("verify accepts the listing of a full sync of the same ruleset and rejects any other", () => {
+    fc.assert(
+      fc.property(
+        arbitraryRuleset({ maxMappings: 5 }),
+        arbitraryRuleset({ maxMappings: 5 }),
+        (ruleset, other) => {
+          expect(tableMatches(parseListing(listingOf(ruleset)), ruleset)).toBe(true);
+          const same =
+            JSON.stringify(fullSyncDocument(ruleset, TABLE)) ===
+            JSON.stringify(fullSyncDocument(other, TABLE));
+          expect(tableMatches(parseListing(listingOf(other)), ruleset)).toBe(same);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+});
