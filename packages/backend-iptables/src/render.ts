@@ -172,7 +172,12 @@ function sameRules(live: readonly string[] | undefined, target: readonly string[
   return (
     live !== undefined &&
     live.length === target.length &&
-    live.every((spec, i) => normalizeSpec(spec) === normalizeSpec(target[i] as string))
+    live.every((spec, i) => {
+      const wanted = target[i] as string;
+      // Rules are rendered the way iptables-save prints them, so the cheap comparison nearly
+      // always decides; tokenizing is only needed when the quoting differs.
+      return spec === wanted || normalizeSpec(spec) === normalizeSpec(wanted);
+    })
   );
 }
 
