@@ -1,2 +1,4 @@
+export * from "./envtest.js";
 export * from "./netns.js";
 export * from "./runner.js";
+export * from "./tcp-bridge.js";
