@@ -1,0 +1,534 @@
+/**
+ * The deploy/ manifests against a real kube-apiserver: schema validation by server-side dry
+ * run, least-privilege RBAC proven with a real ServiceAccount token, and static checks of the
+ * DaemonSet in every overlay.
+ */
+import { readFile } from "node:fs/promises";
+import { fileURLToPath } from "node:url";
+import {
+  type KubectlResult,
+  locateEnvtestAssets,
+  startTestApiServer,
+  type TestApiServer,
+} from "@ipvs-node-controller/test-support";
+import type {
+  V1ClusterRole,
+  V1ClusterRoleBinding,
+  V1Container,
+  V1DaemonSet,
+  V1Service,
+} from "@kubernetes/client-node";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { parseAllDocuments } from "yaml";
+
+const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+const DEPLOY_DIR = `${REPO_ROOT}deploy`;
+const RENDERED_MANIFEST = `${DEPLOY_DIR}/ipvs-node-controller.yaml`;
+const OVERLAYS = ["nft", "iptables", "dual-stack"] as const;
+type Overlay = (typeof OVERLAYS)[number];
+
+const NAME = "ipvs-node-controller";
+const NAMESPACE = "kube-system";
+const HEALTH_PORT = 10267;
+const METRICS_ADDRESS = "127.0.0.1:10266";
+
+const inCi = process.env.CI === "true";
+// Under CI the binaries must be there (built first if need be); elsewhere a missing build skips.
+const assetsDir = await locateEnvtestAssets({ build: inCi });
+if (!assetsDir) {
+  console.warn(
+    "deploy.test.ts: SKIPPING the API-server tests: no envtest binaries (set ENVTEST_ASSETS or " +
+      "run scripts/envtest-build.sh once; they are required when CI=true)",
+  );
+}
+const describeWithApiServer = assetsDir ? describe : describe.skip;
+
+interface KubeObject {
+  apiVersion?: string;
+  kind?: string;
+  metadata?: { name?: string; namespace?: string };
+}
+
+function parseManifest(text: string): KubeObject[] {
+  return parseAllDocuments(text).map((doc) => {
+    if (doc.errors.length > 0) throw new Error(`invalid YAML: ${doc.errors[0]?.message}`);
+    return doc.toJS() as KubeObject;
+  });
+}
+
+function findObject<T>(objects: readonly KubeObject[], kind: string): T {
+  const matches = objects.filter((o) => o.kind === kind && o.metadata?.name === NAME);
+  expect(matches, `exactly one ${kind}/${NAME}`).toHaveLength(1);
+  return matches[0] as T;
+}
+
+function controllerContainer(daemonSet: V1DaemonSet): V1Container {
+  const containers = daemonSet.spec?.template.spec?.containers ?? [];
+  expect(containers).toHaveLength(1);
+  return containers[0] as V1Container;
+}
+
+/** Asserts what every overlay must keep from the base. */
+function expectHardenedDaemonSet(daemonSet: V1DaemonSet): void {
+  expect(daemonSet.metadata?.namespace).toBe(NAMESPACE);
+  const spec = daemonSet.spec;
+  const pod = spec?.template.spec;
+  expect(pod?.hostNetwork).toBe(true);
+  expect(pod?.dnsPolicy).toBe("ClusterFirstWithHostNet");
+  expect(pod?.priorityClassName).toBe("system-node-critical");
+  expect(pod?.tolerations).toEqual([{ operator: "Exists" }]);
+  expect(pod?.serviceAccountName).toBe(NAME);
+  expect(spec?.updateStrategy).toEqual({
+    type: "RollingUpdate",
+    rollingUpdate: { maxUnavailable: "10%" },
+  });
+  expect(pod?.securityContext?.runAsNonRoot).not.toBe(true);
+
+  const container = controllerContainer(daemonSet);
+  expect(container.image).toBe("ipvs-node-controller:0.1.0");
+  expect(container.command).toEqual(["ipvs-node-controller"]);
+  expect(container.args?.[0]).toBe("run");
+  expect(container.args).toContain(`--health-probe-bind-address=0.0.0.0:${HEALTH_PORT}`);
+  expect(container.args).toContain(`--metrics-bind-address=${METRICS_ADDRESS}`);
+  expect(container.args).toContain("--log-level=info");
+
+  const security = container.securityContext;
+  expect(security?.privileged).toBe(false);
+  expect(security?.allowPrivilegeEscalation).toBe(false);
+  expect(security?.readOnlyRootFilesystem).toBe(true);
+  expect(security?.runAsUser).toBe(0);
+  expect(security?.capabilities?.drop).toEqual(["ALL"]);
+  expect(security?.capabilities?.add).toContain("NET_ADMIN");
+  // Nothing close to privileged may sneak in through an overlay.
+  for (const capability of security?.capabilities?.add ?? []) {
+    expect(["NET_ADMIN", "NET_RAW"]).toContain(capability);
+  }
+
+  expect(container.env).toContainEqual({
+    name: "NODE_NAME",
+    valueFrom: { fieldRef: { fieldPath: "spec.nodeName" } },
+  });
+
+  // Probes go to the health server, on the port it binds; metrics are not exposed as a port.
+  const healthPort = container.ports?.find((port) => port.name === "health");
+  expect(healthPort?.containerPort).toBe(HEALTH_PORT);
+  expect(container.ports).toHaveLength(1);
+  expect(container.livenessProbe?.httpGet).toMatchObject({ path: "/healthz", port: "health" });
+  expect(container.readinessProbe?.httpGet).toMatchObject({ path: "/readyz", port: "health" });
+
+  expect(container.resources).toEqual({
+    requests: { cpu: "10m", memory: "32Mi" },
+    limits: { memory: "128Mi" },
+  });
+
+  // No host directory other than the xtables lock is ever mounted.
+  for (const volume of pod?.volumes ?? []) {
+    if (volume.hostPath) {
+      expect(volume.hostPath).toEqual({ path: "/run/xtables.lock", type: "FileOrCreate" });
+    }
+  }
+}
+
+function backendOf(daemonSet: V1DaemonSet): string | undefined {
+  const flag = controllerContainer(daemonSet).args?.find((arg) => arg.startsWith("--backend="));
+  return flag?.slice("--backend=".length);
+}
+
+function mountsXtablesLock(daemonSet: V1DaemonSet): boolean {
+  const mounted = controllerContainer(daemonSet).volumeMounts?.some(
+    (mount) => mount.mountPath === "/run/xtables.lock",
+  );
+  const declared = daemonSet.spec?.template.spec?.volumes?.some(
+    (volume) => volume.hostPath?.path === "/run/xtables.lock",
+  );
+  expect(mounted, "volume and mount come together").toBe(declared);
+  return mounted === true;
+}
+
+describe("the committed install manifest", () => {
+  it("is a hardened host-network DaemonSet with read-only RBAC, without any cluster", async () => {
+    const objects = parseManifest(await readFile(RENDERED_MANIFEST, "utf8"));
+    expect(objects.map((o) => o.kind).sort()).toEqual([
+      "ClusterRole",
+      "ClusterRoleBinding",
+      "DaemonSet",
+      "ServiceAccount",
+    ]);
+    const daemonSet = findObject<V1DaemonSet>(objects, "DaemonSet");
+    expectHardenedDaemonSet(daemonSet);
+    expect(backendOf(daemonSet)).toBe("nft");
+    expect(mountsXtablesLock(daemonSet)).toBe(false);
+
+    const role = findObject<V1ClusterRole>(objects, "ClusterRole");
+    expect(role.rules).toEqual([
+      { apiGroups: [""], resources: ["services"], verbs: ["get", "list", "watch"] },
+      { apiGroups: [""], resources: ["nodes"], verbs: ["get", "list", "watch"] },
+    ]);
+    const binding = findObject<V1ClusterRoleBinding>(objects, "ClusterRoleBinding");
+    expect(binding.roleRef).toEqual({
+      apiGroup: "rbac.authorization.k8s.io",
+      kind: "ClusterRole",
+      name: NAME,
+    });
+    expect(binding.subjects).toEqual([
+      { kind: "ServiceAccount", name: NAME, namespace: NAMESPACE },
+    ]);
+  });
+});
+
+describeWithApiServer("deploy/ against a real kube-apiserver", () => {
+  let api: TestApiServer;
+
+  beforeAll(async () => {
+    api = await startTestApiServer({ assetsDir: assetsDir as string });
+  }, 180_000);
+
+  afterAll(async () => {
+    await api?.stop();
+  }, 30_000);
+
+  const render = async (overlay: Overlay): Promise<string> =>
+    (await api.kubectl(["kustomize", `${DEPLOY_DIR}/overlays/${overlay}`])).stdout;
+
+  describe("the test API server itself", () => {
+    it("stores a Service, its LoadBalancer status, and keeps both across a restart", async () => {
+      const service: V1Service = {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "fixture-web", namespace: "default" },
+        spec: {
+          type: "LoadBalancer",
+          externalTrafficPolicy: "Local",
+          ipFamilyPolicy: "PreferDualStack",
+          ipFamilies: ["IPv4", "IPv6"],
+          ports: [{ name: "http", protocol: "TCP", port: 80, targetPort: 8080 }],
+          selector: { app: "web" },
+        },
+      };
+      await api.kubectl(["create", "-f", "-"], { input: JSON.stringify(service) });
+      await api.kubectl([
+        "patch",
+        "service",
+        "fixture-web",
+        "--namespace=default",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        JSON.stringify({ status: { loadBalancer: { ingress: [{ ip: "192.0.2.10" }] } } }),
+      ]);
+
+      const readBack = async (): Promise<V1Service> =>
+        JSON.parse(
+          (
+            await api.kubectl([
+              "get",
+              "service",
+              "fixture-web",
+              "--namespace=default",
+              "-o",
+              "json",
+            ])
+          ).stdout,
+        ) as V1Service;
+      const stored = await readBack();
+      expect(stored.spec?.clusterIPs).toHaveLength(2);
+      expect(stored.spec?.clusterIPs?.[0]).toMatch(/^10\.96\.\d+\.\d+$/);
+      expect(stored.spec?.clusterIPs?.[1]).toMatch(/^fd00:10:96::/);
+      expect(stored.status?.loadBalancer?.ingress?.map((ingress) => ingress.ip)).toEqual([
+        "192.0.2.10",
+      ]);
+
+      const urlBefore = api.serverUrl;
+      await api.restartApiServer();
+      expect(api.serverUrl).toBe(urlBefore);
+      const afterRestart = await readBack();
+      expect(afterRestart.metadata?.uid).toBe(stored.metadata?.uid);
+      expect(afterRestart.status?.loadBalancer?.ingress).toEqual(
+        stored.status?.loadBalancer?.ingress,
+      );
+    }, 120_000);
+  });
+
+  describe("manifests", () => {
+    it("deploy/ipvs-node-controller.yaml is exactly the rendered nft overlay", async () => {
+      const committed = await readFile(RENDERED_MANIFEST, "utf8");
+      expect(committed, "run scripts/render-deploy.sh").toBe(await render("nft"));
+    });
+
+    it.each(OVERLAYS)("the %s overlay passes a server-side dry run", async (overlay) => {
+      const { stdout } = await api.kubectl([
+        "apply",
+        "--dry-run=server",
+        "-k",
+        `${DEPLOY_DIR}/overlays/${overlay}`,
+      ]);
+      expect(stdout).toContain(`daemonset.apps/${NAME} created (server dry run)`);
+      expect(stdout).toContain(`clusterrole.rbac.authorization.k8s.io/${NAME} created`);
+    });
+
+    it("the committed manifest passes a server-side dry run", async () => {
+      const { stdout } = await api.kubectl(["apply", "--dry-run=server", "-f", RENDERED_MANIFEST]);
+      expect(stdout).toContain(`daemonset.apps/${NAME} created (server dry run)`);
+      expect(stdout).toContain(`serviceaccount/${NAME} created (server dry run)`);
+    });
+
+    it("a manifest the server rejects fails the dry run (the check can fail)", async () => {
+      // Only the API server's validation knows that a rollout needs maxUnavailable or maxSurge.
+      const broken = (await render("nft")).replace("maxUnavailable: 10%", "maxUnavailable: 0");
+      expect(broken).toContain("maxUnavailable: 0");
+      const result = await api.kubectl(["apply", "--dry-run=server", "-f", "-"], {
+        input: broken,
+        reject: false,
+      });
+      expect(result.exitCode).not.toBe(0);
+      expect(result.stderr).toContain("maxUnavailable");
+    });
+
+    it.each(OVERLAYS)("the %s overlay keeps the DaemonSet hardened", async (overlay) => {
+      const daemonSet = findObject<V1DaemonSet>(parseManifest(await render(overlay)), "DaemonSet");
+      expectHardenedDaemonSet(daemonSet);
+
+      const expected: Record<Overlay, { backend: string; xtablesLock: boolean; caps: string[] }> = {
+        nft: { backend: "nft", xtablesLock: false, caps: ["NET_ADMIN"] },
+        "dual-stack": { backend: "nft", xtablesLock: false, caps: ["NET_ADMIN"] },
+        iptables: { backend: "iptables", xtablesLock: true, caps: ["NET_ADMIN", "NET_RAW"] },
+      };
+      expect(backendOf(daemonSet)).toBe(expected[overlay].backend);
+      expect(mountsXtablesLock(daemonSet)).toBe(expected[overlay].xtablesLock);
+      const container = controllerContainer(daemonSet);
+      expect(container.securityContext?.capabilities?.add).toEqual(expected[overlay].caps);
+      expect(container.args?.filter((arg) => arg.startsWith("--backend="))).toHaveLength(1);
+
+      const netStack = container.env?.find((variable) => variable.name === "NET_STACK");
+      if (overlay === "dual-stack") expect(netStack?.value).toBe("ipv4,ipv6");
+      else expect(netStack).toBeUndefined();
+    });
+  });
+
+  describe("RBAC of the ServiceAccount", () => {
+    let asController: (args: readonly string[], input?: string) => Promise<KubectlResult>;
+
+    const expectForbidden = (result: KubectlResult): void => {
+      expect(result.exitCode, result.stdout).not.toBe(0);
+      expect(result.stderr).toContain("(Forbidden)");
+    };
+
+    beforeAll(async () => {
+      await api.kubectl(["apply", "-k", `${DEPLOY_DIR}/base`]);
+      // Objects to read or to try to change, created by the admin.
+      await api.kubectl(["create", "namespace", "rbac-probe"]);
+      await api.kubectl(["create", "-f", "-"], {
+        input: JSON.stringify({
+          apiVersion: "v1",
+          kind: "List",
+          items: [
+            {
+              apiVersion: "v1",
+              kind: "Service",
+              metadata: { name: "probe-web", namespace: "rbac-probe" },
+              spec: { type: "ClusterIP", ports: [{ port: 80, protocol: "TCP" }] },
+            },
+            { apiVersion: "v1", kind: "Node", metadata: { name: "node-a" } },
+            {
+              apiVersion: "v1",
+              kind: "Secret",
+              metadata: { name: "probe-secret", namespace: "rbac-probe" },
+              stringData: { password: "not-for-the-controller" },
+            },
+            {
+              apiVersion: "v1",
+              kind: "ConfigMap",
+              metadata: { name: "probe-config", namespace: "rbac-probe" },
+              data: { key: "value" },
+            },
+          ],
+        }),
+      });
+      const token = await api.serviceAccountToken(NAMESPACE, NAME);
+      expect(token.split(".")).toHaveLength(3);
+      const kubeconfig = await api.writeKubeconfig(token);
+      asController = (args, input) =>
+        api.kubectl(args, { kubeconfig, reject: false, ...(input === undefined ? {} : { input }) });
+    }, 60_000);
+
+    it("authenticates as the ServiceAccount", async () => {
+      const result = await asController([
+        "auth",
+        "whoami",
+        "-o",
+        "jsonpath={.status.userInfo.username}",
+      ]);
+      expect(result.stdout).toBe(`system:serviceaccount:${NAMESPACE}:${NAME}`);
+    });
+
+    it("lists and watches Services in every namespace", async () => {
+      const list = await asController(["get", "services", "--all-namespaces", "-o", "name"]);
+      expect(list.exitCode, list.stderr).toBe(0);
+      expect(list.stdout.split("\n")).toContain("service/probe-web");
+
+      const get = await asController([
+        "get",
+        "service",
+        "probe-web",
+        "-n",
+        "rbac-probe",
+        "-o",
+        "name",
+      ]);
+      expect(get.stdout.trim()).toBe("service/probe-web");
+
+      // A real watch request: the server streams ADDED events, then closes after a second.
+      const watch = await asController([
+        "get",
+        "--raw",
+        "/api/v1/services?watch=true&timeoutSeconds=1",
+      ]);
+      expect(watch.exitCode, watch.stderr).toBe(0);
+      expect(watch.stdout).toContain('"type":"ADDED"');
+      expect(watch.stdout).toContain('"name":"probe-web"');
+    });
+
+    it("gets, lists and watches Nodes", async () => {
+      const get = await asController(["get", "node", "node-a", "-o", "name"]);
+      expect(get.exitCode, get.stderr).toBe(0);
+      expect(get.stdout.trim()).toBe("node/node-a");
+
+      const list = await asController(["get", "nodes", "-o", "name"]);
+      expect(list.stdout.split("\n")).toContain("node/node-a");
+
+      const watch = await asController([
+        "get",
+        "--raw",
+        "/api/v1/nodes?watch=true&timeoutSeconds=1",
+      ]);
+      expect(watch.exitCode, watch.stderr).toBe(0);
+      expect(watch.stdout).toContain('"name":"node-a"');
+    });
+
+    it("is refused every write to Services, including their status", async () => {
+      const newService = {
+        apiVersion: "v1",
+        kind: "Service",
+        metadata: { name: "intruder", namespace: "rbac-probe" },
+        spec: { ports: [{ port: 81 }] },
+      };
+      expectForbidden(await asController(["create", "-f", "-"], JSON.stringify(newService)));
+      expectForbidden(
+        await asController([
+          "patch",
+          "service",
+          "probe-web",
+          "-n",
+          "rbac-probe",
+          "--type=merge",
+          "-p",
+          '{"metadata":{"labels":{"touched":"yes"}}}',
+        ]),
+      );
+      expectForbidden(
+        await asController([
+          "patch",
+          "service",
+          "probe-web",
+          "-n",
+          "rbac-probe",
+          "--subresource=status",
+          "--type=merge",
+          "-p",
+          '{"status":{"loadBalancer":{"ingress":[{"ip":"192.0.2.99"}]}}}',
+        ]),
+      );
+      expectForbidden(await asController(["delete", "service", "probe-web", "-n", "rbac-probe"]));
+
+      // The admin still sees the Service untouched.
+      const { stdout } = await api.kubectl([
+        "get",
+        "service",
+        "probe-web",
+        "-n",
+        "rbac-probe",
+        "-o",
+        "json",
+      ]);
+      const service = JSON.parse(stdout) as V1Service;
+      expect(service.metadata?.labels?.touched).toBeUndefined();
+      expect(service.status?.loadBalancer?.ingress).toBeUndefined();
+    });
+
+    it("is refused every write to Nodes", async () => {
+      expectForbidden(
+        await asController(["label", "node", "node-a", "ipvs-node-controller/touched=yes"]),
+      );
+      expectForbidden(
+        await asController([
+          "patch",
+          "node",
+          "node-a",
+          "--subresource=status",
+          "--type=merge",
+          "-p",
+          '{"status":{"addresses":[{"type":"InternalIP","address":"192.0.2.1"}]}}',
+        ]),
+      );
+      expectForbidden(
+        await asController(
+          ["create", "-f", "-"],
+          JSON.stringify({ apiVersion: "v1", kind: "Node", metadata: { name: "node-b" } }),
+        ),
+      );
+      expectForbidden(await asController(["delete", "node", "node-a"]));
+    });
+
+    it("cannot read Secrets, ConfigMaps or Pods, nor write Events or Leases", async () => {
+      expectForbidden(await asController(["get", "secret", "probe-secret", "-n", "rbac-probe"]));
+      expectForbidden(await asController(["get", "secrets", "--all-namespaces"]));
+      expectForbidden(await asController(["get", "configmap", "probe-config", "-n", "rbac-probe"]));
+      expectForbidden(await asController(["get", "configmaps", "--all-namespaces"]));
+      expectForbidden(await asController(["get", "pods", "--all-namespaces"]));
+      expectForbidden(
+        await asController(
+          ["create", "-f", "-"],
+          JSON.stringify({
+            apiVersion: "coordination.k8s.io/v1",
+            kind: "Lease",
+            metadata: { name: "probe-lease", namespace: NAMESPACE },
+            spec: {},
+          }),
+        ),
+      );
+      expectForbidden(
+        await asController(
+          ["create", "-f", "-"],
+          JSON.stringify({
+            apiVersion: "v1",
+            kind: "Event",
+            metadata: { name: "probe-event", namespace: "rbac-probe" },
+            involvedObject: { kind: "Service", name: "probe-web", namespace: "rbac-probe" },
+            reason: "Probe",
+            message: "should be refused",
+          }),
+        ),
+      );
+    });
+
+    it("the same requests succeed for the admin (the refusals are RBAC, not broken requests)", async () => {
+      const read = await api.kubectl([
+        "get",
+        "secret",
+        "probe-secret",
+        "-n",
+        "rbac-probe",
+        "-o",
+        "name",
+      ]);
+      expect(read.stdout.trim()).toBe("secret/probe-secret");
+      const label = await api.kubectl([
+        "label",
+        "node",
+        "node-a",
+        "ipvs-node-controller/touched=yes",
+      ]);
+      expect(label.exitCode).toBe(0);
+    });
+  });
+});
