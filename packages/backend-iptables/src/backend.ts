@@ -186,69 +186,83 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
     }
   }
 
+  /**
+   * Each operation reads the state and then writes it, so two running at once could both plan
+   * from the same state and insert a jump twice: operations on one backend run one at a time.
+   */
+  let queue: Promise<unknown> = Promise.resolve();
+  function exclusive<T>(operation: () => Promise<T>): Promise<T> {
+    const result = queue.then(operation, operation);
+    queue = result.catch(() => undefined);
+    return result;
+  }
+
   return {
     name: "iptables",
     variant,
 
     render: renderRuleset,
 
-    async apply(ruleset, applyOptions): Promise<ApplyResult> {
-      const targets = rulesetTargets(ruleset);
-      const plans: { family: IpFamily; live: LiveState; document: string; upToDate: boolean }[] =
-        [];
-      for (const family of FAMILIES) {
-        const target = targets.get(family);
-        // A family that is no longer enabled loses whatever we left there earlier.
-        const live = target ? await readState(family) : await readStateIfPossible(family);
-        if (live === undefined || (!target && !hasAnything(live))) continue;
-        plans.push({ family, live, ...planTransition(live, target ?? EMPTY_TARGET) });
-      }
-      // The live state is compared rather than the last applied ruleset, so this also holds
-      // after a restart and notices rules that someone else removed or edited.
-      if (!applyOptions?.full && plans.every((plan) => plan.upToDate)) {
-        return { mode: "none", changedMappings: 0 };
-      }
-      const done: (typeof plans)[number][] = [];
-      for (const plan of plans) {
-        try {
-          await restore(plan.family, plan.document);
-        } catch (error) {
-          // Each restore is atomic, but two families are two restores: undo the ones that went in.
-          for (const earlier of done) await rollBack(earlier.family, earlier.live);
-          throw error;
+    apply: (ruleset, applyOptions): Promise<ApplyResult> =>
+      exclusive(async () => {
+        const targets = rulesetTargets(ruleset);
+        const plans: { family: IpFamily; live: LiveState; document: string; upToDate: boolean }[] =
+          [];
+        for (const family of FAMILIES) {
+          const target = targets.get(family);
+          // A family that is no longer enabled loses whatever we left there earlier.
+          const live = target ? await readState(family) : await readStateIfPossible(family);
+          if (live === undefined || (!target && !hasAnything(live))) continue;
+          plans.push({ family, live, ...planTransition(live, target ?? EMPTY_TARGET) });
         }
-        done.push(plan);
-      }
-      return {
-        mode: "full",
-        changedMappings: ruleset.families.reduce((sum, f) => sum + f.mappings.length, 0),
-      };
-    },
-
-    async verify(ruleset): Promise<boolean> {
-      const targets = rulesetTargets(ruleset);
-      for (const family of FAMILIES) {
-        const target = targets.get(family);
-        if (target) {
-          if (!planTransition(await readState(family), target).upToDate) return false;
-        } else {
-          const live = await readStateIfPossible(family);
-          if (live !== undefined && hasAnything(live)) return false;
+        // The live state is compared rather than the last applied ruleset, so this also holds
+        // after a restart and notices rules that someone else removed or edited.
+        if (!applyOptions?.full && plans.every((plan) => plan.upToDate)) {
+          return { mode: "none", changedMappings: 0 };
         }
-      }
-      return true;
-    },
+        const done: (typeof plans)[number][] = [];
+        for (const plan of plans) {
+          try {
+            await restore(plan.family, plan.document);
+          } catch (error) {
+            // Each restore is atomic, but two families are two restores: undo the ones that went in.
+            for (const earlier of done) await rollBack(earlier.family, earlier.live);
+            throw error;
+          }
+          done.push(plan);
+        }
+        return {
+          mode: "full",
+          changedMappings: ruleset.families.reduce((sum, f) => sum + f.mappings.length, 0),
+        };
+      }),
 
-    async cleanup(): Promise<boolean> {
-      let removed = false;
-      for (const family of FAMILIES) {
-        const live =
-          family === "ipv4" ? await readState(family) : await readStateIfPossible(family);
-        if (live === undefined || !hasAnything(live)) continue;
-        await restore(family, planTransition(live, EMPTY_TARGET).document);
-        removed = true;
-      }
-      return removed;
-    },
+    verify: (ruleset): Promise<boolean> =>
+      exclusive(async () => {
+        const targets = rulesetTargets(ruleset);
+        for (const family of FAMILIES) {
+          const target = targets.get(family);
+          if (target) {
+            if (!planTransition(await readState(family), target).upToDate) return false;
+          } else {
+            const live = await readStateIfPossible(family);
+            if (live !== undefined && hasAnything(live)) return false;
+          }
+        }
+        return true;
+      }),
+
+    cleanup: (): Promise<boolean> =>
+      exclusive(async () => {
+        let removed = false;
+        for (const family of FAMILIES) {
+          const live =
+            family === "ipv4" ? await readState(family) : await readStateIfPossible(family);
+          if (live === undefined || !hasAnything(live)) continue;
+          await restore(family, planTransition(live, EMPTY_TARGET).document);
+          removed = true;
+        }
+        return removed;
+      }),
   };
 }

@@ -199,6 +199,37 @@ describe("createIptablesBackend", () => {
     );
   });
 
+  it("runs concurrent operations one after another", async () => {
+    const events: string[] = [];
+    let inFlight = 0;
+    const slow = (name: string, result: () => CommandResult) => async () => {
+      inFlight++;
+      events.push(`${name}:${inFlight}`);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+      inFlight--;
+      return result();
+    };
+    const runner: CommandRunner = async (file) => {
+      if (file.endsWith("-save")) return slow(file, () => ok(EMPTY_NAT))();
+      return slow(file, () => ok())();
+    };
+    const backend = createIptablesBackend({ mode: "nft", runner });
+    const results = await Promise.allSettled([
+      backend.apply(simple),
+      backend.apply(ruleset([family("ipx" as never, { kind: "sourceCIDRs", cidrs: [] }, [])])),
+      backend.cleanup(),
+      backend.verify(simple),
+    ]);
+    expect(results.map((r) => r.status)).toEqual([
+      "fulfilled",
+      "rejected",
+      "fulfilled",
+      "fulfilled",
+    ]);
+    expect(events.length).toBeGreaterThan(4);
+    expect(events.every((e) => e.endsWith(":1"))).toBe(true);
+  });
+
   it("refuses an unknown mode", () => {
     expect(() => createIptablesBackend({ mode: "xtables" as never })).toThrow(BackendError);
   });

@@ -389,13 +389,26 @@ export async function defineKernelSuite(variant: IptablesVariant): Promise<void>
       expect(await backend().verify(dualStack())).toBe(true);
     });
 
-    it("removes a family that is no longer enabled", async () => {
-      const v4Only = ruleset([dualStack().families[0] as Ruleset["families"][number]]);
+    it("handles a single family and removes a family that is no longer enabled", async () => {
+      const [v4, v6] = dualStack().families as [
+        Ruleset["families"][number],
+        Ruleset["families"][number],
+      ];
+      const v4Only = ruleset([v4]);
       await backend().apply(v4Only);
       await expectReply("pod", LB4, 80, "tcp", "web-v4");
       await expectRefused("pod", LB6, 80, "tcp");
       expect(await nodeRun(tools.save6, ["-t", "nat"])).not.toContain("IPVSNC-");
       expect(await backend().verify(v4Only)).toBe(true);
+      expect(await backend().verify(dualStack())).toBe(false);
+
+      const v6Only = ruleset([v6]);
+      await backend().apply(v6Only);
+      await expectReply("pod", LB6, 80, "tcp", "web-v6");
+      await expectReply("node", LB6, 53, "udp", "dns-v6");
+      await expectRefused("pod", LB4, 80, "tcp");
+      expect(await nodeRun(tools.save4, ["-t", "nat"])).not.toContain("IPVSNC-");
+      expect(await backend().verify(v6Only)).toBe(true);
       await backend().apply(dualStack());
       await expectReply("pod", LB6, 80, "tcp", "web-v6");
     });
