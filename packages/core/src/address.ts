@@ -29,8 +29,6 @@ export type Parsed<T> =
   | { readonly ok: true; readonly value: T }
   | { readonly ok: false; readonly error: string };
 
-const IPV4_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
-const IPV4_STRICT = new RegExp(`^${IPV4_OCTET}(?:\\.${IPV4_OCTET}){3}$`);
 const IPV6_CHARS = /^[0-9A-Fa-f:.]+$/;
 const MAX_ADDRESS_LENGTH = 45;
 
@@ -44,6 +42,37 @@ export function quote(value: unknown): string {
 
 function fail<T>(error: string): Parsed<T> {
   return { ok: false, error };
+}
+
+const DOT = 46;
+const ZERO = 48;
+const NINE = 57;
+
+/**
+ * Parses strict dotted decimal (four octets 0-255, no leading zeros, nothing else) by hand: this
+ * runs for every address of every Service on every sync, and a hand loop beats a regex and split.
+ */
+function parseDottedDecimal(text: string): number[] | undefined {
+  const octets: number[] = [];
+  let value = 0;
+  let digits = 0;
+  for (let i = 0; i <= text.length; i++) {
+    const code = i < text.length ? text.charCodeAt(i) : DOT;
+    if (code === DOT) {
+      if (digits === 0 || octets.length === 4) return undefined;
+      octets.push(value);
+      value = 0;
+      digits = 0;
+    } else if (code >= ZERO && code <= NINE) {
+      if (digits > 0 && value === 0) return undefined; // a leading zero reads as octal elsewhere
+      value = value * 10 + code - ZERO;
+      digits += 1;
+      if (value > 255) return undefined;
+    } else {
+      return undefined;
+    }
+  }
+  return octets.length === 4 ? octets : undefined;
 }
 
 const HEX_BYTE = Array.from({ length: 256 }, (_, byte) => byte.toString(16).padStart(2, "0"));
@@ -76,9 +105,10 @@ export function parseIP(value: unknown): Parsed<CanonicalIP> {
   if (value.length > MAX_ADDRESS_LENGTH)
     return fail(`${quote(value)} is too long for an IP address`);
   if (value.includes("%")) return fail(`${quote(value)} has a zone suffix, which is not allowed`);
-  if (IPV4_STRICT.test(value)) {
-    const octets = value.split(".").map(Number);
-    return { ok: true, value: { family: "ipv4", address: octets.join("."), sortKey: hex(octets) } };
+  const octets = parseDottedDecimal(value);
+  if (octets !== undefined) {
+    // Strict dotted decimal is already canonical: the text is kept as is.
+    return { ok: true, value: { family: "ipv4", address: value, sortKey: hex(octets) } };
   }
   if (!value.includes(":")) return fail(`${quote(value)} is not a valid IPv4 or IPv6 address`);
   if (!IPV6_CHARS.test(value) || !ipaddr.IPv6.isValid(value)) {

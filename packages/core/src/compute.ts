@@ -4,7 +4,7 @@
 import type { V1Service, V1ServicePort } from "@kubernetes/client-node";
 import { type CanonicalIP, parseCIDR, parseClusterIP, parseExternalIP, quote } from "./address.js";
 import { markForBit, resolveConfig } from "./config.js";
-import { compareMappings } from "./mapping.js";
+import { compareMappings, portKey } from "./mapping.js";
 import type {
   Conflict,
   CoreConfig,
@@ -54,12 +54,24 @@ const PROTOCOLS: Readonly<Record<string, L4Protocol>> = { TCP: "tcp", UDP: "udp"
 /** A mapping candidate with what is needed to pick a winner among Services claiming the same key. */
 interface Candidate {
   readonly mapping: Mapping;
-  readonly key: string;
-  readonly sortKey: string;
   /** Milliseconds since the epoch; missing or unreadable timestamps sort last. */
   readonly created: number;
   readonly owner: string;
+  /** The object it came from, to tell one Service listing an IP twice from two Services. */
+  readonly source: V1Service;
 }
+
+/**
+ * Everything claimed on one external IP, by `protocol rank * 65536 + port`. Grouping by IP keeps
+ * the per-sync work to one string-keyed lookup per IP, and sorting to one string sort of IPs.
+ */
+interface IpClaims {
+  readonly ip: CanonicalIP;
+  readonly byPort: Map<number, Candidate>;
+}
+
+/** Receives each candidate of a Service. */
+type Claim = (ip: CanonicalIP, candidate: Candidate) => void;
 
 function creationTime(service: V1Service): number {
   const stamp: unknown = service.metadata?.creationTimestamp;
@@ -92,9 +104,15 @@ function serviceRef(service: V1Service): ServiceRef | undefined {
 /** An address this Service wants translated, before validation, with where it came from. */
 interface ExternalAddress {
   readonly value: unknown;
-  readonly origin: string;
+  /** The field it was found in and its index; turned into text only when reported. */
+  readonly field: "status.loadBalancer.ingress" | "spec.externalIPs";
+  readonly index: number;
   readonly ipMode?: unknown;
   readonly hostname?: unknown;
+}
+
+function originOf(address: ExternalAddress): string {
+  return `${address.field}[${address.index}]`;
 }
 
 function externalAddresses(service: V1Service, config: CoreConfig): ExternalAddress[] {
@@ -105,7 +123,8 @@ function externalAddresses(service: V1Service, config: CoreConfig): ExternalAddr
       ingress.forEach((entry, index) => {
         found.push({
           value: entry?.ip,
-          origin: `status.loadBalancer.ingress[${index}]`,
+          field: "status.loadBalancer.ingress",
+          index,
           ipMode: entry?.ipMode,
           hostname: entry?.hostname,
         });
@@ -115,7 +134,7 @@ function externalAddresses(service: V1Service, config: CoreConfig): ExternalAddr
   const externalIPs = service.spec?.externalIPs;
   if (config.externalIPs && Array.isArray(externalIPs)) {
     externalIPs.forEach((value, index) => {
-      found.push({ value, origin: `spec.externalIPs[${index}]` });
+      found.push({ value, field: "spec.externalIPs", index });
     });
   }
   return found;
@@ -154,7 +173,7 @@ function servicePorts(
   skip: (reason: SkippedEntry["reason"], detail: string) => void,
 ): ServicePortSpec[] {
   const ports: ServicePortSpec[] = [];
-  const seen = new Set<string>();
+  const seen = new Set<number>();
   const listed: unknown = service.spec?.ports;
   if (!Array.isArray(listed)) return ports;
   listed.forEach((entry: V1ServicePort | undefined, index) => {
@@ -175,7 +194,7 @@ function servicePorts(
       );
       return;
     }
-    const key = `${protocol}/${port}`;
+    const key = portKey({ protocol, port });
     if (seen.has(key)) return;
     seen.add(key);
     ports.push({ protocol, port });
@@ -192,10 +211,10 @@ function candidatesOf(
   config: CoreConfig,
   enabled: ReadonlySet<IpFamily>,
   skipped: SkippedEntry[],
-): Candidate[] {
-  const owner = describeService(service);
+  claim: Claim,
+): void {
   const skip = (reason: SkippedEntry["reason"], detail: string) => {
-    skipped.push({ service: owner, reason, detail });
+    skipped.push({ service: describeService(service), reason, detail });
   };
   const addresses = externalAddresses(service, config);
   if (addresses.length === 0) {
@@ -204,64 +223,63 @@ function candidatesOf(
     if (service.spec?.type === "LoadBalancer") {
       skip("NoIngress", "the load balancer has not assigned an address yet");
     }
-    return [];
+    return;
   }
   const ref = serviceRef(service);
   if (ref === undefined) {
     skip("InvalidMetadata", "namespace and name must be DNS labels (lower-case a-z, 0-9 and -)");
-    return [];
+    return;
   }
   if (service.metadata?.annotations?.[SKIP_ANNOTATION] === "true") {
     skip("OptedOut", `annotation ${SKIP_ANNOTATION} is "true"`);
-    return [];
+    return;
   }
   if (config.onlyLocalTrafficPolicy && service.spec?.externalTrafficPolicy !== "Local") {
     skip(
       "NotLocalTrafficPolicy",
       `externalTrafficPolicy is ${quote(service.spec?.externalTrafficPolicy ?? "Cluster")}`,
     );
-    return [];
+    return;
   }
   const clusterIPs = clusterIPsByFamily(service, skip);
   if (clusterIPs.size === 0) {
     skip("NoClusterIP", "the Service is headless or has no cluster IP");
-    return [];
+    return;
   }
   const ports = servicePorts(service, skip);
   if (ports.length === 0) {
     skip("NoPorts", "the Service has no valid port");
-    return [];
+    return;
   }
 
   const created = creationTime(service);
-  const candidates: Candidate[] = [];
-  const seen = new Set<string>();
+  const owner = `${ref.namespace}/${ref.name}`;
   for (const address of addresses) {
     if (address.value === undefined || address.value === null || address.value === "") {
       if (typeof address.hostname === "string" && address.hostname !== "") {
         skip(
           "HostnameOnlyIngress",
-          `${address.origin} has only the hostname ${quote(address.hostname)}`,
+          `${originOf(address)} has only the hostname ${quote(address.hostname)}`,
         );
       } else {
-        skip("InvalidIP", `${address.origin} has no IP`);
+        skip("InvalidIP", `${originOf(address)} has no IP`);
       }
       continue;
     }
     if (address.ipMode === "Proxy") {
-      skip("ProxyIPMode", `${address.origin} ${quote(address.value)} has ipMode Proxy`);
+      skip("ProxyIPMode", `${originOf(address)} ${quote(address.value)} has ipMode Proxy`);
       continue;
     }
     const parsed = parseExternalIP(address.value);
     if (!parsed.ok) {
-      skip("InvalidIP", `${address.origin}: ${parsed.error}`);
+      skip("InvalidIP", `${originOf(address)}: ${parsed.error}`);
       continue;
     }
     const external = parsed.value;
     if (!enabled.has(external.family)) {
       skip(
         "FamilyNotEnabled",
-        `${address.origin} ${external.address}: ${external.family} is not enabled`,
+        `${originOf(address)} ${external.address}: ${external.family} is not enabled`,
       );
       continue;
     }
@@ -269,7 +287,7 @@ function candidatesOf(
     if (clusterIP === undefined) {
       skip(
         "NoClusterIPForFamily",
-        `${address.origin} ${external.address}: the Service has no ${external.family} cluster IP`,
+        `${originOf(address)} ${external.address}: the Service has no ${external.family} cluster IP`,
       );
       continue;
     }
@@ -282,19 +300,9 @@ function candidatesOf(
         clusterIP: clusterIP.address,
         service: ref,
       };
-      const key = `${external.family}|${external.address}|${protocol}|${port}`;
-      if (seen.has(key)) continue; // the same IP listed twice by one Service
-      seen.add(key);
-      candidates.push({
-        mapping,
-        key,
-        sortKey: `${external.family}|${external.sortKey}|${protocol}|${String(port).padStart(5, "0")}`,
-        created,
-        owner,
-      });
+      claim(external, { mapping, created, owner, source: service });
     }
   }
-  return candidates;
 }
 
 /** Older Services win; among equals the lower namespace/name, then the lower cluster IP, so any input order agrees. */
@@ -377,29 +385,38 @@ export function computeRuleset(input: RulesetInput): RulesetResult {
   const skipped: SkippedEntry[] = [];
   const warnings: string[] = [];
 
-  const winners = new Map<string, Candidate>();
-  const losers: { loser: Candidate; against: string }[] = [];
+  const claims = new Map<string, IpClaims>();
+  const losers: { loser: Candidate; claims: IpClaims; key: number }[] = [];
+  const claim: Claim = (ip, candidate) => {
+    let entry = claims.get(ip.address);
+    if (entry === undefined) {
+      entry = { ip, byPort: new Map() };
+      claims.set(ip.address, entry);
+    }
+    const key = portKey(candidate.mapping);
+    const current = entry.byPort.get(key);
+    if (current === undefined) {
+      entry.byPort.set(key, candidate);
+    } else if (current.source === candidate.source) {
+      // The same Service lists the IP twice (ingress and externalIPs): one mapping.
+    } else if (beats(candidate, current)) {
+      entry.byPort.set(key, candidate);
+      losers.push({ loser: current, claims: entry, key });
+    } else {
+      losers.push({ loser: candidate, claims: entry, key });
+    }
+  };
   for (const service of input.services) {
     if (service === null || typeof service !== "object") {
       skipped.push({ service: "?/?", reason: "InvalidMetadata", detail: "not an object" });
       continue;
     }
-    for (const candidate of candidatesOf(service, config, enabled, skipped)) {
-      const current = winners.get(candidate.key);
-      if (current === undefined) {
-        winners.set(candidate.key, candidate);
-      } else if (beats(candidate, current)) {
-        winners.set(candidate.key, candidate);
-        losers.push({ loser: current, against: candidate.key });
-      } else {
-        losers.push({ loser: candidate, against: candidate.key });
-      }
-    }
+    candidatesOf(service, config, enabled, skipped, claim);
   }
 
   const conflicts: Conflict[] = [];
-  for (const { loser, against } of losers) {
-    const winner = winners.get(against) as Candidate;
+  for (const { loser, claims: entry, key } of losers) {
+    const winner = entry.byPort.get(key) as Candidate;
     const { family, externalIP, protocol, port } = loser.mapping;
     conflicts.push({
       family,
@@ -416,15 +433,20 @@ export function computeRuleset(input: RulesetInput): RulesetResult {
     });
   }
 
-  const ordered = [...winners.values()].sort((a, b) =>
-    a.sortKey < b.sortKey ? -1 : a.sortKey > b.sortKey ? 1 : 0,
-  );
+  const byFamily = new Map<IpFamily, IpClaims[]>(config.families.map((family) => [family, []]));
+  for (const entry of claims.values()) byFamily.get(entry.ip.family)?.push(entry);
   const localPods = localPodMatches(config, input.node, warnings);
-  const families: FamilyRuleset[] = config.families.map((family) => ({
-    family,
-    localPods: localPods.get(family) as LocalPodMatch,
-    mappings: ordered.filter((c) => c.mapping.family === family).map((c) => c.mapping),
-  }));
+  const families: FamilyRuleset[] = config.families.map((family) => {
+    const entries = (byFamily.get(family) as IpClaims[]).sort((a, b) =>
+      a.ip.sortKey < b.ip.sortKey ? -1 : a.ip.sortKey > b.ip.sortKey ? 1 : 0,
+    );
+    const mappings: Mapping[] = [];
+    for (const { byPort } of entries) {
+      const portKeys = [...byPort.keys()].sort((a, b) => a - b);
+      for (const key of portKeys) mappings.push((byPort.get(key) as Candidate).mapping);
+    }
+    return { family, localPods: localPods.get(family) as LocalPodMatch, mappings };
+  });
 
   return {
     ruleset: { masqueradeMark: markForBit(config.masqueradeBit), families },

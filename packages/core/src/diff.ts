@@ -2,7 +2,7 @@
  * Differences between two rulesets, so a backend can send the kernel only what changed.
  */
 import equal from "fast-deep-equal";
-import { mappingKey, sortMappings } from "./mapping.js";
+import { portKey, sortMappings } from "./mapping.js";
 import type { FamilyRuleset, Mapping, Ruleset, RulesetDiff } from "./types.js";
 
 function settingsOf(ruleset: Ruleset): RulesetDiff["settings"] {
@@ -12,12 +12,30 @@ function settingsOf(ruleset: Ruleset): RulesetDiff["settings"] {
   };
 }
 
-function indexMappings(ruleset: Ruleset): Map<string, Mapping> {
-  const index = new Map<string, Mapping>();
+/**
+ * Mappings by external IP, then by protocol and port. Keyed by the address strings the mappings
+ * already hold (whose hashes V8 caches) rather than by freshly built key strings: this runs for
+ * every mapping on every sync. IPv4 and IPv6 texts never collide, so one map serves both families.
+ */
+type MappingIndex = Map<string, Map<number, Mapping>>;
+
+function indexMappings(ruleset: Ruleset): MappingIndex {
+  const index: MappingIndex = new Map();
   for (const family of ruleset.families) {
-    for (const mapping of family.mappings) index.set(mappingKey(mapping), mapping);
+    for (const mapping of family.mappings) {
+      let ports = index.get(mapping.externalIP);
+      if (ports === undefined) {
+        ports = new Map();
+        index.set(mapping.externalIP, ports);
+      }
+      ports.set(portKey(mapping), mapping);
+    }
   }
   return index;
+}
+
+function* allMappings(index: MappingIndex): Generator<Mapping> {
+  for (const ports of index.values()) yield* ports.values();
 }
 
 /**
@@ -42,17 +60,18 @@ export function diffRulesets(previous: Ruleset, next: Ruleset): RulesetDiff {
   const changed: { before: Mapping; after: Mapping }[] = [];
   for (const family of next.families) {
     for (const mapping of family.mappings) {
-      const key = mappingKey(mapping);
-      const old = before.get(key);
+      const ports = before.get(mapping.externalIP);
+      const key = portKey(mapping);
+      const old = ports?.get(key);
       if (old === undefined) added.push(mapping);
       else if (!sameTranslation(old, mapping)) changed.push({ before: old, after: mapping });
-      before.delete(key);
+      ports?.delete(key);
     }
   }
   const settings = settingsOf(next);
   return {
     added,
-    removed: [...before.values()],
+    removed: [...allMappings(before)],
     changed,
     settingsChanged: !equal(settingsOf(previous), settings),
     settings,
@@ -72,10 +91,14 @@ export function isEmptyDiff(diff: RulesetDiff): boolean {
 /** Applies a diff to the ruleset it was computed from, giving the ruleset it was computed to. */
 export function applyDiff(previous: Ruleset, diff: RulesetDiff): Ruleset {
   const index = indexMappings(previous);
-  for (const mapping of diff.removed) index.delete(mappingKey(mapping));
-  for (const { after } of diff.changed) index.set(mappingKey(after), after);
-  for (const mapping of diff.added) index.set(mappingKey(mapping), mapping);
-  const all = sortMappings([...index.values()]);
+  for (const mapping of diff.removed) index.get(mapping.externalIP)?.delete(portKey(mapping));
+  const put = (mapping: Mapping) => {
+    const ports = index.get(mapping.externalIP) ?? new Map<number, Mapping>();
+    index.set(mapping.externalIP, ports.set(portKey(mapping), mapping));
+  };
+  for (const { after } of diff.changed) put(after);
+  for (const mapping of diff.added) put(mapping);
+  const all = sortMappings([...allMappings(index)]);
   const families: FamilyRuleset[] = diff.settings.families.map(({ family, localPods }) => ({
     family,
     localPods,

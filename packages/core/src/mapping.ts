@@ -17,6 +17,14 @@ export function mappingKey(mapping: MappingKeyFields): string {
   return `${mapping.family}|${mapping.externalIP}|${mapping.protocol}|${mapping.port}`;
 }
 
+/** Protocols in the order {@link compareMappings} sorts them (by name). */
+const PROTOCOL_RANK: Readonly<Record<L4Protocol, number>> = { sctp: 0, tcp: 1, udp: 2 };
+
+/** (protocol, port) as one number that sorts in canonical order: unique per external IP. */
+export function portKey(mapping: Pick<MappingKeyFields, "protocol" | "port">): number {
+  return PROTOCOL_RANK[mapping.protocol] * 65536 + mapping.port;
+}
+
 function addressSortKey(address: string): string {
   const parsed = parseIP(address);
   return parsed.ok ? parsed.value.sortKey : address;
@@ -34,5 +42,12 @@ export function compareMappings(a: MappingKeyFields, b: MappingKeyFields): numbe
 
 /** Returns a new array of `mappings` in canonical order. */
 export function sortMappings(mappings: readonly Mapping[]): Mapping[] {
-  return [...mappings].sort(compareMappings);
+  // Each address is parsed once, not once per comparison.
+  const keyed = mappings.map((mapping) => ({
+    mapping,
+    key: `${mapping.family}|${addressSortKey(mapping.externalIP)}`,
+    port: portKey(mapping),
+  }));
+  keyed.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.port - b.port));
+  return keyed.map((entry) => entry.mapping);
 }
