@@ -1,10 +1,3 @@
-import { defineProject } from "vitest/config";
+import { packageProject } from "../../vitest.shared.js";
 
-export default defineProject({
-  resolve: { conditions: ["source"] },
-  test: {
-    name: "controller",
-    include: ["test/**/*.test.ts"],
-    benchmark: { include: ["test/**/*.bench.ts"] },
-  },
-});
+export default packageProject("controller");

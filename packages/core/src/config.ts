@@ -21,16 +21,27 @@ export const DEFAULT_CONFIG: CoreConfig = Object.freeze({
   localDetection: Object.freeze({ mode: "NodeCIDR" }) as LocalDetection,
 });
 
-/** Linux interface names: at most 15 bytes (IFNAMSIZ - 1), and nothing that could quote or escape. */
-const INTERFACE_NAME = /^[A-Za-z0-9_.-]{1,15}$/;
+/** Characters of a Linux interface name that cannot quote or escape anything in a rule. */
+const INTERFACE_NAME = /^[A-Za-z0-9_.-]+$/;
+/** IFNAMSIZ - 1. */
+const MAX_INTERFACE_NAME = 15;
 
 const FAMILY_ORDER: Record<IpFamily, number> = { ipv4: 0, ipv6: 1 };
 
-/** Validates an interface name or prefix for the BridgeInterface / InterfaceNamePrefix modes. */
-export function validateInterfaceName(option: string, value: unknown): string {
-  if (typeof value !== "string" || !INTERFACE_NAME.test(value)) {
+/**
+ * Validates an interface name (BridgeInterface mode) or prefix (InterfaceNamePrefix mode). A
+ * prefix may be at most 14 characters: iptables writes it with a trailing `+` into the same
+ * 15-character field.
+ */
+export function validateInterfaceName(
+  option: string,
+  value: unknown,
+  kind: "name" | "prefix" = "name",
+): string {
+  const max = kind === "prefix" ? MAX_INTERFACE_NAME - 1 : MAX_INTERFACE_NAME;
+  if (typeof value !== "string" || !INTERFACE_NAME.test(value) || value.length > max) {
     throw new ConfigError(
-      `${option}: ${quote(value)} is not a valid interface name (1–15 characters of A-Z a-z 0-9 _ . -)`,
+      `${option}: ${quote(value)} is not a valid interface ${kind} (1–${max} characters of A-Z a-z 0-9 _ . -)`,
     );
   }
   return value;

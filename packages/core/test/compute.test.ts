@@ -307,7 +307,11 @@ describe("bad configuration throws a ConfigError naming the value", () => {
     ],
     [
       { localDetection: { mode: "InterfaceNamePrefix", interfacePrefix: "a-very-long-interface" } },
-      /not a valid interface name/,
+      /not a valid interface prefix/,
+    ],
+    [
+      { localDetection: { mode: "InterfaceNamePrefix", interfacePrefix: "fifteen-chars-x" } },
+      /not a valid interface prefix \(1–14/,
     ],
     [{ localDetection: { mode: "Magic" } }, /"Magic"/],
   ])("%o", (config, message) => {

@@ -1,0 +1,19 @@
+import { defineProject, type UserWorkspaceConfig } from "vitest/config";
+
+// Workspace packages resolve to their TypeScript sources, also when a build left a dist/ behind
+// or is missing (vitest runs tests in vite's server-side environment, which has its own list of
+// conditions).
+const conditions = ["source"];
+
+/** The vitest project of one package: its tests and benchmarks under test/. */
+export function packageProject(name: string): UserWorkspaceConfig {
+  return defineProject({
+    resolve: { conditions },
+    ssr: { resolve: { conditions } },
+    test: {
+      name,
+      include: ["test/**/*.test.ts"],
+      benchmark: { include: ["test/**/*.bench.ts"] },
+    },
+  });
+}
