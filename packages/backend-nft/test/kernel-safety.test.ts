@@ -216,8 +216,10 @@ describe.skipIf(!kernel)("nft backend safety on the kernel", () => {
     let mappings = 0;
     await fc.assert(
       fc.asyncProperty(fc.array(service, { maxLength: 8 }), async (services) => {
-        for (const s of services)
-          (s.spec as Record<string, unknown>).clusterIP = s.spec.clusterIPs[0];
+        for (const s of services) {
+          // The primary cluster IP repeats the first of clusterIPs, as the API server does.
+          (s.spec as Record<string, unknown>).clusterIP = (s.spec.clusterIPs as unknown[])[0];
+        }
         const { ruleset } = computeRuleset({
           services: services as never,
           node: { podCIDRs: ["10.244.1.0/24", "fd00:10:244:1::/64"] },

@@ -55,6 +55,8 @@ await incremental?.apply(base);
 
 describe.skipIf(!topology)(`nft backend, ${SIZE} mappings`, () => {
   const node = () => (topology as Topology).runner("node");
+  // Benchmarks do not run afterAll hooks (vitest 4); the last benchmark's teardown destroys the
+  // namespaces, and this hook stays for runners that do.
   afterAll(async () => {
     await topology?.destroy();
   });
@@ -96,6 +98,12 @@ describe.skipIf(!topology)(`nft backend, ${SIZE} mappings`, () => {
         throw new Error("verify found neither ruleset");
       }
     },
-    { iterations: 5, time: 0 },
+    {
+      iterations: 5,
+      time: 0,
+      teardown: async (_task, mode) => {
+        if (mode === "run") await topology?.destroy();
+      },
+    },
   );
 });
