@@ -104,6 +104,7 @@ function normaliseDetection(detection: LocalDetection): LocalDetection {
         interfacePrefix: validateInterfaceName(
           "pod interface name prefix",
           detection.interfacePrefix,
+          "prefix",
         ),
       };
     default:
