@@ -257,6 +257,20 @@ describe.skipIf(!kernel)("nft backend with real traffic (dual-stack)", () => {
     });
   });
 
+  it("a different masquerade mark is a settings change: full sync, new mark on packets", async () => {
+    const original = rulesetFor([web, alpha, beta, proxied]);
+    const otherMark = { ...original, masqueradeMark: 0x8000 };
+    const otherMarks = await topology.markCounter(0x8000);
+    expect(await backend.apply(otherMark)).toEqual({ mode: "full", changedMappings: 8 });
+    expect(await backend.verify(otherMark)).toBe(true);
+    expect(await backend.verify(original)).toBe(false);
+    const before = { kubeProxy: await marks.read(), other: await otherMarks.read() };
+    expect(await topology.connect("pod", web.lb.ipv4, 80, "tcp")).toMatchObject({ ok: true });
+    expect(await otherMarks.read()).toBeGreaterThan(before.other);
+    expect(await marks.read()).toBe(before.kubeProxy);
+    expect(await backend.apply(original)).toMatchObject({ mode: "full" });
+  });
+
   it("cleanup removes the table, after which the bug is back", async () => {
     expect(await backend.cleanup()).toBe(true);
     expect(await backend.cleanup()).toBe(false);
