@@ -17,7 +17,7 @@ import {
   type Ruleset,
 } from "@ipvs-node-controller/core";
 
-const INTERFACE_NAME = /^[A-Za-z0-9_.-]{1,15}$/;
+const INTERFACE_NAME = /^[A-Za-z0-9_.-]+$/;
 const PROTOCOLS = new Set(["tcp", "udp", "sctp"]);
 
 function invalid(where: string, problem: string): never {
@@ -39,9 +39,14 @@ function checkAddress(where: string, value: unknown, family: IpFamily): void {
   }
 }
 
-function checkInterfaceName(where: string, value: unknown): void {
-  if (typeof value !== "string" || !INTERFACE_NAME.test(value)) {
-    invalid(where, `${show(value)} is not an interface name (1-15 of A-Z a-z 0-9 _ . -)`);
+/**
+ * Interface names have at most 15 characters (IFNAMSIZ - 1). A prefix gets nft's `*` wildcard
+ * appended in the same field, so it may have at most 14.
+ */
+function checkInterfaceName(where: string, value: unknown, kind: "name" | "prefix"): void {
+  const max = kind === "name" ? 15 : 14;
+  if (typeof value !== "string" || !INTERFACE_NAME.test(value) || value.length > max) {
+    invalid(where, `${show(value)} is not an interface ${kind} (1-${max} of A-Z a-z 0-9 _ . -)`);
   }
 }
 
@@ -65,10 +70,10 @@ function checkFamily(family: FamilyRuleset, index: number): void {
       break;
     }
     case "inputInterface":
-      checkInterfaceName(`${where}.localPods.name`, localPods.name);
+      checkInterfaceName(`${where}.localPods.name`, localPods.name, "name");
       break;
     case "inputInterfacePrefix":
-      checkInterfaceName(`${where}.localPods.prefix`, localPods.prefix);
+      checkInterfaceName(`${where}.localPods.prefix`, localPods.prefix, "prefix");
       break;
     default:
       invalid(`${where}.localPods.kind`, `${show(localPods?.kind)} is not a known local-pod match`);

@@ -235,10 +235,20 @@ describe("validateRuleset", () => {
       (r) => ({
         ...r,
         families: [
-          { ...r.families[0], localPods: { kind: "inputInterfacePrefix", prefix: "a".repeat(16) } },
+          { ...r.families[0], localPods: { kind: "inputInterface", name: "a".repeat(16) } },
         ],
       }),
-      /is not an interface name/,
+      /is not an interface name \(1-15/,
+    ],
+    [
+      "interface prefix too long for the wildcard",
+      (r) => ({
+        ...r,
+        families: [
+          { ...r.families[0], localPods: { kind: "inputInterfacePrefix", prefix: "a".repeat(15) } },
+        ],
+      }),
+      /"a{15}" is not an interface prefix \(1-14/,
     ],
     [
       "CIDR with host bits",
