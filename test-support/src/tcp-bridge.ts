@@ -72,7 +72,9 @@ export async function bridgeIntoNamespace(
   );
   await new Promise<void>((resolve, reject) => {
     forwarder.stdout?.once("data", () => resolve());
-    void forwarder.then((result) => reject(new Error(`bridge forwarder exited: ${result.stderr ?? ""}`)));
+    void forwarder.then((result) =>
+      reject(new Error(`bridge forwarder exited: ${result.stderr ?? ""}`)),
+    );
   });
 
   let stopped = false;

@@ -1,0 +1,260 @@
+/**
+ * End to end: a real kube-apiserver + etcd, the controller started as `ipvs-node-controller run`
+ * inside a node network namespace with the ServiceAccount token of deploy/, and real traffic from a
+ * pod namespace to LoadBalancer IPs. No HTTP mocks.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import {
+  bridgeIntoNamespace,
+  createTopology,
+  kernelTestsEnabled,
+  locateEnvtestAssets,
+  startTestApiServer,
+  type TcpBridge,
+  type TestApiServer,
+  type Topology,
+} from "@ipvs-node-controller/test-support";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+const DEPLOY_BASE = fileURLToPath(new URL("../../../deploy/base", import.meta.url));
+const NODE_NAME = "worker-1";
+
+async function envtestAvailable(): Promise<boolean> {
+  try {
+    if (await locateEnvtestAssets({ build: process.env.CI === "true" })) return true;
+  } catch (error) {
+    if (process.env.CI === "true") throw error;
+  }
+  if (process.env.CI === "true")
+    throw new Error("controller e2e tests need the envtest binaries in CI");
+  console.warn(
+    "\n!!! SKIPPING controller e2e tests: envtest binaries not built (scripts/envtest-build.sh) !!!\n",
+  );
+  return false;
+}
+
+const enabled = (await kernelTestsEnabled("controller e2e tests")) && (await envtestAvailable());
+
+/** Polls `probe` until it returns true or the deadline passes. */
+async function eventually(
+  what: string,
+  probe: () => Promise<boolean>,
+  timeoutMs = 20_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (await probe()) return;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  throw new Error(`timed out after ${timeoutMs} ms waiting until ${what}`);
+}
+
+const LB_SERVICE = (name: string, clusterIP: string, port = 80) => ({
+  apiVersion: "v1",
+  kind: "Service",
+  metadata: { namespace: "default", name },
+  spec: {
+    type: "LoadBalancer",
+    externalTrafficPolicy: "Local",
+    clusterIP,
+    ports: [{ port, protocol: "TCP", targetPort: 8080 }],
+    selector: { app: name },
+  },
+});
+
+describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
+  "controller end to end with --backend %s",
+  (backend) => {
+    let api: TestApiServer;
+    let topology: Topology;
+    let bridge: TcpBridge;
+    let kubeconfig: string;
+    let controller: ChildProcess | undefined;
+    let controllerLog = "";
+
+    const kubectl = async (...args: string[]) => (await api.kubectl(args)).stdout;
+    const apply = (object: unknown) =>
+      api.kubectl(["apply", "-f", "-"], { input: JSON.stringify(object) });
+    const setIngress = (name: string, ...ips: string[]) =>
+      kubectl(
+        "patch",
+        "service",
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        JSON.stringify({ status: { loadBalancer: { ingress: ips.map((ip) => ({ ip })) } } }),
+      );
+    const answers = async (ip: string, port: number, reply: string) => {
+      const result = await topology.connect("pod", ip, port, "tcp", { timeoutMs: 1000 });
+      return result.ok && result.reply === reply;
+    };
+    const refused = async (ip: string, port: number) => {
+      const result = await topology.connect("pod", ip, port, "tcp", { timeoutMs: 1000 });
+      return !result.ok && result.error === "refused";
+    };
+    const fetchInNode = async (path: string) => {
+      const script = `fetch("http://127.0.0.1:10267${path}").then(async r => { process.stdout.write(r.status + " " + await r.text()) }, e => { process.stdout.write("000 " + e.message) })`;
+      const result = await topology.runner("node")(process.execPath, ["-e", script]);
+      return result.stdout;
+    };
+    const metrics = async () => {
+      const script = `fetch("http://127.0.0.1:10266/metrics").then(async r => process.stdout.write(await r.text()))`;
+      return (await topology.runner("node")(process.execPath, ["-e", script])).stdout;
+    };
+
+    function startController(): void {
+      const child = spawn(
+        "ip",
+        [
+          "netns",
+          "exec",
+          topology.namespaces.node,
+          process.execPath,
+          CLI,
+          "run",
+          `--backend=${backend}`,
+          `--kubeconfig=${kubeconfig}`,
+          `--node-name=${NODE_NAME}`,
+          "--sync-period=2s",
+          "--min-sync-period=100ms",
+          "--log-level=debug",
+          "--metrics-bind-address=127.0.0.1:10266",
+          "--health-probe-bind-address=127.0.0.1:10267",
+        ],
+        { stdio: ["ignore", "pipe", "pipe"] },
+      );
+      child.stdout?.on("data", (chunk) => {
+        controllerLog += chunk;
+      });
+      child.stderr?.on("data", (chunk) => {
+        controllerLog += chunk;
+      });
+      controller = child;
+    }
+
+    async function stopController(): Promise<number | null> {
+      const child = controller;
+      controller = undefined;
+      if (child === undefined || child.exitCode !== null) return child?.exitCode ?? null;
+      const exited = new Promise<number | null>((resolve) =>
+        child.once("exit", (code) => resolve(code)),
+      );
+      child.kill("SIGTERM");
+      return exited;
+    }
+
+    beforeAll(async () => {
+      api = await startTestApiServer();
+      topology = await createTopology({ prefix: `e2e${backend[0]}` });
+      bridge = await bridgeIntoNamespace(topology.namespaces.node, {
+        host: "127.0.0.1",
+        port: Number(new URL(api.serverUrl).port),
+      });
+      await api.kubectl(["apply", "-k", DEPLOY_BASE]);
+      kubeconfig = await api.writeKubeconfig(
+        await api.serviceAccountToken("kube-system", "ipvs-node-controller"),
+      );
+      await apply({
+        apiVersion: "v1",
+        kind: "Node",
+        metadata: { name: NODE_NAME },
+        spec: { podCIDR: "10.244.1.0/24", podCIDRs: ["10.244.1.0/24"] },
+      });
+      await topology.addNodeAddresses([
+        "192.0.2.10",
+        "192.0.2.11",
+        "192.0.2.20",
+        "10.96.0.10",
+        "10.96.0.20",
+        "10.96.0.30",
+      ]);
+      await topology.listen([
+        { ip: "10.96.0.10", port: 80, protocol: "tcp", reply: "web" },
+        { ip: "10.96.0.20", port: 80, protocol: "tcp", reply: "api" },
+        { ip: "10.96.0.30", port: 80, protocol: "tcp", reply: "late" },
+      ]);
+    }, 180_000);
+
+    afterAll(async () => {
+      await stopController();
+      await bridge?.stop();
+      await topology?.destroy();
+      await api?.stop();
+    }, 60_000);
+
+    it("does its job with the ServiceAccount token, which cannot write", async () => {
+      const denied = await api.kubectl(["create", "service", "clusterip", "intruder", "--tcp=80"], {
+        kubeconfig,
+        reject: false,
+      });
+      expect(denied.exitCode).not.toBe(0);
+      expect(denied.stderr).toMatch(/forbidden/i);
+
+      await apply(LB_SERVICE("web", "10.96.0.10"));
+      await setIngress("web", "192.0.2.10");
+      expect(await refused("192.0.2.10", 80)).toBe(true); // the bug, before the controller runs
+      startController();
+      await eventually("the pod reaches web through its LB IP", () =>
+        answers("192.0.2.10", 80, "web"),
+      );
+      await eventually("the controller is ready", async () =>
+        (await fetchInNode("/readyz")).startsWith("200"),
+      );
+      expect(await fetchInNode("/healthz")).toMatch(/^200/);
+      const text = await metrics();
+      expect(text).toMatch(/ipvs_node_controller_mappings\{family="ipv4"\} 1/);
+      expect(text).toMatch(/ipvs_node_controller_last_successful_sync_timestamp_seconds \d/);
+      expect(text).toMatch(/ipvs_node_controller_network_programming_duration_seconds_count \d/);
+    }, 60_000);
+
+    it("follows an LB IP change and a new Service", async () => {
+      await setIngress("web", "192.0.2.11");
+      await eventually("web moves to its new LB IP", () => answers("192.0.2.11", 80, "web"));
+      await eventually("the old LB IP is no longer translated", () => refused("192.0.2.10", 80));
+      await apply(LB_SERVICE("api", "10.96.0.20"));
+      await setIngress("api", "192.0.2.20");
+      await eventually("api is reachable", () => answers("192.0.2.20", 80, "api"));
+    }, 60_000);
+
+    it("leaves the rules in place on SIGTERM and drops a Service deleted while it was down", async () => {
+      expect(await stopController()).toBe(0);
+      expect(await answers("192.0.2.11", 80, "web")).toBe(true);
+      await kubectl("delete", "service", "api");
+      startController();
+      await eventually("the deleted Service's rules disappear", () => refused("192.0.2.20", 80));
+      expect(await answers("192.0.2.11", 80, "web")).toBe(true);
+    }, 60_000);
+
+    it("keeps the rules through an API-server restart and converges afterwards", async () => {
+      const restart = api.restartApiServer();
+      expect(await answers("192.0.2.11", 80, "web")).toBe(true);
+      await restart;
+      await apply(LB_SERVICE("late", "10.96.0.30"));
+      await setIngress("late", "192.0.2.20");
+      await eventually(
+        "a Service created after the restart is programmed",
+        () => answers("192.0.2.20", 80, "late"),
+        40_000,
+      );
+      expect(await answers("192.0.2.11", 80, "web")).toBe(true);
+    }, 120_000);
+
+    it("repairs rules flushed by someone else within the sync period", async () => {
+      if (backend === "nft") {
+        await topology.runner("node")("nft", ["flush", "table", "inet", "ipvs-node-controller"]);
+      } else {
+        await topology.runner("node")("iptables", ["-t", "nat", "-F", "IPVSNC-DNAT"]);
+      }
+      expect(await refused("192.0.2.11", 80)).toBe(true);
+      await eventually(
+        "the flushed rules are repaired",
+        () => answers("192.0.2.11", 80, "web"),
+        15_000,
+      );
+      expect(controllerLog).toMatch(/drifted/);
+    }, 30_000);
+  },
+);
