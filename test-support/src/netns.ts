@@ -150,24 +150,38 @@ let topologyCounter = 0;
 const liveTopologies = new Set<{ namespaces: string[]; pids: Set<number> }>();
 let exitHookInstalled = false;
 
-/** Last-resort cleanup when a test process exits without calling destroy(). Synchronous by necessity. */
+/** Kills what live topologies started and deletes their namespaces. Synchronous by necessity. */
+function destroyAllNow(): void {
+  for (const topology of liveTopologies) {
+    for (const pid of topology.pids) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // Already gone.
+      }
+    }
+    for (const namespace of topology.namespaces) {
+      spawnSync("ip", ["netns", "del", namespace], { stdio: "ignore" });
+    }
+  }
+  liveTopologies.clear();
+}
+
+/**
+ * Last-resort cleanup when a test process ends without calling destroy(): on exit, and on the
+ * signals a test runner or a user sends to stop it. A signal is raised again afterwards when
+ * nobody else listens for it, so that it still ends the process.
+ */
 function installExitHook(): void {
   if (exitHookInstalled) return;
   exitHookInstalled = true;
-  process.on("exit", () => {
-    for (const topology of liveTopologies) {
-      for (const pid of topology.pids) {
-        try {
-          process.kill(pid, "SIGKILL");
-        } catch {
-          // Already gone.
-        }
-      }
-      for (const namespace of topology.namespaces) {
-        spawnSync("ip", ["netns", "del", namespace], { stdio: "ignore" });
-      }
-    }
-  });
+  process.on("exit", destroyAllNow);
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"] as const) {
+    process.once(signal, () => {
+      destroyAllNow();
+      if (process.listenerCount(signal) === 0) process.kill(process.pid, signal);
+    });
+  }
 }
 
 async function ip(args: readonly string[], input?: string): Promise<void> {
