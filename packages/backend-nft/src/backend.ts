@@ -94,7 +94,7 @@ export function createNftBackend(options: NftBackendOptions = {}): Backend {
 
   /** The ruleset the kernel holds since our last successful apply; undefined before the first. */
   let lastApplied: Ruleset | undefined;
-  /** Applies run one after another: each diff must start from the state the previous one left. */
+  /** The tail of the operations queued so far; see `serialised`. */
   let queue: Promise<unknown> = Promise.resolve();
 
   async function nft(args: readonly string[], input?: string): Promise<CommandResult> {
@@ -108,20 +108,21 @@ export function createNftBackend(options: NftBackendOptions = {}): Backend {
     }
   }
 
-  async function load(document: NftDocument, what: string): Promise<void> {
+  /** Runs one transaction. Returns undefined when nft applied it, nft's stderr when it refused it. */
+  async function transact(document: NftDocument): Promise<string | undefined> {
     const result = await nft(["-j", "-f", "-"], JSON.stringify(document));
-    if (result.exitCode !== 0) {
-      const stderr = result.stderr.trim();
-      throw new BackendError(
-        `nft rejected the ${what} of table inet ${table}: ${stderr}`,
-        "nft",
-        stderr,
-      );
-    }
+    return result.exitCode === 0 ? undefined : result.stderr.trim();
   }
 
   async function fullSync(ruleset: Ruleset): Promise<ApplyResult> {
-    await load(fullSyncDocument(ruleset, table), "full sync");
+    const refused = await transact(fullSyncDocument(ruleset, table));
+    if (refused !== undefined) {
+      throw new BackendError(
+        `nft rejected the full sync of table inet ${table}: ${refused}`,
+        "nft",
+        refused,
+      );
+    }
     lastApplied = ruleset;
     const mappings = ruleset.families.reduce((sum, family) => sum + family.mappings.length, 0);
     return { mode: "full", changedMappings: mappings };
@@ -133,13 +134,10 @@ export function createNftBackend(options: NftBackendOptions = {}): Backend {
     const diff = diffRulesets(lastApplied, ruleset);
     if (diff.settingsChanged) return fullSync(ruleset);
     if (isEmptyDiff(diff)) return { mode: "none", changedMappings: 0 };
-    try {
-      await load(incrementalDocument(ruleset, diff, table), "incremental sync");
-    } catch (error) {
-      if (!(error instanceof BackendError) || error.stderr === "") throw error;
-      // The kernel disagreed with our idea of its state (drift): rebuild everything.
-      return fullSync(ruleset);
-    }
+    const refused = await transact(incrementalDocument(ruleset, diff, table));
+    // The kernel disagreed with our idea of its state (drift, e.g. a vanished element or table):
+    // nothing of the transaction was applied, so rebuild everything.
+    if (refused !== undefined) return fullSync(ruleset);
     lastApplied = ruleset;
     return {
       mode: "incremental",
@@ -147,61 +145,63 @@ export function createNftBackend(options: NftBackendOptions = {}): Backend {
     };
   }
 
+  async function verifyNow(ruleset: Ruleset): Promise<boolean> {
+    validateRuleset(ruleset);
+    const result = await nft(["-j", "list", "table", "inet", table]);
+    if (result.exitCode !== 0) {
+      if (NOT_FOUND.test(result.stderr)) return false;
+      const stderr = result.stderr.trim();
+      throw new BackendError(`nft could not list table inet ${table}: ${stderr}`, "nft", stderr);
+    }
+    try {
+      return tableMatches(parseListing(result.stdout), ruleset);
+    } catch {
+      // A listing we cannot make sense of is not the table we wrote.
+      return false;
+    }
+  }
+
+  async function cleanupNow(): Promise<boolean> {
+    // Listing table names is cheap whatever the size of the table; only ours is deleted.
+    const listed = await nft(["-j", "list", "tables", "inet"]);
+    if (listed.exitCode !== 0) {
+      const stderr = listed.stderr.trim();
+      throw new BackendError(`nft could not list tables: ${stderr}`, "nft", stderr);
+    }
+    let present: boolean;
+    try {
+      present = (
+        JSON.parse(listed.stdout) as { nftables: { table?: { name?: string } }[] }
+      ).nftables.some((item) => item.table?.name === table);
+    } catch (error) {
+      throw new BackendError(`nft printed an unreadable table list: ${String(error)}`, "nft");
+    }
+    // Whatever happens next, the next apply must rebuild the table from scratch.
+    lastApplied = undefined;
+    if (!present) return false;
+    const deleted = await nft(["delete", "table", "inet", table]);
+    if (deleted.exitCode === 0) return true;
+    if (NOT_FOUND.test(deleted.stderr)) return false;
+    const stderr = deleted.stderr.trim();
+    throw new BackendError(`nft could not delete table inet ${table}: ${stderr}`, "nft", stderr);
+  }
+
+  /** Runs operations one after another: each diff must start from the state the previous one left. */
+  function serialised<T>(operation: () => Promise<T>): Promise<T> {
+    const run = queue.then(operation);
+    queue = run.catch(() => undefined);
+    return run;
+  }
+
   return {
     name: "nft",
-
     render(ruleset) {
       validateRuleset(ruleset);
       return `${formatJson(fullSyncDocument(ruleset, table))}\n`;
     },
-
-    apply(ruleset, applyOptions) {
-      const run = queue.then(() => applyNow(ruleset, applyOptions?.full === true));
-      queue = run.catch(() => undefined);
-      return run;
-    },
-
-    async verify(ruleset) {
-      validateRuleset(ruleset);
-      const result = await nft(["-j", "list", "table", "inet", table]);
-      if (result.exitCode !== 0) {
-        if (NOT_FOUND.test(result.stderr)) return false;
-        const stderr = result.stderr.trim();
-        throw new BackendError(`nft could not list table inet ${table}: ${stderr}`, "nft", stderr);
-      }
-      try {
-        return tableMatches(parseListing(result.stdout), ruleset);
-      } catch {
-        // A listing we cannot make sense of is not the table we wrote.
-        return false;
-      }
-    },
-
-    async cleanup() {
-      const run = queue.then(async () => {
-        // Listing table names is cheap whatever the size of the table; only ours is deleted.
-        const listed = await nft(["-j", "list", "tables", "inet"]);
-        if (listed.exitCode !== 0) {
-          const stderr = listed.stderr.trim();
-          throw new BackendError(`nft could not list tables: ${stderr}`, "nft", stderr);
-        }
-        const present = (
-          JSON.parse(listed.stdout) as { nftables: { table?: { name?: string } }[] }
-        ).nftables.some((item) => item.table?.name === table);
-        lastApplied = undefined;
-        if (!present) return false;
-        const deleted = await nft(["delete", "table", "inet", table]);
-        if (deleted.exitCode === 0) return true;
-        if (NOT_FOUND.test(deleted.stderr)) return false;
-        const stderr = deleted.stderr.trim();
-        throw new BackendError(
-          `nft could not delete table inet ${table}: ${stderr}`,
-          "nft",
-          stderr,
-        );
-      });
-      queue = run.catch(() => undefined);
-      return run;
-    },
+    apply: (ruleset, applyOptions) =>
+      serialised(() => applyNow(ruleset, applyOptions?.full === true)),
+    verify: (ruleset) => serialised(() => verifyNow(ruleset)),
+    cleanup: () => serialised(cleanupNow),
   };
 }
