@@ -2,9 +2,10 @@ import {
   ADDRESS_PLAN,
   createTopology,
   kernelTestsEnabled,
+  netnsSupport,
   type Topology,
 } from "@ipvs-node-controller/test-support";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from "vitest";
 
 const kernel = await kernelTestsEnabled("network-namespace topology tests");
 
@@ -85,5 +86,34 @@ describe.skipIf(!kernel)("test topology reproduces the IPVS Local-policy hole", 
     const { execa } = await import("execa");
     const listed = await execa("ip", ["netns", "list"]);
     for (const name of Object.values(extra.namespaces)) expect(listed.stdout).not.toContain(name);
+  });
+});
+
+describe("kernel test gate without root", () => {
+  afterEach(() => {
+    vi.restoreAllMocks();
+    vi.unstubAllEnvs();
+  });
+
+  it("names the reason, warns loudly and skips outside CI", async () => {
+    vi.spyOn(process, "getuid").mockReturnValue(1000);
+    const warn = vi.spyOn(console, "warn").mockImplementation(() => undefined);
+    vi.stubEnv("CI", "");
+    expect(await netnsSupport()).toEqual({
+      ok: false,
+      reason: "network namespace tests need root (running as uid 1000)",
+    });
+    expect(await kernelTestsEnabled("some suite")).toBe(false);
+    expect(warn).toHaveBeenCalledWith(
+      expect.stringContaining("SKIPPING some suite: network namespace tests need root"),
+    );
+  });
+
+  it("fails instead of skipping when CI=true", async () => {
+    vi.spyOn(process, "getuid").mockReturnValue(1000);
+    vi.stubEnv("CI", "true");
+    await expect(kernelTestsEnabled("some suite")).rejects.toThrow(
+      /CI=true forbids skipping: .*need root/,
+    );
   });
 });
