@@ -102,6 +102,8 @@ export interface TestApiServerOptions {
   assetsDir?: string;
   /** How long to wait for etcd and for `/readyz`; default 120 s (2 cores, cold start). */
   startTimeoutMs?: number;
+  /** More kube-apiserver flags, e.g. `--etcd-compaction-interval=1s` to provoke 410 Gone. */
+  extraApiServerArgs?: readonly string[];
 }
 
 /** Outcome of a {@link TestApiServer.kubectl} call. */
@@ -278,6 +280,7 @@ export async function startTestApiServer(
       "--endpoint-reconciler-type=none",
       "--allow-privileged=true",
       "--profiling=false",
+      ...(options.extraApiServerArgs ?? []),
     ];
     const startApiServer = async (): Promise<void> => {
       apiServer = execa(bin("kube-apiserver"), apiServerArgs, {
