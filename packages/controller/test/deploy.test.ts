@@ -3,10 +3,12 @@
  * run, least-privilege RBAC proven with a real ServiceAccount token, and static checks of the
  * DaemonSet in every overlay.
  */
+import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import {
   type KubectlResult,
+  kernelTestsEnabled,
   locateEnvtestAssets,
   startTestApiServer,
   type TestApiServer,
@@ -18,6 +20,7 @@ import type {
   V1DaemonSet,
   V1Service,
 } from "@kubernetes/client-node";
+import { execa, type ResultPromise } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseAllDocuments } from "yaml";
 
@@ -42,6 +45,22 @@ if (!assetsDir) {
   );
 }
 const describeWithApiServer = assetsDir ? describe : describe.skip;
+
+// The controller as the image runs it: the built CLI (scripts/setup.sh builds it).
+const CONTROLLER_BIN = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+const canRunController = await (async () => {
+  if (!assetsDir) return false;
+  if (!(await kernelTestsEnabled("deploy.test.ts: the DaemonSet's command line in a namespace"))) {
+    return false;
+  }
+  if (existsSync(CONTROLLER_BIN)) return true;
+  if (inCi) throw new Error(`${CONTROLLER_BIN} is missing: build the controller before testing`);
+  console.warn(
+    `deploy.test.ts: SKIPPING the run of the DaemonSet's command line: ${CONTROLLER_BIN} ` +
+      "is not built (pnpm run build)",
+  );
+  return false;
+})();
 
 interface KubeObject {
   apiVersion?: string;
@@ -530,5 +549,129 @@ describeWithApiServer("deploy/ against a real kube-apiserver", () => {
       ]);
       expect(label.exitCode).toBe(0);
     });
+  });
+});
+
+describe.skipIf(!canRunController)("the DaemonSet's command line, run in a node namespace", () => {
+  // A "node": a network namespace joined to the host by a veth. The API server listens on the
+  // host's end, the controller runs in the namespace with the manifest's exact command line,
+  // environment and ServiceAccount token, and the host plays kubelet, probing the node IP.
+  const suffix = process.pid % 63;
+  const namespace = `dpl${process.pid}`;
+  const hostLink = `dplh${process.pid}`;
+  const nodeLink = `dpln${process.pid}`;
+  const hostAddress = `203.0.113.${suffix * 4 + 1}`;
+  const nodeAddress = `203.0.113.${suffix * 4 + 2}`;
+  const nodeName = "node-a";
+  let api: TestApiServer | undefined;
+  let controller: ResultPromise | undefined;
+  let controllerOutput = "";
+
+  const ip = (args: readonly string[]) => execa("ip", args, { stdin: "ignore" });
+
+  beforeAll(async () => {
+    await ip(["netns", "add", namespace]);
+    await ip(["link", "add", hostLink, "type", "veth", "peer", "name", nodeLink]);
+    await ip(["link", "set", nodeLink, "netns", namespace]);
+    await ip(["addr", "add", `${hostAddress}/30`, "dev", hostLink]);
+    await ip(["link", "set", hostLink, "up"]);
+    await ip(["-n", namespace, "addr", "add", `${nodeAddress}/30`, "dev", nodeLink]);
+    await ip(["-n", namespace, "link", "set", nodeLink, "up"]);
+    await ip(["-n", namespace, "link", "set", "lo", "up"]);
+
+    api = await startTestApiServer({ assetsDir: assetsDir as string, listenAddress: hostAddress });
+    await api.kubectl(["apply", "-k", `${DEPLOY_DIR}/base`]);
+    await api.kubectl(["create", "-f", "-"], {
+      input: JSON.stringify({
+        apiVersion: "v1",
+        kind: "Node",
+        metadata: { name: nodeName },
+        spec: { podCIDRs: ["10.244.1.0/24"], podCIDR: "10.244.1.0/24" },
+      }),
+    });
+    const kubeconfig = await api.writeKubeconfig(await api.serviceAccountToken(NAMESPACE, NAME));
+
+    const daemonSet = findObject<V1DaemonSet>(
+      parseManifest(await readFile(RENDERED_MANIFEST, "utf8")),
+      "DaemonSet",
+    );
+    const container = controllerContainer(daemonSet);
+    expect(container.command).toEqual(["ipvs-node-controller"]);
+    // The downward API's part: NODE_NAME from spec.nodeName.
+    const env: Record<string, string> = {};
+    for (const variable of container.env ?? []) {
+      env[variable.name] =
+        variable.valueFrom?.fieldRef?.fieldPath === "spec.nodeName"
+          ? nodeName
+          : (variable.value ?? "");
+    }
+    controller = execa(
+      "ip",
+      [
+        "netns",
+        "exec",
+        namespace,
+        process.execPath,
+        CONTROLLER_BIN,
+        ...(container.args ?? []),
+        `--kubeconfig=${kubeconfig}`,
+      ],
+      { env, stdin: "ignore", all: true, reject: false },
+    );
+    controller.all?.on("data", (chunk: Buffer) => {
+      controllerOutput += chunk.toString();
+    });
+  }, 180_000);
+
+  afterAll(async () => {
+    controller?.kill("SIGTERM");
+    await controller;
+    await api?.stop();
+    await execa("ip", ["netns", "delete", namespace], { reject: false });
+    await execa("ip", ["link", "delete", hostLink], { reject: false });
+  }, 60_000);
+
+  it("becomes ready with only the manifest's RBAC, probed on the node IP like kubelet", async () => {
+    const deadline = Date.now() + 60_000;
+    let status = 0;
+    while (Date.now() < deadline) {
+      if (controller?.exitCode !== null) break;
+      status = await fetch(`http://${nodeAddress}:${HEALTH_PORT}/readyz`, {
+        signal: AbortSignal.timeout(2_000),
+      })
+        .then((response) => response.status)
+        .catch(() => 0);
+      if (status === 200) break;
+      await new Promise((done) => setTimeout(done, 250));
+    }
+    const lastLines = controllerOutput.trim().split("\n").slice(-5).join("\n");
+    expect(status, `last lines of the controller's log:\n${lastLines}`).toBe(200);
+
+    const health = await fetch(`http://${nodeAddress}:${HEALTH_PORT}/healthz`);
+    expect(health.status).toBe(200);
+  }, 90_000);
+
+  it("serves metrics on the node's loopback only", async () => {
+    const inside = await execa("ip", [
+      "netns",
+      "exec",
+      namespace,
+      process.execPath,
+      "--eval",
+      `fetch("http://${METRICS_ADDRESS}/metrics").then(async (r) => process.stdout.write(r.status + "\\n" + (await r.text())))`,
+    ]);
+    const [status, ...body] = inside.stdout.split("\n");
+    expect(status).toBe("200");
+    expect(body.join("\n")).toMatch(/^# HELP /m);
+
+    // Reachable from beyond the node only if it listened on the node IP; it must not.
+    const metricsPort = METRICS_ADDRESS.split(":")[1];
+    const outside = await fetch(`http://${nodeAddress}:${metricsPort}/metrics`, {
+      signal: AbortSignal.timeout(2_000),
+    }).then(
+      (response) => `answered ${response.status}`,
+      (error: Error) => `refused: ${(error.cause as Error | undefined)?.message ?? error.message}`,
+    );
+    expect(outside).toMatch(/^refused: .*ECONNREFUSED/);
   });
 });
