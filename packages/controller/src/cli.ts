@@ -119,6 +119,12 @@ function buildProgram(io: Console, exit: { code: number }, signals: NodeJS.Event
         throw new UsageError((error as Error).message);
       }
       const log = pino({ level: flags.logLevel, base: { node: flags.nodeName } });
+      // Listen for signals before starting, so that a SIGTERM during start-up still ends in a
+      // clean stop (exit 0, rules in place) rather than the default abrupt exit.
+      const stopRequested = new Promise<string>((resolve) => {
+        signals.once("SIGTERM", () => resolve("SIGTERM"));
+        signals.once("SIGINT", () => resolve("SIGINT"));
+      });
       const controller = await runController({
         kubeconfig: flags.kubeconfig,
         nodeName: flags.nodeName,
@@ -132,14 +138,9 @@ function buildProgram(io: Console, exit: { code: number }, signals: NodeJS.Event
         healthAddress,
         log,
       });
-      await new Promise<void>((resolve) => {
-        const shutdown = (signal: string) => {
-          log.info({ signal }, "shutting down");
-          controller.stop().then(resolve, resolve);
-        };
-        signals.once("SIGTERM", () => shutdown("SIGTERM"));
-        signals.once("SIGINT", () => shutdown("SIGINT"));
-      });
+      const signal = await stopRequested;
+      log.info({ signal }, "shutting down");
+      await controller.stop();
       exit.code = 0;
     });
   return program;

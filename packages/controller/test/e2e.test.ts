@@ -4,6 +4,9 @@
  * pod namespace to LoadBalancer IPs. No HTTP mocks.
  */
 import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtemp, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import {
   bridgeIntoNamespace,
@@ -196,10 +199,35 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
       await apply(LB_SERVICE("web", "10.96.0.10"));
       await setIngress("web", "192.0.2.10");
       expect(await refused("192.0.2.10", 80)).toBe(true); // the bug, before the controller runs
+
+      // Rules left behind by the other backend (an earlier --backend) are removed at start.
+      const services = await kubectl("get", "services", "-A", "-o", "json");
+      const file = join(await mkdtemp(join(tmpdir(), "e2e-")), "services.json");
+      await writeFile(file, services);
+      const other = backend === "nft" ? "iptables" : "nft";
+      const leftover = await topology.runner("node")(process.execPath, [
+        CLI,
+        "sync",
+        "--once",
+        `--backend=${other}`,
+        `--services=${file}`,
+      ]);
+      expect(leftover.exitCode).toBe(0);
+      const otherRules = async () =>
+        other === "nft"
+          ? (await topology.runner("node")("nft", ["list", "tables"])).stdout.includes(
+              "ipvs-node-controller",
+            )
+          : (await topology.runner("node")("iptables-save", ["-t", "nat"])).stdout.includes(
+              "IPVSNC",
+            );
+      expect(await otherRules()).toBe(true);
+
       startController();
       await eventually("the pod reaches web through its LB IP", () =>
         answers("192.0.2.10", 80, "web"),
       );
+      expect(await otherRules()).toBe(false);
       await eventually("the controller is ready", async () =>
         (await fetchInNode("/readyz")).startsWith("200"),
       );
