@@ -62,7 +62,7 @@ export const serviceArbitrary: fc.Arbitrary<V1Service> = fc
       fc.tuple(ipv4).map((t) => [...t]),
       fc.tuple(ipv4, ipv6).map((t) => [...t]),
       fc.tuple(ipv6).map((t) => [...t]),
-      fc.constant(["None"]),
+      fc.constant(["None"] as string[]),
       fc.array(address, { maxLength: 2 }),
     ),
     ingress: fc.array(
