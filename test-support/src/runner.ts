@@ -2,11 +2,8 @@
  * {@link CommandRunner}s for tests: one that runs programs directly and one that runs them inside a
  * named network namespace with `ip netns exec`.
  */
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { execaRunner } from "@ipvs-node-controller/backend-nft";
 import type { CommandResult, CommandRunner } from "@ipvs-node-controller/core";
-import { execa } from "execa";
 
 /**
  * The error a runner throws when the program does not exist, so that callers can tell
@@ -21,44 +18,23 @@ export class ProgramNotFoundError extends Error {
 }
 
 /**
- * Returns a read-only descriptor of an already unlinked file holding `input`, for use as stdin.
- * Node connects "piped" stdin through a socket, and some programs (`nft -j -f -` opens
- * /dev/stdin) cannot read from one; a regular file works for every program.
+ * Runs one program with the nft backend's runner, which feeds stdin from a file: some programs
+ * (`nft -j -f -` opens /dev/stdin) cannot read the socket Node connects by default.
  */
-function stdinFile(input: string): number {
-  const directory = mkdtempSync(join(tmpdir(), "stdin-"));
-  const path = join(directory, "input");
-  try {
-    writeFileSync(path, input, { mode: 0o600 });
-    return openSync(path, "r");
-  } finally {
-    rmSync(directory, { recursive: true, force: true });
-  }
-}
-
 async function run(
   file: string,
   args: readonly string[],
   input: string | undefined,
   missingProgram: string,
 ): Promise<CommandResult> {
-  const stdin = input === undefined ? undefined : stdinFile(input);
-  const result = await execa(file, [...args], {
-    // execa's types only list descriptors 0 and 3-9, but any open descriptor goes to spawn() as is.
-    stdin: (stdin ?? "ignore") as "ignore",
-    reject: false,
-    stripFinalNewline: false,
-  }).finally(() => {
-    if (stdin !== undefined) closeSync(stdin);
-  });
-  if (result.exitCode === undefined) {
-    // The process never started; execa reports why in `code`.
-    if ((result as { code?: string }).code === "ENOENT") {
+  try {
+    return await execaRunner(file, args, input === undefined ? undefined : { input });
+  } catch (error) {
+    // The process never started; execaRunner keeps the spawn error's code.
+    if ((error as { code?: unknown }).code === "ENOENT")
       throw new ProgramNotFoundError(missingProgram);
-    }
-    throw new Error(`could not run ${file}: ${result.message}`);
+    throw new Error(`could not run ${file}: ${(error as Error).message}`);
   }
-  return { stdout: result.stdout, stderr: result.stderr, exitCode: result.exitCode };
 }
 
 /** Runs programs in the current network namespace. */
