@@ -458,3 +458,24 @@ async function logTail(file: string): Promise<string> {
 function tail(text: string, lines: number): string {
   return text.trim().split("\n").slice(-lines).join("\n");
 }
+
+/**
+ * Decides whether a suite that needs a real API server runs. Under `CI=true` the binaries must be
+ * there (they are built if need be, and a failure throws); elsewhere a missing build skips the
+ * suite with a loud warning. Returns the binaries' directory, or undefined to skip.
+ *
+ * @example
+ * const assets = await envtestTestsEnabled("controller e2e tests");
+ * describe.skipIf(!assets)("against a real API server", () => { ... });
+ */
+export async function envtestTestsEnabled(suite: string): Promise<string | undefined> {
+  const assetsDir = await locateEnvtestAssets({ build: process.env.CI === "true" });
+  if (assetsDir) return assetsDir;
+  if (process.env.CI === "true") {
+    throw new EnvtestUnavailableError(`${suite} cannot run and CI=true forbids skipping`);
+  }
+  console.warn(
+    `\n!!! SKIPPING ${suite}: no envtest binaries (run scripts/envtest-build.sh or set ENVTEST_ASSETS) !!!\n`,
+  );
+  return undefined;
+}

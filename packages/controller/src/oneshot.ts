@@ -2,7 +2,12 @@
  * The one-shot subcommands: `render` prints what would be fed to the kernel, `sync --once` applies
  * it, `cleanup` removes everything of ours.
  */
-import { type Backend, computeRuleset, type RulesetResult } from "@ipvs-node-controller/core";
+import {
+  type Backend,
+  BackendError,
+  computeRuleset,
+  type RulesetResult,
+} from "@ipvs-node-controller/core";
 import { readNodePodCIDRs, readServicesFile } from "./input-files.js";
 import {
   type BackendFlags,
@@ -61,6 +66,14 @@ export async function syncOnceCommand(flags: OneShotFlags, io: Console): Promise
   io.err(`applied ${mappings} mappings with ${backend.name} (${applied.mode} sync)`);
 }
 
+/** True for a backend error that says its kernel tool could not be started at all. */
+function isMissingTool(error: unknown): boolean {
+  return (
+    error instanceof BackendError &&
+    /not found|could not be (run|started)|ENOENT/.test(error.message)
+  );
+}
+
 /** `cleanup`: removes what the chosen backend(s) created. Succeeds when there was nothing to remove. */
 export async function cleanupCommand(
   flags: Omit<BackendFlags, "backend"> & { backend: BackendName | "all" },
@@ -69,7 +82,17 @@ export async function cleanupCommand(
   const names: BackendName[] = flags.backend === "all" ? ["nft", "iptables"] : [flags.backend];
   for (const name of names) {
     const backend: Backend = createBackend(name, flags, io.err);
-    const removed = await backend.cleanup();
+    let removed: boolean;
+    try {
+      removed = await backend.cleanup();
+    } catch (error) {
+      // With `all`, a tool that is not installed cannot have left rules behind.
+      if (flags.backend === "all" && isMissingTool(error)) {
+        io.err(`no ${name} rules to remove (${(error as Error).message})`);
+        continue;
+      }
+      throw error;
+    }
     io.err(removed ? `removed the ${name} rules` : `no ${name} rules to remove`);
   }
 }

@@ -7,9 +7,9 @@ import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import {
+  envtestTestsEnabled,
   type KubectlResult,
   kernelTestsEnabled,
-  locateEnvtestAssets,
   startTestApiServer,
   type TestApiServer,
 } from "@ipvs-node-controller/test-support";
@@ -36,14 +36,7 @@ const HEALTH_PORT = 10267;
 const METRICS_ADDRESS = "127.0.0.1:10266";
 
 const inCi = process.env.CI === "true";
-// Under CI the binaries must be there (built first if need be); elsewhere a missing build skips.
-const assetsDir = await locateEnvtestAssets({ build: inCi });
-if (!assetsDir) {
-  console.warn(
-    "deploy.test.ts: SKIPPING the API-server tests: no envtest binaries (set ENVTEST_ASSETS or " +
-      "run scripts/envtest-build.sh once; they are required when CI=true)",
-  );
-}
+const assetsDir = await envtestTestsEnabled("deploy.test.ts: the API-server tests");
 const describeWithApiServer = assetsDir ? describe : describe.skip;
 
 // The controller as the image runs it: the built CLI (scripts/setup.sh builds it).

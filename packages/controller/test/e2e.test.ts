@@ -11,8 +11,8 @@ import { fileURLToPath } from "node:url";
 import {
   bridgeIntoNamespace,
   createTopology,
+  envtestTestsEnabled,
   kernelTestsEnabled,
-  locateEnvtestAssets,
   startTestApiServer,
   type TcpBridge,
   type TestApiServer,
@@ -24,21 +24,9 @@ const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
 const DEPLOY_BASE = fileURLToPath(new URL("../../../deploy/base", import.meta.url));
 const NODE_NAME = "worker-1";
 
-async function envtestAvailable(): Promise<boolean> {
-  try {
-    if (await locateEnvtestAssets({ build: process.env.CI === "true" })) return true;
-  } catch (error) {
-    if (process.env.CI === "true") throw error;
-  }
-  if (process.env.CI === "true")
-    throw new Error("controller e2e tests need the envtest binaries in CI");
-  console.warn(
-    "\n!!! SKIPPING controller e2e tests: envtest binaries not built (scripts/envtest-build.sh) !!!\n",
-  );
-  return false;
-}
-
-const enabled = (await kernelTestsEnabled("controller e2e tests")) && (await envtestAvailable());
+const enabled =
+  (await kernelTestsEnabled("controller e2e tests")) &&
+  (await envtestTestsEnabled("controller e2e tests")) !== undefined;
 
 /** Polls `probe` until it returns true or the deadline passes. */
 async function eventually(

@@ -4,7 +4,7 @@
  */
 
 import {
-  locateEnvtestAssets,
+  envtestTestsEnabled,
   startTestApiServer,
   type TestApiServer,
 } from "@ipvs-node-controller/test-support";
@@ -13,20 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Reflector, type ReflectorEvent } from "../src/kube/reflector.js";
 import { trimService } from "../src/kube/trim.js";
 
-async function envtestAvailable(): Promise<boolean> {
-  try {
-    if (await locateEnvtestAssets({ build: process.env.CI === "true" })) return true;
-  } catch (error) {
-    if (process.env.CI === "true") throw error;
-  }
-  if (process.env.CI === "true") throw new Error("reflector tests need the envtest binaries in CI");
-  console.warn(
-    "\n!!! SKIPPING reflector tests: envtest binaries not built (scripts/envtest-build.sh) !!!\n",
-  );
-  return false;
-}
-
-const enabled = await envtestAvailable();
+const enabled = (await envtestTestsEnabled("reflector tests")) !== undefined;
 
 async function eventually(what: string, probe: () => boolean, timeoutMs = 20_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
