@@ -259,18 +259,21 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
     }, 120_000);
 
     it("repairs rules flushed by someone else within the sync period", async () => {
+      const drifts = () => controllerLog.match(/drifted/g)?.length ?? 0;
+      const before = drifts();
+      // Traffic is not probed between the flush and the repair: the periodic verification may
+      // already have repaired it. The controller's own report of the drift proves it saw it.
       if (backend === "nft") {
         await topology.runner("node")("nft", ["flush", "table", "inet", "ipvs-node-controller"]);
       } else {
         await topology.runner("node")("iptables", ["-t", "nat", "-F", "IPVSNC-DNAT"]);
       }
-      expect(await refused("192.0.2.11", 80)).toBe(true);
+      await eventually("the controller notices the drift", async () => drifts() > before, 15_000);
       await eventually(
         "the flushed rules are repaired",
         () => answers("192.0.2.11", 80, "web"),
         15_000,
       );
-      expect(controllerLog).toMatch(/drifted/);
     }, 30_000);
   },
 );
