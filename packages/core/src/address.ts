@@ -84,10 +84,11 @@ function hex(bytes: readonly number[]): string {
 }
 
 /** The special IPv4 ranges that can never be a Service's external address. */
-function ipv4NonUnicastRange(octets: readonly number[]): string | undefined {
-  const [first = 0] = octets;
-  if (octets.every((octet) => octet === 0)) return "unspecified";
-  if (octets.every((octet) => octet === 255)) return "broadcast";
+function ipv4NonUnicastRange(address: string): string | undefined {
+  if (address === "0.0.0.0") return "unspecified";
+  if (address === "255.255.255.255") return "broadcast";
+  // Canonical dotted decimal: the first octet is everything before the first dot.
+  const first = Number(address.slice(0, address.indexOf(".")));
   if (first === 127) return "loopback";
   if (first >= 224 && first <= 239) return "multicast";
   return undefined;
@@ -108,7 +109,9 @@ export function parseIP(value: unknown): Parsed<CanonicalIP> {
   const octets = parseDottedDecimal(value);
   if (octets !== undefined) {
     // Strict dotted decimal is already canonical: the text is kept as is.
-    return { ok: true, value: { family: "ipv4", address: value, sortKey: hex(octets) } };
+    const [a = 0, b = 0, c = 0, d = 0] = octets;
+    const sortKey = (((a << 24) | (b << 16) | (c << 8) | d) >>> 0).toString(16).padStart(8, "0");
+    return { ok: true, value: { family: "ipv4", address: value, sortKey } };
   }
   if (!value.includes(":")) return fail(`${quote(value)} is not a valid IPv4 or IPv6 address`);
   if (!IPV6_CHARS.test(value) || !ipaddr.IPv6.isValid(value)) {
@@ -138,9 +141,7 @@ export function parseExternalIP(value: unknown): Parsed<CanonicalIP> {
   const { family, address } = parsed.value;
   // IPv4 is checked by hand: this runs for every external IP of every Service on every sync.
   const range =
-    family === "ipv4"
-      ? ipv4NonUnicastRange(address.split(".").map(Number))
-      : ipaddr.IPv6.parse(address).range();
+    family === "ipv4" ? ipv4NonUnicastRange(address) : ipaddr.IPv6.parse(address).range();
   if (
     range === "unspecified" ||
     range === "multicast" ||

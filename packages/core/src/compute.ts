@@ -59,19 +59,44 @@ interface Candidate {
   readonly owner: string;
   /** The object it came from, to tell one Service listing an IP twice from two Services. */
   readonly source: V1Service;
+  /** {@link portKey} of the mapping. */
+  readonly key: number;
 }
 
 /**
- * Everything claimed on one external IP, by `protocol rank * 65536 + port`. Grouping by IP keeps
- * the per-sync work to one string-keyed lookup per IP, and sorting to one string sort of IPs.
+ * The winning candidates on one external IP, one per (protocol, port). Grouping by IP keeps the
+ * per-sync work to one string-keyed lookup per IP and one string sort of IPs; an IP has few
+ * ports, so a short array searched linearly beats a Map per IP.
  */
 interface IpClaims {
   readonly ip: CanonicalIP;
-  readonly byPort: Map<number, Candidate>;
+  readonly winners: Candidate[];
 }
 
-/** Receives each candidate of a Service. */
-type Claim = (ip: CanonicalIP, candidate: Candidate) => void;
+/**
+ * Contributions remembered per Service object and resourceVersion, so that a sync after a small
+ * change recomputes only the Services that changed: the objects of an informer cache are replaced,
+ * never mutated, when they change. Objects without a resourceVersion (e.g. read from a file) are
+ * always computed afresh. The key also holds the options a contribution depends on.
+ */
+const remembered = new WeakMap<object, { key: string; contribution: Contribution }>();
+
+function cachedContributionOf(
+  service: V1Service,
+  config: CoreConfig,
+  enabled: ReadonlySet<IpFamily>,
+  configKey: string,
+): Contribution {
+  const version = service.metadata?.resourceVersion;
+  if (typeof version !== "string" || version === "")
+    return contributionOf(service, config, enabled);
+  const key = `${configKey}|${version}`;
+  const hit = remembered.get(service);
+  if (hit?.key === key) return hit.contribution;
+  const contribution = contributionOf(service, config, enabled);
+  remembered.set(service, { key, contribution });
+  return contribution;
+}
 
 function creationTime(service: V1Service): number {
   const stamp: unknown = service.metadata?.creationTimestamp;
@@ -202,17 +227,24 @@ function servicePorts(
   return ports;
 }
 
+/** What one Service contributes, whatever the other Services are. */
+interface Contribution {
+  readonly claims: readonly { readonly ip: CanonicalIP; readonly candidate: Candidate }[];
+  readonly skipped: readonly SkippedEntry[];
+}
+
 /**
  * Turns one Service into mapping candidates, reporting everything it had to leave out.
  * Never throws: whatever the object holds, the worst outcome is a skip.
  */
-function candidatesOf(
+function contributionOf(
   service: V1Service,
   config: CoreConfig,
   enabled: ReadonlySet<IpFamily>,
-  skipped: SkippedEntry[],
-  claim: Claim,
-): void {
+): Contribution {
+  const claims: { ip: CanonicalIP; candidate: Candidate }[] = [];
+  const skipped: SkippedEntry[] = [];
+  const contribution: Contribution = { claims, skipped };
   const skip = (reason: SkippedEntry["reason"], detail: string) => {
     skipped.push({ service: describeService(service), reason, detail });
   };
@@ -223,33 +255,33 @@ function candidatesOf(
     if (service.spec?.type === "LoadBalancer") {
       skip("NoIngress", "the load balancer has not assigned an address yet");
     }
-    return;
+    return contribution;
   }
   const ref = serviceRef(service);
   if (ref === undefined) {
     skip("InvalidMetadata", "namespace and name must be DNS labels (lower-case a-z, 0-9 and -)");
-    return;
+    return contribution;
   }
   if (service.metadata?.annotations?.[SKIP_ANNOTATION] === "true") {
     skip("OptedOut", `annotation ${SKIP_ANNOTATION} is "true"`);
-    return;
+    return contribution;
   }
   if (config.onlyLocalTrafficPolicy && service.spec?.externalTrafficPolicy !== "Local") {
     skip(
       "NotLocalTrafficPolicy",
       `externalTrafficPolicy is ${quote(service.spec?.externalTrafficPolicy ?? "Cluster")}`,
     );
-    return;
+    return contribution;
   }
   const clusterIPs = clusterIPsByFamily(service, skip);
   if (clusterIPs.size === 0) {
     skip("NoClusterIP", "the Service is headless or has no cluster IP");
-    return;
+    return contribution;
   }
   const ports = servicePorts(service, skip);
   if (ports.length === 0) {
     skip("NoPorts", "the Service has no valid port");
-    return;
+    return contribution;
   }
 
   const created = creationTime(service);
@@ -300,9 +332,13 @@ function candidatesOf(
         clusterIP: clusterIP.address,
         service: ref,
       };
-      claim(external, { mapping, created, owner, source: service });
+      claims.push({
+        ip: external,
+        candidate: { mapping, created, owner, source: service, key: portKey(mapping) },
+      });
     }
   }
+  return contribution;
 }
 
 /** Older Services win; among equals the lower namespace/name, then the lower cluster IP, so any input order agrees. */
@@ -382,28 +418,29 @@ function compareSkipped(a: SkippedEntry, b: SkippedEntry): number {
 export function computeRuleset(input: RulesetInput): RulesetResult {
   const config = resolveConfig(input.config);
   const enabled = new Set(config.families);
+  const configKey = `${config.families.join(",")}|${config.externalIPs}|${config.onlyLocalTrafficPolicy}`;
   const skipped: SkippedEntry[] = [];
   const warnings: string[] = [];
 
   const claims = new Map<string, IpClaims>();
-  const losers: { loser: Candidate; claims: IpClaims; key: number }[] = [];
-  const claim: Claim = (ip, candidate) => {
+  const losers: { loser: Candidate; claims: IpClaims }[] = [];
+  const claim = (ip: CanonicalIP, candidate: Candidate) => {
     let entry = claims.get(ip.address);
     if (entry === undefined) {
-      entry = { ip, byPort: new Map() };
+      entry = { ip, winners: [] };
       claims.set(ip.address, entry);
     }
-    const key = portKey(candidate.mapping);
-    const current = entry.byPort.get(key);
+    const index = entry.winners.findIndex((winner) => winner.key === candidate.key);
+    const current = entry.winners[index];
     if (current === undefined) {
-      entry.byPort.set(key, candidate);
+      entry.winners.push(candidate);
     } else if (current.source === candidate.source) {
       // The same Service lists the IP twice (ingress and externalIPs): one mapping.
     } else if (beats(candidate, current)) {
-      entry.byPort.set(key, candidate);
-      losers.push({ loser: current, claims: entry, key });
+      entry.winners[index] = candidate;
+      losers.push({ loser: current, claims: entry });
     } else {
-      losers.push({ loser: candidate, claims: entry, key });
+      losers.push({ loser: candidate, claims: entry });
     }
   };
   for (const service of input.services) {
@@ -411,12 +448,14 @@ export function computeRuleset(input: RulesetInput): RulesetResult {
       skipped.push({ service: "?/?", reason: "InvalidMetadata", detail: "not an object" });
       continue;
     }
-    candidatesOf(service, config, enabled, skipped, claim);
+    const contribution = cachedContributionOf(service, config, enabled, configKey);
+    for (const entry of contribution.skipped) skipped.push(entry);
+    for (const { ip, candidate } of contribution.claims) claim(ip, candidate);
   }
 
   const conflicts: Conflict[] = [];
-  for (const { loser, claims: entry, key } of losers) {
-    const winner = entry.byPort.get(key) as Candidate;
+  for (const { loser, claims: entry } of losers) {
+    const winner = entry.winners.find((candidate) => candidate.key === loser.key) as Candidate;
     const { family, externalIP, protocol, port } = loser.mapping;
     conflicts.push({
       family,
@@ -441,9 +480,9 @@ export function computeRuleset(input: RulesetInput): RulesetResult {
       a.ip.sortKey < b.ip.sortKey ? -1 : a.ip.sortKey > b.ip.sortKey ? 1 : 0,
     );
     const mappings: Mapping[] = [];
-    for (const { byPort } of entries) {
-      const portKeys = [...byPort.keys()].sort((a, b) => a - b);
-      for (const key of portKeys) mappings.push((byPort.get(key) as Candidate).mapping);
+    for (const { winners } of entries) {
+      if (winners.length > 1) winners.sort((a, b) => a.key - b.key);
+      for (const winner of winners) mappings.push(winner.mapping);
     }
     return { family, localPods: localPods.get(family) as LocalPodMatch, mappings };
   });

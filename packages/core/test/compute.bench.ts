@@ -6,7 +6,11 @@ import type { V1Service } from "@kubernetes/client-node";
 import { bench, describe } from "vitest";
 import { computeRuleset, diffRulesets } from "../src/index.js";
 
-function manyServices(count: number): V1Service[] {
+/**
+ * `count` LoadBalancer Services. With `fromApi`, each has a resourceVersion as objects from the
+ * API server do, which lets computeRuleset reuse the contribution of unchanged Services.
+ */
+function manyServices(count: number, fromApi = false): V1Service[] {
   const services: V1Service[] = [];
   for (let i = 0; i < count; i++) {
     const a = (i >> 16) & 255;
@@ -17,6 +21,7 @@ function manyServices(count: number): V1Service[] {
         namespace: `ns-${i % 100}`,
         name: `svc-${i}`,
         creationTimestamp: new Date(1_700_000_000_000 + i),
+        resourceVersion: fromApi ? String(1000 + i) : undefined,
       },
       spec: {
         type: "LoadBalancer",
@@ -37,10 +42,14 @@ function manyServices(count: number): V1Service[] {
 
 const node = { podCIDRs: ["10.244.1.0/24"] };
 for (const count of [1_000, 10_000, 50_000]) {
-  const services = manyServices(count);
+  const cold = manyServices(count);
+  const fromApi = manyServices(count, true);
   describe(`${count} LoadBalancer Services, 3 ports each`, () => {
-    bench("computeRuleset", () => {
-      computeRuleset({ services, node });
+    bench("computeRuleset, every Service new (objects without resourceVersion)", () => {
+      computeRuleset({ services: cold, node });
+    });
+    bench("computeRuleset, steady state (unchanged objects from the API)", () => {
+      computeRuleset({ services: fromApi, node });
     });
   });
 }
