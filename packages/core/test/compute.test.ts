@@ -319,3 +319,28 @@ describe("bad configuration throws a ConfigError naming the value", () => {
     expect(() => computeRuleset({ services: [], config: config as never })).toThrow(message);
   });
 });
+
+describe("reuse of unchanged Services", () => {
+  it("recomputes a Service whose resourceVersion changed, and when the options change", () => {
+    const service = lbService({ name: "web", ingress: [{ ip: "192.0.2.1" }] });
+    (service.metadata as { resourceVersion?: string }).resourceVersion = "1";
+    expect(
+      computeRuleset({ services: [service] }).ruleset.families[0]?.mappings[0]?.externalIP,
+    ).toBe("192.0.2.1");
+    // An informer replaces objects; a caller that edits one in place must bump resourceVersion.
+    service.status = { loadBalancer: { ingress: [{ ip: "192.0.2.2" }] } };
+    (service.metadata as { resourceVersion?: string }).resourceVersion = "2";
+    expect(
+      computeRuleset({ services: [service] }).ruleset.families[0]?.mappings[0]?.externalIP,
+    ).toBe("192.0.2.2");
+    const localOnly = computeRuleset({
+      services: [{ ...service, spec: { ...service.spec, externalTrafficPolicy: "Cluster" } }],
+      config: { onlyLocalTrafficPolicy: true },
+    });
+    expect(localOnly.skipped.map((entry) => entry.reason)).toEqual(["NotLocalTrafficPolicy"]);
+    expect(
+      computeRuleset({ services: [service], config: { externalIPs: false } }).ruleset.families[0]
+        ?.mappings,
+    ).toHaveLength(1);
+  });
+});
