@@ -26,7 +26,10 @@ async function inBatches(total, concurrency, work) {
   );
 }
 
-const api = await startTestApiServer();
+// Local policy allocates a health-check node port per Service: widen the range for 10k of them.
+const api = await startTestApiServer({
+  extraApiServerArgs: ["--service-node-port-range=20000-65000"],
+});
 const topology = await createTopology({ prefix: "rss" });
 let controller;
 try {
@@ -53,22 +56,15 @@ try {
         },
       },
     });
-    await core.patchNamespacedServiceStatus(
-      {
-        namespace: "default",
-        name,
-        body: {
-          status: {
-            loadBalancer: {
-              ingress: [
-                { ip: `172.${16 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`, ipMode: "VIP" },
-              ],
-            },
-          },
-        },
-      },
-      { headers: { "Content-Type": "application/merge-patch+json" } },
-    );
+    // A JSON patch, the client's default patch type, setting the status the way MetalLB would.
+    const ip = `172.${16 + (i >> 16)}.${(i >> 8) & 255}.${i & 255}`;
+    await core.patchNamespacedServiceStatus({
+      namespace: "default",
+      name,
+      body: [
+        { op: "add", path: "/status/loadBalancer", value: { ingress: [{ ip, ipMode: "VIP" }] } },
+      ],
+    });
   });
   console.log(
     `created ${count} Services with LB status in ${((performance.now() - started) / 1000).toFixed(1)} s`,
@@ -78,25 +74,6 @@ try {
     host: "127.0.0.1",
     port: Number(new URL(api.serverUrl).port),
   });
-  const t0 = performance.now();
-  controller = spawn(
-    "ip",
-    [
-      "netns",
-      "exec",
-      topology.namespaces.node,
-      process.execPath,
-      cli,
-      "run",
-      "--backend=nft",
-      `--kubeconfig=${api.kubeconfigPath}`,
-      "--node-name=bench",
-      "--log-level=warn",
-      "--metrics-bind-address=127.0.0.1:10266",
-      "--health-probe-bind-address=0",
-    ],
-    { stdio: ["ignore", "inherit", "inherit"] },
-  );
   const metrics = async () =>
     (
       await topology.runner("node")(process.execPath, [
@@ -104,26 +81,71 @@ try {
         'fetch("http://127.0.0.1:10266/metrics").then(async r => process.stdout.write(await r.text()), () => {})',
       ])
     ).stdout;
-  const want = `ipvs_node_controller_mappings{family="ipv4"} ${count * 3}`;
-  while (!(await metrics()).includes(want)) {
-    if (performance.now() - t0 > 300_000)
-      throw new Error("the controller did not program every mapping in 5 minutes");
-    await new Promise((resolve) => setTimeout(resolve, 250));
+  const metric = (text, name) => Number(new RegExp(`^${name} ([\\d.e+]+)`, "m").exec(text)?.[1]);
+  const mib = (bytes) => (bytes / 1024 / 1024).toFixed(1);
+  // The same controller under a few V8 heap settings (NODE_OPTIONS, as a DaemonSet would set it).
+  for (const nodeOptions of (process.env.VARIANTS ?? "|--max-old-space-size=64").split("|")) {
+    const t0 = performance.now();
+    controller = spawn(
+      "ip",
+      [
+        "netns",
+        "exec",
+        topology.namespaces.node,
+        process.execPath,
+        ...nodeOptions.split(" ").filter(Boolean),
+        ...(process.env.HEAP_SNAPSHOT
+          ? ["--heapsnapshot-signal=SIGUSR2", `--diagnostic-dir=${process.env.HEAP_SNAPSHOT}`]
+          : []),
+        cli,
+        "run",
+        "--backend=nft",
+        `--kubeconfig=${api.kubeconfigPath}`,
+        "--node-name=bench",
+        "--log-level=warn",
+        "--metrics-bind-address=127.0.0.1:10266",
+        "--health-probe-bind-address=0",
+      ],
+      { stdio: ["ignore", "inherit", "inherit"] },
+    );
+    const want = `ipvs_node_controller_mappings{family="ipv4"} ${count * 3}`;
+    while (!(await metrics()).includes(want)) {
+      if (performance.now() - t0 > 300_000)
+        throw new Error(
+          `the controller did not program every mapping in 5 minutes; last metrics:\n${(
+            await metrics()
+          )
+            .split("\n")
+            .filter((line) => line.startsWith("ipvs_"))
+            .join("\n")}`,
+        );
+      await new Promise((resolve) => setTimeout(resolve, 250));
+    }
+    const ready = ((performance.now() - t0) / 1000).toFixed(1);
+    // Let a few syncs and garbage collections pass before reading the steady state.
+    await new Promise((resolve) => setTimeout(resolve, 10_000));
+    const status = await readFile(`/proc/${controller.pid}/status`, "utf8");
+    const kib = (name) => Number(new RegExp(`${name}:\\s+(\\d+) kB`).exec(status)?.[1]) * 1024;
+    const text = await metrics();
+    const fullSync = metric(
+      text,
+      'ipvs_node_controller_sync_duration_seconds_sum\\{mode="full"\\}',
+    );
+    console.log(
+      `node ${nodeOptions || "(defaults)"}: ${count * 3} mappings in the kernel ${ready} s after start; ` +
+        `RSS ${mib(kib("VmRSS"))} MiB (peak ${mib(kib("VmHWM"))} MiB), V8 heap used ` +
+        `${mib(metric(text, "nodejs_heap_size_used_bytes"))} MiB of ${mib(metric(text, "nodejs_heap_size_total_bytes"))} MiB; ` +
+        `first full sync ${(fullSync * 1000).toFixed(0)} ms`,
+    );
+    if (process.env.HEAP_SNAPSHOT) {
+      // Which objects stay alive: V8 writes a snapshot (after a full GC) on SIGUSR2.
+      controller.kill("SIGUSR2");
+      await new Promise((resolve) => setTimeout(resolve, 20_000));
+    }
+    controller.kill("SIGTERM");
+    await new Promise((resolve) => controller.once("exit", resolve));
+    controller = undefined;
   }
-  console.log(
-    `controller start to ${count * 3} mappings in the kernel: ${((performance.now() - t0) / 1000).toFixed(1)} s`,
-  );
-  // Let a few syncs and a garbage collection pass before reading the steady state.
-  await new Promise((resolve) => setTimeout(resolve, 5000));
-  const status = await readFile(`/proc/${controller.pid}/status`, "utf8");
-  const field = (name) =>
-    Number(new RegExp(`${name}:\\s+(\\d+) kB`).exec(status)?.[1] ?? Number.NaN) / 1024;
-  console.log(`RSS now ${field("VmRSS").toFixed(1)} MiB, peak ${field("VmHWM").toFixed(1)} MiB`);
-  const text = await metrics();
-  const duration = /ipvs_node_controller_sync_duration_seconds_sum\{mode="full"\} ([\d.]+)/.exec(
-    text,
-  )?.[1];
-  console.log(`first full sync (compute + apply): ${(Number(duration) * 1000).toFixed(0)} ms`);
   await bridge.stop();
 } finally {
   controller?.kill("SIGTERM");

@@ -3,13 +3,19 @@
  * controllers in one process (tests) do not collide.
  */
 import type { RulesetResult, SkipReason } from "@ipvs-node-controller/core";
-import { Counter, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 
 const PREFIX = "ipvs_node_controller_";
 
 /** Every metric the controller exports. */
 export class ControllerMetrics {
   readonly registry = new Registry();
+
+  constructor(options: { processMetrics?: boolean } = {}) {
+    // Process and Node.js runtime metrics (resident memory, heap, event-loop lag), as every
+    // Prometheus client exports them; off in tests that create many controllers in one process.
+    if (options.processMetrics ?? false) collectDefaultMetrics({ register: this.registry });
+  }
 
   /** Time of one sync: computing the ruleset and applying it. */
   readonly syncDuration = new Histogram({

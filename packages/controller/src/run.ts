@@ -104,7 +104,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
   const kubeConfig = loadKubeConfig(options.kubeconfig);
   const api = kubeConfig.makeApiClient(CoreV1Api);
   const watch = new Watch(kubeConfig);
-  const metrics = new ControllerMetrics();
+  const metrics = new ControllerMetrics({ processMetrics: true });
   const backend: Backend = createBackend(options.backend, options.backendFlags, (message) =>
     log.info(message),
   );
@@ -140,10 +140,8 @@ export async function runController(options: RunOptions): Promise<RunningControl
     const node = nodes.store.values().next().value as NodeFacts | undefined;
     if (node === undefined && !warnedMissingNode) {
       warnedMissingNode = true;
-      log.warn(
-        { node: options.nodeName },
-        "this node's Node object was not found; pod CIDRs unknown",
-      );
+      // The logger's base fields already name the node.
+      log.warn("this node's Node object was not found; pod CIDRs unknown");
     }
     const podCIDRs = [...(node?.podCIDRs ?? []), ...(options.extraPodCIDRs ?? [])];
     return computeRuleset({
@@ -184,10 +182,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
   services.start();
   nodes.start();
   loop.start();
-  log.info(
-    { node: options.nodeName, backend: options.backend, syncPeriodMs: options.syncPeriodMs },
-    "controller started",
-  );
+  log.info({ backend: options.backend, syncPeriodMs: options.syncPeriodMs }, "controller started");
 
   return {
     metrics,
