@@ -38,6 +38,7 @@ export interface BackendFlags {
   backend: BackendName;
   nftPath: string;
   iptablesMode: IptablesMode;
+  iptablesBinDir?: string;
 }
 
 function collect(value: string, previous: string[]): string[] {
@@ -104,6 +105,10 @@ export function addBackendOptions(
       new Option("--iptables-mode <mode>", "iptables variant: detect the host's, or force one")
         .choices(["auto", "legacy", "nft"])
         .default("auto"),
+    )
+    .option(
+      "--iptables-bin-dir <dir>",
+      "directory of the iptables-{legacy,nft}-{save,restore} tools (default: looked up on PATH)",
     );
 }
 
@@ -171,5 +176,5 @@ export function createBackend(
 ): Backend {
   return name === "nft"
     ? createNftBackend({ nftPath: flags.nftPath })
-    : createIptablesBackend({ mode: flags.iptablesMode, log });
+    : createIptablesBackend({ mode: flags.iptablesMode, binDir: flags.iptablesBinDir, log });
 }

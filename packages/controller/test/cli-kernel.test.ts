@@ -132,5 +132,8 @@ describe.skipIf(!enabled)("ipvs-node-controller CLI in a network namespace", () 
     expect(all.stderr).toMatch(/no iptables rules to remove/);
     const strict = await cli("cleanup", "--backend=nft", "--nft-path=/nonexistent/nft");
     expect(strict.exitCode).toBe(1);
+    const iptables = await cli("cleanup", "--backend=iptables", "--iptables-bin-dir=/nonexistent");
+    expect(iptables.exitCode).toBe(1);
+    expect(iptables.stderr).toMatch(/^error: .*\/nonexistent\/iptables-/);
   });
 });
