@@ -61,6 +61,8 @@ interface Candidate {
   readonly source: V1Service;
   /** {@link portKey} of the mapping. */
   readonly key: number;
+  /** The parsed external IP, with its sort key. */
+  readonly ip: CanonicalIP;
 }
 
 /**
@@ -174,13 +176,13 @@ interface ServicePortSpec {
 function clusterIPsByFamily(
   service: V1Service,
   skip: (reason: SkippedEntry["reason"], detail: string) => void,
-): Map<IpFamily, CanonicalIP> {
+): Partial<Record<IpFamily, CanonicalIP>> {
   const spec = service.spec;
   const listed =
     Array.isArray(spec?.clusterIPs) && spec.clusterIPs.length > 0
       ? spec.clusterIPs
       : [spec?.clusterIP];
-  const byFamily = new Map<IpFamily, CanonicalIP>();
+  const byFamily: Partial<Record<IpFamily, CanonicalIP>> = {};
   listed.forEach((value, index) => {
     if (value === undefined || value === null || value === "" || value === "None") return;
     const parsed = parseClusterIP(value);
@@ -188,7 +190,7 @@ function clusterIPsByFamily(
       skip("InvalidIP", `spec.clusterIPs[${index}]: ${parsed.error}`);
       return;
     }
-    if (!byFamily.has(parsed.value.family)) byFamily.set(parsed.value.family, parsed.value);
+    byFamily[parsed.value.family] ??= parsed.value;
   });
   return byFamily;
 }
@@ -229,7 +231,7 @@ function servicePorts(
 
 /** What one Service contributes, whatever the other Services are. */
 interface Contribution {
-  readonly claims: readonly { readonly ip: CanonicalIP; readonly candidate: Candidate }[];
+  readonly claims: readonly Candidate[];
   readonly skipped: readonly SkippedEntry[];
 }
 
@@ -242,7 +244,7 @@ function contributionOf(
   config: CoreConfig,
   enabled: ReadonlySet<IpFamily>,
 ): Contribution {
-  const claims: { ip: CanonicalIP; candidate: Candidate }[] = [];
+  const claims: Candidate[] = [];
   const skipped: SkippedEntry[] = [];
   const contribution: Contribution = { claims, skipped };
   const skip = (reason: SkippedEntry["reason"], detail: string) => {
@@ -274,7 +276,7 @@ function contributionOf(
     return contribution;
   }
   const clusterIPs = clusterIPsByFamily(service, skip);
-  if (clusterIPs.size === 0) {
+  if (clusterIPs.ipv4 === undefined && clusterIPs.ipv6 === undefined) {
     skip("NoClusterIP", "the Service is headless or has no cluster IP");
     return contribution;
   }
@@ -315,7 +317,7 @@ function contributionOf(
       );
       continue;
     }
-    const clusterIP = clusterIPs.get(external.family);
+    const clusterIP = clusterIPs[external.family];
     if (clusterIP === undefined) {
       skip(
         "NoClusterIPForFamily",
@@ -333,8 +335,12 @@ function contributionOf(
         service: ref,
       };
       claims.push({
+        mapping,
+        created,
+        owner,
+        source: service,
+        key: portKey(mapping),
         ip: external,
-        candidate: { mapping, created, owner, source: service, key: portKey(mapping) },
       });
     }
   }
@@ -424,7 +430,8 @@ export function computeRuleset(input: RulesetInput): RulesetResult {
 
   const claims = new Map<string, IpClaims>();
   const losers: { loser: Candidate; claims: IpClaims }[] = [];
-  const claim = (ip: CanonicalIP, candidate: Candidate) => {
+  const claim = (candidate: Candidate) => {
+    const { ip } = candidate;
     let entry = claims.get(ip.address);
     if (entry === undefined) {
       entry = { ip, winners: [] };
@@ -450,7 +457,7 @@ export function computeRuleset(input: RulesetInput): RulesetResult {
     }
     const contribution = cachedContributionOf(service, config, enabled, configKey);
     for (const entry of contribution.skipped) skipped.push(entry);
-    for (const { ip, candidate } of contribution.claims) claim(ip, candidate);
+    for (const candidate of contribution.claims) claim(candidate);
   }
 
   const conflicts: Conflict[] = [];
