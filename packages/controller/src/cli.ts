@@ -3,6 +3,7 @@
  *
  * Exit codes: 0 done, 1 the work failed (a kernel tool refused, a file was unreadable), 2 bad usage.
  */
+import { createRequire } from "node:module";
 import { ConfigError } from "@ipvs-node-controller/core";
 import { Command, CommanderError, Option } from "commander";
 import pino from "pino";
@@ -24,6 +25,9 @@ import {
 } from "./options.js";
 import { runController } from "./run.js";
 
+/** The package's version, for `--version`. */
+const VERSION: string = createRequire(import.meta.url)("../package.json").version;
+
 /** A usage error: reported in one line, exit code 2. */
 class UsageError extends Error {}
 
@@ -42,8 +46,14 @@ function buildProgram(io: Console, exit: { code: number }, signals: NodeJS.Event
     .description(
       "Lets pods and host-network processes reach LoadBalancer and external IPs of their own cluster under kube-proxy's IPVS mode.",
     )
+    .version(VERSION)
     .exitOverride()
-    .configureOutput({ writeOut: io.out, writeErr: io.err, outputError: () => {} })
+    .configureOutput({
+      // Commander ends its texts with a newline; the console adds its own.
+      writeOut: (text) => io.out(text.replace(/\n$/, "")),
+      writeErr: (text) => io.err(text.replace(/\n$/, "")),
+      outputError: () => {},
+    })
     .showHelpAfterError(false);
 
   const withFiles = (command: Command) =>

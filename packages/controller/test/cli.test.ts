@@ -82,6 +82,12 @@ describe("ipvs-node-controller CLI", () => {
     );
   });
 
+  it("prints its version", async () => {
+    const { code, out } = await cli("--version");
+    expect(code).toBe(0);
+    expect(out).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+
   it("takes the net stack from NET_STACK", async () => {
     process.env.NET_STACK = "ipv4,ipv6";
     try {
