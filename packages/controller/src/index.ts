@@ -8,7 +8,13 @@ export { main } from "./cli.js";
 export { formatDuration, parseDuration } from "./duration.js";
 export { InputFileError, podCIDRsOf, readNodePodCIDRs, readServicesFile } from "./input-files.js";
 export { Reflector, type ReflectorEvent, type ReflectorOptions } from "./kube/reflector.js";
-export { type NodeFacts, trimNode, trimService } from "./kube/trim.js";
+export {
+  equivalentNodes,
+  equivalentServices,
+  type NodeFacts,
+  trimNode,
+  trimService,
+} from "./kube/trim.js";
 export { ControllerMetrics } from "./metrics.js";
 export { type RunningController, type RunOptions, runController } from "./run.js";
 export { SyncLoop, type SyncLoopOptions } from "./sync-loop.js";

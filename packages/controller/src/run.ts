@@ -19,7 +19,13 @@ import {
   serve,
 } from "./http-server.js";
 import { Reflector, type ReflectorEvent } from "./kube/reflector.js";
-import { type NodeFacts, trimNode, trimService } from "./kube/trim.js";
+import {
+  equivalentNodes,
+  equivalentServices,
+  type NodeFacts,
+  trimNode,
+  trimService,
+} from "./kube/trim.js";
 import { ControllerMetrics } from "./metrics.js";
 import { type BackendFlags, type BackendName, createBackend } from "./options.js";
 import { SyncLoop } from "./sync-loop.js";
@@ -119,6 +125,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
     watchPath: "/api/v1/services",
     watch,
     trim: trimService,
+    equivalent: equivalentServices,
     onChange,
     onEvent: logReflectorEvent(log, metrics, "services"),
   });
@@ -130,6 +137,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
     watchQuery: { fieldSelector },
     watch,
     trim: trimNode,
+    equivalent: equivalentNodes,
     onChange,
     onEvent: logReflectorEvent(log, metrics, "node"),
   });

@@ -11,7 +11,7 @@ import {
 import { CoreV1Api, KubeConfig, type V1Service, Watch } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Reflector, type ReflectorEvent } from "../src/kube/reflector.js";
-import { trimService } from "../src/kube/trim.js";
+import { equivalentServices, trimService } from "../src/kube/trim.js";
 
 const enabled = (await envtestTestsEnabled("reflector tests")) !== undefined;
 
@@ -72,6 +72,7 @@ describe.skipIf(!enabled)("Reflector on a real API server", () => {
       watchPath: "/api/v1/services",
       watch: new Watch(kubeConfig),
       trim: trimService,
+      equivalent: equivalentServices,
       onChange: () => {
         changes += 1;
       },
@@ -97,6 +98,18 @@ describe.skipIf(!enabled)("Reflector on a real API server", () => {
         const s1 = reflector.store.get("default/s1");
         return !reflector.store.has("default/s0") && s1?.spec?.externalIPs?.[0] === "192.0.2.99";
       });
+
+      // A change the core does not read (a label) keeps the stored object and triggers no sync;
+      // the next real change, watched in order after it, proves the label event was processed.
+      const s2 = reflector.store.get("default/s2");
+      const beforeLabel = changes;
+      await api.kubectl(["label", "service", "s2", "team=payments"]);
+      await api.kubectl(["apply", "-f", "-"], { input: service("s4", "192.0.2.77") });
+      await eventually("the update of s4 arrives", () => {
+        return reflector.store.get("default/s4")?.spec?.externalIPs?.[0] === "192.0.2.77";
+      });
+      expect(reflector.store.get("default/s2")).toBe(s2);
+      expect(changes).toBe(beforeLabel + 1);
 
       const before = changes;
       await api.restartApiServer();

@@ -33,6 +33,12 @@ export interface ReflectorOptions<T> {
   readonly watch: Pick<Watch, "watch">;
   /** Keeps only what the consumer reads; undefined drops the object. */
   readonly trim: (object: unknown) => T | undefined;
+  /**
+   * Whether a new version of an object changes nothing the consumer reads (e.g. only labels or
+   * managedFields changed). Such an update keeps the stored object, and its identity, and does not
+   * call `onChange`. Default: never equivalent.
+   */
+  readonly equivalent?: (stored: T, update: T) => boolean;
   /** Called after every change of the store (add, update, delete, relist). */
   readonly onChange: () => void;
   /** Lifecycle notifications. */
@@ -133,6 +139,12 @@ export class Reflector<T> {
     }
   }
 
+  /** The stored object when `update` changes nothing that matters, else `update`. */
+  private unchanged(key: string, update: T): T | undefined {
+    const stored = this.store.get(key);
+    return stored !== undefined && this.options.equivalent?.(stored, update) ? stored : undefined;
+  }
+
   /** Lists every page, then replaces the store in one step so consumers never see half a list. */
   private async relist(): Promise<void> {
     const fresh = new Map<string, T>();
@@ -142,17 +154,23 @@ export class Reflector<T> {
       const page = await this.options.list(continueToken);
       for (const item of page.items) {
         const trimmed = this.options.trim(item);
-        if (trimmed !== undefined) fresh.set(keyOf(item), trimmed);
+        if (trimmed === undefined) continue;
+        const key = keyOf(item);
+        fresh.set(key, this.unchanged(key, trimmed) ?? trimmed);
       }
       continueToken = page.metadata?._continue || undefined;
       resourceVersion = page.metadata?.resourceVersion ?? "";
     } while (continueToken !== undefined && !this.stopped);
+    const changed =
+      !this.synced ||
+      fresh.size !== this.store.size ||
+      [...fresh].some(([key, value]) => this.store.get(key) !== value);
     this.store.clear();
     for (const [key, value] of fresh) this.store.set(key, value);
     this.resourceVersion = resourceVersion;
     this.synced = true;
     this.options.onEvent?.({ type: "listed", objects: fresh.size });
-    this.options.onChange();
+    if (changed) this.options.onChange();
   }
 
   /** Watches from the stored resourceVersion until the server or the network ends the stream. */
@@ -172,7 +190,7 @@ export class Reflector<T> {
         const trimmed = phase === "DELETED" ? undefined : this.options.trim(object);
         if (trimmed === undefined) {
           if (this.store.delete(key)) this.options.onChange();
-        } else {
+        } else if (this.unchanged(key, trimmed) === undefined) {
           this.store.set(key, trimmed);
           this.options.onChange();
         }

@@ -5,6 +5,7 @@
 
 import { SKIP_ANNOTATION } from "@ipvs-node-controller/core";
 import type { V1Node, V1Service } from "@kubernetes/client-node";
+import equal from "fast-deep-equal";
 import { podCIDRsOf } from "../input-files.js";
 
 /** The part of a Node the controller needs. */
@@ -24,6 +25,8 @@ export function trimService(object: unknown): V1Service | undefined {
     metadata: {
       namespace: metadata.namespace,
       name: metadata.name,
+      // Lets the core reuse what an unchanged object contributed on the previous sync.
+      resourceVersion: metadata.resourceVersion,
       creationTimestamp: metadata.creationTimestamp,
       ...(optOut === undefined ? {} : { annotations: { [SKIP_ANNOTATION]: optOut } }),
     },
@@ -57,4 +60,24 @@ export function trimNode(object: unknown): NodeFacts | undefined {
   const name = node?.metadata?.name;
   if (typeof name !== "string") return undefined;
   return { name, podCIDRs: podCIDRsOf(node ?? undefined) };
+}
+
+/** Two trimmed Services that differ at most in resourceVersion: nothing the core reads changed. */
+export function equivalentServices(stored: V1Service, update: V1Service): boolean {
+  // A listed object carries a Date, a watched one the RFC 3339 text.
+  const timestamp = (service: V1Service) => {
+    const stamp: unknown = service.metadata?.creationTimestamp;
+    return stamp instanceof Date || typeof stamp === "string" ? new Date(stamp).getTime() : stamp;
+  };
+  return (
+    equal(stored.spec, update.spec) &&
+    equal(stored.status, update.status) &&
+    equal(stored.metadata?.annotations, update.metadata?.annotations) &&
+    timestamp(stored) === timestamp(update)
+  );
+}
+
+/** Two trimmed Nodes with the same pod CIDRs. */
+export function equivalentNodes(stored: NodeFacts, update: NodeFacts): boolean {
+  return equal(stored.podCIDRs, update.podCIDRs);
 }
