@@ -45,6 +45,15 @@ export interface ReflectorOptions<T> {
   readonly onEvent?: (event: ReflectorEvent) => void;
   /** Retry delays: doubled from `initialMs` up to `maxMs`, with jitter. */
   readonly backoff?: { readonly initialMs: number; readonly maxMs: number };
+  /** The server ends each watch after a random time in this range (seconds). Default 300–600. */
+  readonly watchTimeoutSeconds?: readonly [number, number];
+  /**
+   * A watch still open this long after the server should have ended it is taken for a dead
+   * connection (a half-open TCP stream never errors) and restarted. Default 30 s.
+   */
+  readonly stallGraceMs?: number;
+  /** A list call taking longer than this is abandoned and retried. Default 60 s. */
+  readonly listTimeoutMs?: number;
 }
 
 interface ObjectMeta {
@@ -72,6 +81,26 @@ function statusCode(error: unknown): number | undefined {
 
 /** A resourceVersion too old for the server: start again with a fresh list. */
 class ExpiredError extends Error {}
+
+/** Rejects when `promise` has not settled within `ms`, or as soon as `signal` aborts. */
+function withTimeout<T>(
+  promise: Promise<T>,
+  ms: number,
+  what: string,
+  signal: AbortSignal,
+): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  let onAbort = () => {};
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+    onAbort = () => reject(new Error(`${what} stopped`));
+    signal.addEventListener("abort", onAbort);
+  });
+  return Promise.race([promise, timeout]).finally(() => {
+    clearTimeout(timer);
+    signal.removeEventListener("abort", onAbort);
+  });
+}
 
 const sleep = (ms: number, signal: AbortSignal) =>
   new Promise<void>((resolve) => {
@@ -151,7 +180,12 @@ export class Reflector<T> {
     let continueToken: string | undefined;
     let resourceVersion = "";
     do {
-      const page = await this.options.list(continueToken);
+      const page = await withTimeout(
+        this.options.list(continueToken),
+        this.options.listTimeoutMs ?? 60_000,
+        `listing ${this.options.name}`,
+        this.stopper.signal,
+      );
       for (const item of page.items) {
         const trimmed = this.options.trim(item);
         if (trimmed === undefined) continue;
@@ -175,8 +209,36 @@ export class Reflector<T> {
 
   /** Watches from the stored resourceVersion until the server or the network ends the stream. */
   private watchOnce(): Promise<void> {
+    // The server closes the watch after timeoutSeconds; a spread keeps many nodes from
+    // re-watching in lockstep, as client-go does.
+    const [minSeconds, maxSeconds] = this.options.watchTimeoutSeconds ?? [300, 600];
+    const timeoutSeconds = minSeconds + Math.floor(Math.random() * (maxSeconds - minSeconds + 1));
     return new Promise<void>((resolve, reject) => {
       let expired = false;
+      let settled = false;
+      const settle = (outcome: () => void) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(stallTimer);
+        this.stopper.signal.removeEventListener("abort", onStop);
+        outcome();
+      };
+      // stop() ends the wait at once, whether or not the aborted stream reports its end.
+      const onStop = () => settle(resolve);
+      this.stopper.signal.addEventListener("abort", onStop);
+      const stallTimer = setTimeout(
+        () => {
+          this.currentWatch?.abort();
+          settle(() =>
+            reject(
+              new Error(
+                `the ${this.options.name} watch stalled past its ${timeoutSeconds} s timeout`,
+              ),
+            ),
+          );
+        },
+        timeoutSeconds * 1000 + (this.options.stallGraceMs ?? 30_000),
+      );
       const onEvent = (phase: string, object: unknown) => {
         if (phase === "ERROR") {
           // The server reports "too old resource version" as an in-stream Status, then closes.
@@ -198,13 +260,12 @@ export class Reflector<T> {
       const onDone = (error: unknown) => {
         this.currentWatch = undefined;
         this.options.onEvent?.({ type: "watch-ended", error: error ?? undefined });
-        if (expired) reject(new ExpiredError("resource version expired"));
-        else if (error && !this.stopped) reject(error);
-        else resolve();
+        settle(() => {
+          if (expired) reject(new ExpiredError("resource version expired"));
+          else if (error && !this.stopped) reject(error);
+          else resolve();
+        });
       };
-      // The server closes the watch after timeoutSeconds; a spread keeps many nodes from
-      // re-watching in lockstep, as client-go does.
-      const timeoutSeconds = String(300 + Math.floor(Math.random() * 300));
       this.options.watch
         .watch(
           this.options.watchPath,
@@ -212,15 +273,18 @@ export class Reflector<T> {
             ...this.options.watchQuery,
             resourceVersion: this.resourceVersion,
             allowWatchBookmarks: "true",
-            timeoutSeconds,
+            timeoutSeconds: String(timeoutSeconds),
           },
           onEvent,
           onDone,
         )
-        .then((controller) => {
-          this.currentWatch = controller;
-          if (this.stopped) controller.abort();
-        }, reject);
+        .then(
+          (controller) => {
+            this.currentWatch = controller;
+            if (this.stopped || settled) controller.abort();
+          },
+          (error: unknown) => settle(() => reject(error)),
+        );
     });
   }
 }
