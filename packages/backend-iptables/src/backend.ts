@@ -110,18 +110,13 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
     ...options.binaries,
   });
 
-  /** Errors of programs that could not be started at all: never tolerated, even for IPv6. */
-  const unstartable = new WeakSet<object>();
-
   async function run(file: string, args: readonly string[], input?: string) {
     let result: CommandResult;
     try {
       result = await runner(file, args, input === undefined ? undefined : { input });
     } catch (error) {
       const reason = error instanceof Error ? error.message : String(error);
-      const missing = new BackendError(`${file} could not be run: ${reason}`, file);
-      unstartable.add(missing);
-      throw missing;
+      throw new BackendError(`${file} could not be run: ${reason}`, file, "", true);
     }
     return result;
   }
@@ -152,7 +147,8 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
     try {
       return await readState(family);
     } catch (error) {
-      if (unstartable.has(error as object)) throw error;
+      // A program that cannot be started at all is never tolerated, even for IPv6.
+      if (error instanceof BackendError && error.notStarted) throw error;
       log(`cannot read the ${family} nat table, leaving it alone: ${(error as Error).message}`);
       return undefined;
     }

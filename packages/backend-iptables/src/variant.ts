@@ -103,6 +103,8 @@ export async function detectIptablesVariant(
     throw new BackendError(
       `cannot detect the iptables variant: none of ${[...new Set(unstartable)].join(", ")} could be started`,
       nft.iptablesSave,
+      "",
+      true,
     );
   }
   const counts = { legacyRules: legacyEvidence.rules, nftRules: nftEvidence.rules };

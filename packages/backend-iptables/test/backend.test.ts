@@ -194,9 +194,9 @@ describe("createIptablesBackend", () => {
 
   it("never tolerates a tool that cannot be started", async () => {
     const { runner } = scripted({ "iptables-nft-save": () => ok(EMPTY_NAT) });
-    await expect(createIptablesBackend({ mode: "nft", runner }).cleanup()).rejects.toThrow(
-      /ip6tables-nft-save could not be run/,
-    );
+    const cleanup = createIptablesBackend({ mode: "nft", runner }).cleanup();
+    await expect(cleanup).rejects.toThrow(/ip6tables-nft-save could not be run/);
+    await expect(cleanup).rejects.toMatchObject({ notStarted: true });
   });
 
   it("runs concurrent operations one after another", async () => {

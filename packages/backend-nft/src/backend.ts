@@ -102,9 +102,10 @@ export function createNftBackend(options: NftBackendOptions = {}): Backend {
       return await runner(nftPath, args, input === undefined ? undefined : { input });
     } catch (error) {
       if ((error as { code?: unknown }).code === "ENOENT") {
-        throw new BackendError(`nft not found (looked for ${JSON.stringify(nftPath)})`, "nft");
+        const message = `nft not found (looked for ${JSON.stringify(nftPath)})`;
+        throw new BackendError(message, "nft", "", true);
       }
-      throw new BackendError(`could not run nft: ${(error as Error).message}`, "nft");
+      throw new BackendError(`could not run nft: ${(error as Error).message}`, "nft", "", true);
     }
   }
 

@@ -83,6 +83,7 @@ describe("apply", () => {
     expect(error).toBeInstanceOf(BackendError);
     expect(error).toMatchObject({
       tool: "nft",
+      notStarted: false,
       stderr: "Error: Could not process rule: Invalid argument",
       message: expect.stringContaining(
         "nft rejected the full sync of table inet ipvs-node-controller",
@@ -122,7 +123,10 @@ describe("missing or broken nft", () => {
       'nft not found (looked for "/nonexistent/sbin/nft")',
     );
     await expect(backend.verify(v1)).rejects.toBeInstanceOf(BackendError);
-    await expect(backend.cleanup()).rejects.toBeInstanceOf(BackendError);
+    await expect(backend.cleanup()).rejects.toMatchObject({
+      name: "BackendError",
+      notStarted: true,
+    });
   });
 
   it("recognises a runner's ENOENT error", async () => {

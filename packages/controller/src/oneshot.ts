@@ -66,14 +66,6 @@ export async function syncOnceCommand(flags: OneShotFlags, io: Console): Promise
   io.err(`applied ${mappings} mappings with ${backend.name} (${applied.mode} sync)`);
 }
 
-/** True for a backend error that says its kernel tool could not be started at all. */
-function isMissingTool(error: unknown): boolean {
-  return (
-    error instanceof BackendError &&
-    /not found|could not be (run|started)|ENOENT/.test(error.message)
-  );
-}
-
 /** `cleanup`: removes what the chosen backend(s) created. Succeeds when there was nothing to remove. */
 export async function cleanupCommand(
   flags: Omit<BackendFlags, "backend"> & { backend: BackendName | "all" },
@@ -87,7 +79,7 @@ export async function cleanupCommand(
       removed = await backend.cleanup();
     } catch (error) {
       // With `all`, a tool that is not installed cannot have left rules behind.
-      if (flags.backend === "all" && isMissingTool(error)) {
+      if (flags.backend === "all" && error instanceof BackendError && error.notStarted) {
         io.err(`no ${name} rules to remove (${(error as Error).message})`);
         continue;
       }

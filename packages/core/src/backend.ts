@@ -59,6 +59,11 @@ export class BackendError extends Error {
     readonly tool: string,
     /** Its standard error, trimmed. */
     readonly stderr = "",
+    /**
+     * True when the program could not be started at all (not installed, not executable), as
+     * opposed to running and failing: callers may treat a missing tool as "nothing to do".
+     */
+    readonly notStarted = false,
   ) {
     super(message);
   }
