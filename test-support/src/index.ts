@@ -1,4 +1,5 @@
 export * from "./envtest.js";
+export * from "./eventually.js";
 export * from "./netns.js";
 export * from "./runner.js";
 export * from "./tcp-bridge.js";

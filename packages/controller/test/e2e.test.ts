@@ -12,6 +12,7 @@ import {
   bridgeIntoNamespace,
   createTopology,
   envtestTestsEnabled,
+  eventually,
   kernelTestsEnabled,
   startTestApiServer,
   type TcpBridge,
@@ -27,20 +28,6 @@ const NODE_NAME = "worker-1";
 const enabled =
   (await kernelTestsEnabled("controller e2e tests")) &&
   (await envtestTestsEnabled("controller e2e tests")) !== undefined;
-
-/** Polls `probe` until it returns true or the deadline passes. */
-async function eventually(
-  what: string,
-  probe: () => Promise<boolean>,
-  timeoutMs = 20_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (await probe()) return;
-    await new Promise((resolve) => setTimeout(resolve, 200));
-  }
-  throw new Error(`timed out after ${timeoutMs} ms waiting until ${what}`);
-}
 
 const LB_SERVICE = (name: string, clusterIP: string, port = 80) => ({
   apiVersion: "v1",

@@ -3,20 +3,13 @@
  * server never ends and a list that never answers. Both are restarted. The "server" here is an
  * in-memory list/watch source; the real API server is exercised in reflector.test.ts.
  */
+import { eventually } from "@ipvs-node-controller/test-support";
 import { describe, expect, it } from "vitest";
 import { Reflector, type ReflectorEvent } from "../src/kube/reflector.js";
 
 const service = (name: string) => ({
   metadata: { namespace: "default", name, resourceVersion: "1" },
 });
-
-async function until(condition: () => boolean, timeoutMs = 5000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 describe("Reflector on a silent connection", () => {
   it("restarts a watch the server should have ended but did not", async () => {
@@ -42,7 +35,7 @@ describe("Reflector on a silent connection", () => {
     });
     reflector.start();
     try {
-      await until(() => watches >= 2);
+      await eventually("the stalled watch is replaced", () => watches >= 2, 5000, 10);
       const retry = events.find((event) => event.type === "retry");
       expect(String((retry as { error: unknown }).error)).toMatch(
         /watch stalled past its 1 s timeout/,
@@ -74,7 +67,7 @@ describe("Reflector on a silent connection", () => {
     });
     reflector.start();
     try {
-      await until(() => reflector.hasSynced);
+      await eventually("the second list succeeds", () => reflector.hasSynced, 5000, 10);
       expect(lists).toBe(2);
       expect(reflector.store.has("default/b")).toBe(true);
       const retry = events.find((event) => event.type === "retry");

@@ -5,6 +5,7 @@
 
 import {
   envtestTestsEnabled,
+  eventually,
   startTestApiServer,
   type TestApiServer,
 } from "@ipvs-node-controller/test-support";
@@ -14,14 +15,6 @@ import { Reflector, type ReflectorEvent } from "../src/kube/reflector.js";
 import { equivalentServices, trimService } from "../src/kube/trim.js";
 
 const enabled = (await envtestTestsEnabled("reflector tests")) !== undefined;
-
-async function eventually(what: string, probe: () => boolean, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!probe()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting until ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
 
 describe.skipIf(!enabled)("Reflector on a real API server", () => {
   let api: TestApiServer;

@@ -6,6 +6,7 @@ import {
   type Ruleset,
   type RulesetResult,
 } from "@ipvs-node-controller/core";
+import { eventually } from "@ipvs-node-controller/test-support";
 import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { ControllerMetrics } from "../src/metrics.js";
@@ -42,14 +43,6 @@ class RecordingBackend implements Backend {
 }
 
 const silent = pino({ level: "silent" });
-const until = async (condition: () => boolean, timeoutMs = 3000) => {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error("condition not met in time");
-    await new Promise((resolve) => setTimeout(resolve, 5));
-  }
-};
-
 function service(name: string, ip: string) {
   return {
     metadata: { namespace: "default", name },
@@ -91,7 +84,7 @@ describe("SyncLoop", () => {
     expect(loop.readiness().ready).toBe(false);
     synced = true;
     loop.markDirty();
-    await until(() => backend.applies.length === 1);
+    await eventually("1 apply", () => backend.applies.length === 1, 3000, 5);
     expect(backend.applies[0]?.full).toBe(true);
     expect(loop.readiness()).toEqual({ ready: true });
   });
@@ -102,12 +95,12 @@ describe("SyncLoop", () => {
     const loop = start(backend, () => computeRuleset({ services: services as never }), {
       minSyncPeriodMs: 200,
     });
-    await until(() => backend.applies.length === 1);
+    await eventually("1 apply", () => backend.applies.length === 1, 3000, 5);
     for (let i = 2; i < 12; i++) {
       services.push(service(`s${i}`, `192.0.2.${i}`));
       loop.markDirty();
     }
-    await until(() => backend.applies.length === 2);
+    await eventually("2 applies", () => backend.applies.length === 2, 3000, 5);
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect(backend.applies).toHaveLength(2);
     expect(backend.applies[1]?.ruleset.families[0]?.mappings).toHaveLength(11);
@@ -121,17 +114,20 @@ describe("SyncLoop", () => {
     const loop = start(backend, () => computeRuleset({ services: [service("a", "192.0.2.1")] }), {
       metrics,
     });
-    await until(
+    await eventually(
+      "the first failure is counted",
       () =>
         (metrics.syncFailures as unknown as { hashMap: Record<string, { value: number }> }).hashMap[
           ""
         ]?.value === 1,
+      3000,
+      5,
     );
     expect(loop.readiness()).toMatchObject({
       ready: false,
       reason: expect.stringMatching(/kernel said no/),
     });
-    await until(() => backend.applies.length === 1);
+    await eventually("1 apply", () => backend.applies.length === 1, 3000, 5);
     expect(backend.applies[0]?.full).toBe(true);
     expect(loop.readiness()).toEqual({ ready: true });
     const text = await metrics.registry.metrics();
@@ -144,9 +140,9 @@ describe("SyncLoop", () => {
     start(backend, () => computeRuleset({ services: [service("a", "192.0.2.1")] }), {
       syncPeriodMs: 1000,
     });
-    await until(() => backend.applies.length === 1);
+    await eventually("1 apply", () => backend.applies.length === 1, 3000, 5);
     backend.live = undefined; // someone flushed our rules
-    await until(() => backend.applies.length === 2, 4000);
+    await eventually("2 applies", () => backend.applies.length === 2, 4000, 5);
     expect(backend.applies[1]?.full).toBe(true);
     expect(backend.live).toBeDefined();
   });
@@ -167,7 +163,7 @@ describe("SyncLoop", () => {
       metrics,
     });
     loop.markDirty();
-    await until(() => backend.applies.length >= 1);
+    await eventually("at least 1 apply", () => backend.applies.length >= 1, 3000, 5);
     await loop.stop();
     expect(await metrics.registry.metrics()).toMatch(
       /network_programming_duration_seconds_count [12]\n/,
