@@ -24,6 +24,7 @@ const service = (name: string, lbIP: string, clusterIP: string) => ({
   status: { loadBalancer: { ingress: [{ ip: lbIP }] } },
 });
 
+// Each test starts several Node processes inside the namespace: give them room on a busy machine.
 describe.skipIf(!enabled)("ipvs-node-controller CLI in a network namespace", () => {
   let topology: Topology;
   let dir: string;
@@ -76,7 +77,7 @@ describe.skipIf(!enabled)("ipvs-node-controller CLI in a network namespace", () 
     expect(result.exitCode, result.stderr).toBe(0);
     expect(result.stderr).toMatch(/applied 1 mappings with nft/);
     expect(await answers("192.0.2.10", "web")).toBe(true);
-  });
+  }, 30_000);
 
   it("exits 1 with one line when the kernel refuses, and the previous rules keep working", async () => {
     const result = await cli(
@@ -92,7 +93,7 @@ describe.skipIf(!enabled)("ipvs-node-controller CLI in a network namespace", () 
     expect(result.stderr).toMatch(/Operation not supported/);
     expect(await answers("192.0.2.10", "web")).toBe(true);
     expect(await answers("192.0.2.11", "api")).toBe(false);
-  });
+  }, 30_000);
 
   it("exits 1 with one line naming a missing binary or an unreadable file", async () => {
     const missing = await cli(
@@ -116,7 +117,7 @@ describe.skipIf(!enabled)("ipvs-node-controller CLI in a network namespace", () 
     expect(unreadable.stderrLines).toHaveLength(1);
     expect(unreadable.stderr).toMatch(/^error: cannot read .*nope\.yaml/);
     expect(await answers("192.0.2.10", "web")).toBe(true);
-  });
+  }, 30_000);
 
   it("cleanup removes our rules, succeeds when there is nothing left, and tolerates a missing tool with all", async () => {
     const first = await cli("cleanup", "--backend=nft");
@@ -135,5 +136,5 @@ describe.skipIf(!enabled)("ipvs-node-controller CLI in a network namespace", () 
     const iptables = await cli("cleanup", "--backend=iptables", "--iptables-bin-dir=/nonexistent");
     expect(iptables.exitCode).toBe(1);
     expect(iptables.stderr).toMatch(/^error: .*\/nonexistent\/iptables-/);
-  });
+  }, 30_000);
 });
