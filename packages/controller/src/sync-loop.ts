@@ -4,6 +4,7 @@
  */
 import type { Backend, RulesetResult } from "@ipvs-node-controller/core";
 import type { Logger } from "pino";
+import { type Backoff, backoffDelay } from "./backoff.js";
 import type { ControllerMetrics } from "./metrics.js";
 
 /** Options of {@link SyncLoop}. */
@@ -16,7 +17,7 @@ export interface SyncLoopOptions {
   /** Every period the live state is verified and repaired with a full sync if it drifted. */
   readonly syncPeriodMs: number;
   /** Delays between retries of a failed apply: doubled from `initialMs` up to `maxMs`. */
-  readonly retry?: { readonly initialMs: number; readonly maxMs: number };
+  readonly retry?: Backoff;
   readonly metrics: ControllerMetrics;
   readonly log: Logger;
   /** Milliseconds since the epoch; injectable for tests. */
@@ -125,7 +126,7 @@ export class SyncLoop {
         full = true;
         this.pendingSince = observedAt ?? this.now();
         this.dirty = true;
-        const delay = Math.min(retry.maxMs, retry.initialMs * 2 ** (failures - 1));
+        const delay = backoffDelay(retry, failures);
         retryAt = this.now() + delay;
         this.lastFailure = (error as Error).message.split("\n")[0];
         this.options.metrics.syncFailures.inc();

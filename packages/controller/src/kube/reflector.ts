@@ -6,6 +6,7 @@
  * restarts and outages, and should hold only the fields it reads: this class does both.
  */
 import type { Watch } from "@kubernetes/client-node";
+import { type Backoff, backoffDelay } from "../backoff.js";
 
 /** One page of a list call, as the generated client returns it. */
 export interface ListPage {
@@ -44,7 +45,7 @@ export interface ReflectorOptions<T> {
   /** Lifecycle notifications. */
   readonly onEvent?: (event: ReflectorEvent) => void;
   /** Retry delays: doubled from `initialMs` up to `maxMs`, with jitter. */
-  readonly backoff?: { readonly initialMs: number; readonly maxMs: number };
+  readonly backoff?: Backoff;
   /** The server ends each watch after a random time in this range (seconds). Default 300–600. */
   readonly watchTimeoutSeconds?: readonly [number, number];
   /**
@@ -145,7 +146,7 @@ export class Reflector<T> {
   }
 
   private async run(): Promise<void> {
-    const { initialMs, maxMs } = this.options.backoff ?? { initialMs: 500, maxMs: 30_000 };
+    const backoff = this.options.backoff ?? { initialMs: 500, maxMs: 30_000 };
     let failures = 0;
     while (!this.stopped) {
       try {
@@ -160,7 +161,7 @@ export class Reflector<T> {
           continue;
         }
         failures += 1;
-        const base = Math.min(maxMs, initialMs * 2 ** (failures - 1));
+        const base = backoffDelay(backoff, failures);
         const delayMs = Math.round(base * (0.8 + Math.random() * 0.4));
         this.options.onEvent?.({ type: "retry", error, delayMs });
         await sleep(delayMs, this.stopper.signal);
