@@ -361,19 +361,14 @@ function localPodMatches(
 ): Map<IpFamily, LocalPodMatch> {
   const detection = config.localDetection;
   const result = new Map<IpFamily, LocalPodMatch>();
-  for (const family of config.families) {
-    switch (detection.mode) {
-      case "BridgeInterface":
-        result.set(family, { kind: "inputInterface", name: detection.interfaceName });
-        break;
-      case "InterfaceNamePrefix":
-        result.set(family, { kind: "inputInterfacePrefix", prefix: detection.interfacePrefix });
-        break;
-      default:
-        result.set(family, { kind: "sourceCIDRs", cidrs: [] });
-    }
+  if (detection.mode === "BridgeInterface" || detection.mode === "InterfaceNamePrefix") {
+    const match: LocalPodMatch =
+      detection.mode === "BridgeInterface"
+        ? { kind: "inputInterface", name: detection.interfaceName }
+        : { kind: "inputInterfacePrefix", prefix: detection.interfacePrefix };
+    for (const family of config.families) result.set(family, match);
+    return result;
   }
-  if (detection.mode !== "NodeCIDR" && detection.mode !== "ClusterCIDR") return result;
 
   const texts = detection.mode === "ClusterCIDR" ? detection.cidrs : (node?.podCIDRs ?? []);
   const byFamily = new Map<IpFamily, Set<string>>();
