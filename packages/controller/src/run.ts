@@ -4,6 +4,7 @@
 import type { Server } from "node:http";
 import {
   type Backend,
+  BackendError,
   type CoreConfig,
   computeRuleset,
   type RulesetResult,
@@ -74,8 +75,18 @@ async function removeOtherBackend(options: RunOptions): Promise<void> {
     if (removed)
       options.log.info({ backend: other }, "removed the rules of the previously used backend");
   } catch (error) {
-    // Typically the other tool is not installed, so it cannot have left anything behind.
-    options.log.debug({ backend: other, err: error }, "could not check the other backend's rules");
+    if (error instanceof BackendError && error.notStarted) {
+      // The other tool is not installed, so it cannot have left anything behind.
+      options.log.debug(
+        { backend: other, err: error },
+        "the other backend's tool is not available",
+      );
+    } else {
+      options.log.warn(
+        { backend: other, err: error },
+        "could not remove the other backend's rules",
+      );
+    }
   }
 }
 
