@@ -10,6 +10,7 @@ import { fileURLToPath } from "node:url";
 import {
   bridgeIntoNamespace,
   createTopology,
+  httpGet,
   startTestApiServer,
 } from "@ipvs-node-controller/test-support";
 import { CoreV1Api, KubeConfig } from "@kubernetes/client-node";
@@ -75,12 +76,7 @@ try {
     port: Number(new URL(api.serverUrl).port),
   });
   const metrics = async () =>
-    (
-      await topology.runner("node")(process.execPath, [
-        "-e",
-        'fetch("http://127.0.0.1:10266/metrics").then(async r => process.stdout.write(await r.text()), () => {})',
-      ])
-    ).stdout;
+    (await httpGet(topology.runner("node"), "http://127.0.0.1:10266/metrics")).body;
   const metric = (text, name) => Number(new RegExp(`^${name} ([\\d.e+]+)`, "m").exec(text)?.[1]);
   const mib = (bytes) => (bytes / 1024 / 1024).toFixed(1);
   // The same controller under a few V8 heap settings (NODE_OPTIONS, as a DaemonSet would set it).

@@ -8,8 +8,10 @@ import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import {
   envtestTestsEnabled,
+  httpGet,
   type KubectlResult,
   kernelTestsEnabled,
+  runnerIn,
   startTestApiServer,
   type TestApiServer,
 } from "@ipvs-node-controller/test-support";
@@ -647,17 +649,9 @@ describe.skipIf(!canRunController)("the DaemonSet's command line, run in a node 
   }, 90_000);
 
   it("serves metrics on the node's loopback only", async () => {
-    const inside = await execa("ip", [
-      "netns",
-      "exec",
-      namespace,
-      process.execPath,
-      "--eval",
-      `fetch("http://${METRICS_ADDRESS}/metrics").then(async (r) => process.stdout.write(r.status + "\\n" + (await r.text())))`,
-    ]);
-    const [status, ...body] = inside.stdout.split("\n");
-    expect(status).toBe("200");
-    expect(body.join("\n")).toMatch(/^# HELP /m);
+    const inside = await httpGet(runnerIn(namespace), `http://${METRICS_ADDRESS}/metrics`);
+    expect(inside.status).toBe(200);
+    expect(inside.body).toMatch(/^# HELP /m);
 
     // Reachable from beyond the node only if it listened on the node IP; it must not.
     const metricsPort = METRICS_ADDRESS.split(":")[1];

@@ -13,6 +13,7 @@ import {
   createTopology,
   envtestTestsEnabled,
   eventually,
+  httpGet,
   kernelTestsEnabled,
   startTestApiServer,
   type TcpBridge,
@@ -73,15 +74,10 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
       const result = await topology.connect("pod", ip, port, "tcp", { timeoutMs: 1000 });
       return !result.ok && result.error === "refused";
     };
-    const fetchInNode = async (path: string) => {
-      const script = `fetch("http://127.0.0.1:10267${path}").then(async r => { process.stdout.write(r.status + " " + await r.text()) }, e => { process.stdout.write("000 " + e.message) })`;
-      const result = await topology.runner("node")(process.execPath, ["-e", script]);
-      return result.stdout;
-    };
-    const metrics = async () => {
-      const script = `fetch("http://127.0.0.1:10266/metrics").then(async r => process.stdout.write(await r.text()))`;
-      return (await topology.runner("node")(process.execPath, ["-e", script])).stdout;
-    };
+    const health = (path: string) =>
+      httpGet(topology.runner("node"), `http://127.0.0.1:10267${path}`);
+    const metrics = async () =>
+      (await httpGet(topology.runner("node"), "http://127.0.0.1:10266/metrics")).body;
 
     function startController(): void {
       const child = spawn(
@@ -203,10 +199,11 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
         answers("192.0.2.10", 80, "web"),
       );
       expect(await otherRules()).toBe(false);
-      await eventually("the controller is ready", async () =>
-        (await fetchInNode("/readyz")).startsWith("200"),
+      await eventually(
+        "the controller is ready",
+        async () => (await health("/readyz")).status === 200,
       );
-      expect(await fetchInNode("/healthz")).toMatch(/^200/);
+      expect((await health("/healthz")).status).toBe(200);
       const text = await metrics();
       expect(text).toMatch(/ipvs_node_controller_mappings\{family="ipv4"\} 1/);
       expect(text).toMatch(/ipvs_node_controller_last_successful_sync_timestamp_seconds \d/);
