@@ -19,21 +19,36 @@ const SERVICE = {
   cluster: { ipv4: "10.96.0.10", ipv6: "fd00:10:96::10" },
 };
 
-/** The Service as `kubectl get svc -o json` would print it once MetalLB assigned its IPs. */
-const serviceObject = {
-  apiVersion: "v1",
-  kind: "Service",
-  metadata: { namespace: "shop", name: "web", creationTimestamp: "2024-01-01T00:00:00Z" },
-  spec: {
-    type: "LoadBalancer",
-    externalTrafficPolicy: "Local",
-    ipFamilyPolicy: "PreferDualStack",
-    clusterIP: SERVICE.cluster.ipv4,
-    clusterIPs: [SERVICE.cluster.ipv4, SERVICE.cluster.ipv6],
-    ports: [{ name: "http", port: SERVICE.port, protocol: "TCP", targetPort: 8080 }],
-  },
-  status: { loadBalancer: { ingress: [{ ip: SERVICE.lb.ipv4 }, { ip: SERVICE.lb.ipv6 }] } },
+/**
+ * A second Service whose LB IPs the node does not own, as on a node where kube-proxy runs in
+ * iptables or nftables mode: the load balancer (here the remote host) serves them.
+ */
+const ELSEWHERE = {
+  name: "shop/api",
+  lb: { ipv4: "192.0.2.20", ipv6: "2001:db8:10::20" },
+  cluster: { ipv4: "10.96.0.20", ipv6: "fd00:10:96::20" },
 };
+
+/** A Service as `kubectl get svc -o json` would print it once MetalLB assigned its IPs. */
+function serviceObject(service: typeof SERVICE | typeof ELSEWHERE) {
+  const [namespace, name] = service.name.split("/");
+  return {
+    apiVersion: "v1",
+    kind: "Service",
+    metadata: { namespace, name, creationTimestamp: "2024-01-01T00:00:00Z" },
+    spec: {
+      type: "LoadBalancer",
+      externalTrafficPolicy: "Local",
+      ipFamilyPolicy: "PreferDualStack",
+      clusterIP: service.cluster.ipv4,
+      clusterIPs: [service.cluster.ipv4, service.cluster.ipv6],
+      ports: [{ name: "http", port: SERVICE.port, protocol: "TCP", targetPort: 8080 }],
+    },
+    status: { loadBalancer: { ingress: [{ ip: service.lb.ipv4 }, { ip: service.lb.ipv6 }] } },
+  };
+}
+
+const LOAD_BALANCER_REPLY = "hello from the load balancer";
 
 const WHO: Record<Host, string> = {
   pod: "pod on this node      ",
@@ -41,7 +56,8 @@ const WHO: Record<Host, string> = {
   remote: "client outside the node",
 };
 
-type Expectation = "answers" | "refused";
+/** What a probe must see: a refusal, or a reply containing this text. */
+type Expectation = "refused" | { readonly answer: string };
 
 async function probe(
   topology: Topology,
@@ -51,7 +67,10 @@ async function probe(
 ): Promise<boolean> {
   const result = await topology.connect(from, ip, SERVICE.port, "tcp");
   const shown = result.ok ? `answered "${result.reply}"` : `failed: ${result.error}`;
-  const good = expected === "answers" ? result.ok : !result.ok && result.error === "refused";
+  const good =
+    expected === "refused"
+      ? !result.ok && result.error === "refused"
+      : result.ok && result.reply === expected.answer;
   const target = ip.includes(":") ? `[${ip}]:${SERVICE.port}` : `${ip}:${SERVICE.port}`;
   console.log(`  ${good ? "ok " : "BAD"} ${WHO[from]} -> ${target.padEnd(22)} ${shown}`);
   return good;
@@ -112,13 +131,32 @@ async function main(): Promise<number> {
       ...Object.values(SERVICE.lb),
       ...Object.values(SERVICE.cluster),
     ]);
+    console.log(
+      `  Service ${ELSEWHERE.name}: LB IPs ${ELSEWHERE.lb.ipv4}, ${ELSEWHERE.lb.ipv6} not bound on the node, served by the load balancer`,
+    );
+    console.log(
+      "    (what every LB IP looks like where kube-proxy runs in iptables or nftables mode)",
+    );
+    await topology.addNodeAddresses(Object.values(ELSEWHERE.cluster));
+    await topology.listen(
+      families.flatMap((family) =>
+        [SERVICE, ELSEWHERE].map((service) => ({
+          ip: service.cluster[family],
+          port: SERVICE.port,
+          protocol: "tcp" as const,
+          reply: `hello from ${service.name}`,
+        })),
+      ),
+    );
+    await topology.addRemoteAddresses(Object.values(ELSEWHERE.lb));
     await topology.listen(
       families.map((family) => ({
-        ip: SERVICE.cluster[family],
+        ip: ELSEWHERE.lb[family],
         port: SERVICE.port,
         protocol: "tcp" as const,
-        reply: `hello from ${SERVICE.name}`,
+        reply: LOAD_BALANCER_REPLY,
       })),
+      "remote",
     );
 
     let good = true;
@@ -134,7 +172,11 @@ async function main(): Promise<number> {
     const servicesFile = join(workdir, "services.json");
     await writeFile(
       servicesFile,
-      JSON.stringify({ apiVersion: "v1", kind: "List", items: [serviceObject] }),
+      JSON.stringify({
+        apiVersion: "v1",
+        kind: "List",
+        items: [serviceObject(SERVICE), serviceObject(ELSEWHERE)],
+      }),
     );
     console.log(`\n2. The controller programs the node (${backend} backend):`);
     await runCli(topology, cli, [
@@ -151,10 +193,19 @@ async function main(): Promise<number> {
     console.log(
       "\n3. With the controller, pods and host processes reach the Service; outside traffic is untouched:",
     );
+    const fixed = { answer: `hello from ${SERVICE.name}` };
     for (const family of families) {
-      good = (await probe(topology, "pod", SERVICE.lb[family], "answers")) && good;
-      good = (await probe(topology, "node", SERVICE.lb[family], "answers")) && good;
+      good = (await probe(topology, "pod", SERVICE.lb[family], fixed)) && good;
+      good = (await probe(topology, "node", SERVICE.lb[family], fixed)) && good;
       good = (await probe(topology, "remote", SERVICE.lb[family], "refused")) && good;
+    }
+    console.log(
+      "\n   LB IPs that are not addresses of the node are left alone: traffic still reaches the load balancer:",
+    );
+    const untouched = { answer: LOAD_BALANCER_REPLY };
+    for (const family of families) {
+      good = (await probe(topology, "pod", ELSEWHERE.lb[family], untouched)) && good;
+      good = (await probe(topology, "node", ELSEWHERE.lb[family], untouched)) && good;
     }
 
     console.log("\n4. Cleaning up:");

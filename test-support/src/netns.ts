@@ -81,6 +81,12 @@ export interface Topology {
   runner(host: Host): CommandRunner;
   /** Binds addresses on the node's `lo` (IPv4 as /32, IPv6 as /128 without DAD); duplicates once. */
   addNodeAddresses(ips: readonly string[]): Promise<void>;
+  /**
+   * Binds addresses on the remote host's `lo`, routes them there from the node and lets the node
+   * forward between the pod and the remote host: addresses the node does not own, like LoadBalancer IPs under kube-proxy's iptables or nftables mode, which
+   * are served by a load balancer elsewhere.
+   */
+  addRemoteAddresses(ips: readonly string[]): Promise<void>;
   /** Starts one listener process in `host` (default `node`) and waits until every socket is bound. */
   listen(specs: readonly ListenerSpec[], host?: Host): Promise<Listeners>;
   /** Opens one connection from `from` and returns what came back. Default timeout 1500 ms. */
@@ -194,6 +200,13 @@ async function ip(args: readonly string[], input?: string): Promise<void> {
 /** Runs `ip -batch -` inside a namespace: one process for many commands. */
 async function ipBatch(namespace: string, commands: readonly string[]): Promise<void> {
   await ip(["-n", namespace, "-batch", "-"], `${commands.join("\n")}\n`);
+}
+
+/** The `ip -batch` line that binds one host address on `lo` (IPv6 without duplicate detection). */
+function bindOnLoopback(address: string): string {
+  return address.includes(":")
+    ? `addr add ${address}/128 dev lo nodad`
+    : `addr add ${address}/32 dev lo`;
 }
 
 // Small Node programs run inside a namespace. Plain CommonJS so that `node -e` runs them as is.
@@ -334,13 +347,24 @@ export async function createTopology(
     async addNodeAddresses(ips) {
       // The same address twice (e.g. an LB IP shared by two Services) is bound once.
       const unique = [...new Set(ips)];
+      if (unique.length > 0) await ipBatch(namespaces.node, unique.map(bindOnLoopback));
+    },
+
+    async addRemoteAddresses(ips) {
+      const unique = [...new Set(ips)];
       if (unique.length === 0) return;
+      await ipBatch(namespaces.remote, unique.map(bindOnLoopback));
+      // The node now routes between the pod and the remote host, as a real node routes pods' traffic.
+      for (const key of ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"]) {
+        const result = await runnerIn(namespaces.node)("sysctl", ["-qw", `${key}=1`]);
+        if (result.exitCode !== 0) throw new Error(`sysctl ${key}=1: ${result.stderr.trim()}`);
+      }
       await ipBatch(
         namespaces.node,
         unique.map((address) =>
           address.includes(":")
-            ? `addr add ${address}/128 dev lo nodad`
-            : `addr add ${address}/32 dev lo`,
+            ? `route add ${address}/128 via ${P.remote.ipv6}`
+            : `route add ${address}/32 via ${P.remote.ipv4}`,
         ),
       );
     },

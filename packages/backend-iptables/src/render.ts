@@ -6,7 +6,8 @@
  * ```
  * PREROUTING  (1st rule) -> IPVSNC-PREROUTING : local-pod match (-s CIDR / -i name / -i prefix+) -> IPVSNC-SERVICES
  * OUTPUT      (1st rule) -> IPVSNC-OUTPUT     : -m addrtype --src-type LOCAL                     -> IPVSNC-SERVICES
- * IPVSNC-SERVICES: sets the masquerade bit, tries IPVSNC-DNAT, clears the bit again on no match
+ * IPVSNC-SERVICES: returns unless the destination is local (`-m addrtype ! --dst-type LOCAL`),
+ *                  sets the masquerade bit, tries IPVSNC-DNAT, clears the bit again on no match
  * IPVSNC-DNAT:     -d IP -p PROTO --dport N -m comment --comment "ns/name" -j DNAT --to-destination CLUSTERIP:N
  * ```
  *
@@ -46,6 +47,15 @@ export const CHAINS = {
   /** One DNAT rule per mapping. */
   dnat: `${CHAIN_PREFIX}DNAT`,
 } as const;
+
+/**
+ * The first rule of IPVSNC-SERVICES: leave unless the destination is an address of this node.
+ * kube-proxy's IPVS mode binds every LoadBalancer IP and externalIP to `kube-ipvs0`, so there they
+ * are local and the bug exists. In kube-proxy's iptables or nftables mode they are virtual: a DNAT
+ * of ours would run before kube-proxy's rules, which are then skipped for the connection, and send
+ * the cluster IP off the node. One address-type lookup here also spares those nodes the DNAT list.
+ */
+export const LOCAL_DESTINATIONS_ONLY = "-m addrtype ! --dst-type LOCAL -j RETURN";
 
 /** The comment on our jump rules in the built-in chains. It needs no quoting in iptables-save. */
 export const JUMP_COMMENT = "ipvs-node-controller";
@@ -109,6 +119,8 @@ export function familyTarget(family: FamilyRuleset, masqueradeMark: number): Tar
   }
 
   const services = [
+    // Only destinations that are addresses of this node: see LOCAL_DESTINATIONS_ONLY.
+    LOCAL_DESTINATIONS_ONLY,
     `-m mark --mark ${mark}/${mark} -j ${CHAINS.dnat}`,
     `-m mark --mark ${mark}/${mark} -j RETURN`,
     `-j MARK --set-xmark ${mark}/${mark}`,

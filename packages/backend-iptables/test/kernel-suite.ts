@@ -31,6 +31,12 @@ import { family, mapping, ruleset, serviceArbitrary } from "./fixtures.js";
 const LB4 = "192.0.2.10";
 const LB6 = "2001:db8::10";
 const OTHER_LB4 = "192.0.2.20";
+/**
+ * LB IPs the node does not own, served by the remote host as a load balancer would be: what LB IPs
+ * look like under kube-proxy's iptables or nftables mode. Their mappings must stay inert.
+ */
+const VIRTUAL_LB = { ipv4: "192.0.2.30", ipv6: "2001:db8::30" } as const;
+const LOAD_BALANCER_REPLY = "load balancer";
 
 /** Cluster IPs with a listener each; the reply names the Service (and family) that answered. */
 const LISTENERS = [
@@ -201,6 +207,16 @@ export async function defineKernelSuite(variant: IptablesVariant): Promise<void>
         ...new Set(LISTENERS.map((l) => l.ip)),
       ]);
       await topology.listen(LISTENERS);
+      await topology.addRemoteAddresses([VIRTUAL_LB.ipv4, VIRTUAL_LB.ipv6]);
+      await topology.listen(
+        [VIRTUAL_LB.ipv4, VIRTUAL_LB.ipv6].map((ip) => ({
+          ip,
+          port: 80,
+          protocol: "tcp" as const,
+          reply: LOAD_BALANCER_REPLY,
+        })),
+        "remote",
+      );
     }, 60_000);
 
     afterAll(async () => {
@@ -258,6 +274,33 @@ export async function defineKernelSuite(variant: IptablesVariant): Promise<void>
       await expectReply("node", LB4, 8080, "tcp", "api");
       await expectReply("pod", LB6, 53, "udp", "dns-v6");
       await expectReply("pod", OTHER_LB4, 80, "tcp", "other");
+    });
+
+    it("translates only LB IPs that are addresses of the node", async () => {
+      const base = dualStack();
+      const withVirtual = ruleset(
+        base.families.map((f) =>
+          family(f.family, POD_CIDRS[f.family], [
+            ...f.mappings,
+            mapping(VIRTUAL_LB[f.family], 80, f.family === "ipv4" ? "10.96.0.10" : "fd00:96::10", {
+              name: "virtual",
+            }),
+          ]),
+        ),
+      );
+      await backend().apply(withVirtual);
+      const counter = await topology.markCounter(0x4000);
+      const before = await counter.read();
+      for (const from of ["pod", "node"] as const) {
+        await expectReply(from, VIRTUAL_LB.ipv4, 80, "tcp", LOAD_BALANCER_REPLY);
+        await expectReply(from, VIRTUAL_LB.ipv6, 80, "tcp", LOAD_BALANCER_REPLY);
+      }
+      expect(await counter.read()).toBe(before);
+      // The LB IPs bound on the node are still translated by the same rules.
+      await expectReply("pod", LB4, 80, "tcp", "web-v4");
+      await expectReply("node", LB6, 80, "tcp", "web-v6");
+      await backend().apply(base);
+      expect(await backend().verify(base)).toBe(true);
     });
 
     it("leaves traffic from outside the node and unexposed ports untranslated", async () => {

@@ -7,12 +7,19 @@
  *   and port to cluster IP (same for `-ipv6`). One lookup per packet whatever the number of Services.
  * - set `pod-cidrs-ipv4` (interval), only when local pods are recognised by source CIDR.
  * - chain `prerouting` (nat, hook prerouting, priority -110): per family,
- *   `<local-pod match> ip daddr . meta l4proto . th dport @mappings-ipv4
+ *   `<local-pod match> ip daddr . meta l4proto . th dport @mappings-ipv4 fib daddr type local
  *    meta mark set meta mark | MARK dnat ip to ip daddr . meta l4proto . th dport map @mappings-ipv4`
  * - chain `output` (nat, hook output, priority -110): the same with `fib saddr type local` as the match.
  *
  * The membership test before the mark keeps untranslated packets unmarked; a lookup miss ends the
  * rule without a verdict, so traffic to anything else passes untouched.
+ *
+ * `fib daddr type local` confines translation to nodes where the bug exists: kube-proxy's IPVS
+ * mode binds every LoadBalancer IP and externalIP to `kube-ipvs0`, so there they are local
+ * addresses. Where kube-proxy runs in nftables or iptables mode those IPs are virtual; a DNAT of
+ * ours would run before kube-proxy's chains, which are then skipped for the connection, and route
+ * the cluster IP off the node. The route lookup comes after the map lookup, so a packet to any
+ * other destination still costs one hash lookup.
  */
 import type {
   FamilyRuleset,
@@ -88,11 +95,17 @@ function mapElement(mapping: Mapping): unknown[] {
   ];
 }
 
-/** The statements shared by both chains: membership test, mark, DNAT from the map. */
+/** The external IP is an address of this node, as kube-proxy's IPVS mode makes it. */
+const DESTINATION_LOCAL: NftObject = {
+  match: { op: "==", left: { fib: { result: "type", flags: ["daddr"] } }, right: "local" },
+};
+
+/** The statements shared by both chains: membership test, locality guard, mark, DNAT from the map. */
 function translate(family: IpFamily, mark: number): NftObject[] {
   const map = `@${mapName(family)}`;
   return [
     { match: { op: "==", left: lookupKey(family), right: map } },
+    DESTINATION_LOCAL,
     {
       mangle: { key: { meta: { key: "mark" } }, value: { "|": [{ meta: { key: "mark" } }, mark] } },
     },

@@ -87,7 +87,7 @@ describe("full sync document", () => {
     expect(maps[1]).not.toHaveProperty("elem");
   });
 
-  it("marks, then DNATs through the map, only after a membership test", () => {
+  it("marks, then DNATs through the map, only after a membership test and the locality guard", () => {
     const [rule] = chainRules(ruleset([web4], { families: ["ipv4"] })).output;
     expect(rule).toEqual([
       { match: { op: "==", left: { fib: { result: "type", flags: ["saddr"] } }, right: "local" } },
@@ -104,6 +104,7 @@ describe("full sync document", () => {
           right: "@mappings-ipv4",
         },
       },
+      { match: { op: "==", left: { fib: { result: "type", flags: ["daddr"] } }, right: "local" } },
       {
         mangle: {
           key: { meta: { key: "mark" } },
