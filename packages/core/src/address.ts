@@ -6,6 +6,7 @@
  * leading zeros in dotted decimal (which some parsers read as octal).
  */
 import ipaddr from "ipaddr.js";
+import { quote } from "./errors.js";
 import type { IpFamily } from "./types.js";
 
 /** A parsed address in canonical text form. */
@@ -31,14 +32,6 @@ export type Parsed<T> =
 
 const IPV6_CHARS = /^[0-9A-Fa-f:.]+$/;
 const MAX_ADDRESS_LENGTH = 45;
-
-/** Renders an untrusted value for an error message without letting it span lines or run on. */
-export function quote(value: unknown): string {
-  if (typeof value !== "string") {
-    return typeof value === "number" || typeof value === "boolean" ? String(value) : typeof value;
-  }
-  return JSON.stringify(value.length > 64 ? `${value.slice(0, 64)}…` : value);
-}
 
 function fail<T>(error: string): Parsed<T> {
   return { ok: false, error };

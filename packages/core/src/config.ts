@@ -4,7 +4,8 @@
  * Unlike Service data, which comes from other people and is skipped when bad, configuration is the
  * operator's own: a bad value stops everything with a {@link ConfigError} that names it.
  */
-import { parseCIDR, quote } from "./address.js";
+import { parseCIDR } from "./address.js";
+import { quote } from "./errors.js";
 import type { CoreConfig, IpFamily, LocalDetection } from "./types.js";
 
 /** A configuration value is invalid. The message names the option and the value. */
@@ -19,6 +20,7 @@ export const DEFAULT_CONFIG: CoreConfig = Object.freeze({
   onlyLocalTrafficPolicy: false,
   masqueradeBit: 14,
   localDetection: Object.freeze({ mode: "NodeCIDR" }) as LocalDetection,
+  extraPodCIDRs: Object.freeze([]) as readonly string[],
 });
 
 /** Characters of a Linux interface name that cannot quote or escape anything in a rule. */
@@ -76,6 +78,16 @@ function normaliseFamilies(families: readonly unknown[]): IpFamily[] {
   return unique.sort((a, b) => FAMILY_ORDER[a] - FAMILY_ORDER[b]);
 }
 
+/** Canonical, de-duplicated CIDRs; throws a ConfigError naming `option` for a bad one. */
+function canonicalCIDRs(option: string, cidrs: readonly unknown[]): string[] {
+  const canonical = cidrs.map((cidr) => {
+    const parsed = parseCIDR(cidr);
+    if (!parsed.ok) throw new ConfigError(`${option}: ${parsed.error}`);
+    return parsed.value.cidr;
+  });
+  return [...new Set(canonical)];
+}
+
 function normaliseDetection(detection: LocalDetection): LocalDetection {
   switch (detection.mode) {
     case "NodeCIDR":
@@ -86,12 +98,7 @@ function normaliseDetection(detection: LocalDetection): LocalDetection {
           "cluster CIDR: the ClusterCIDR detection mode needs at least one CIDR",
         );
       }
-      const cidrs = detection.cidrs.map((cidr) => {
-        const parsed = parseCIDR(cidr);
-        if (!parsed.ok) throw new ConfigError(`cluster CIDR: ${parsed.error}`);
-        return parsed.value.cidr;
-      });
-      return { mode: "ClusterCIDR", cidrs: [...new Set(cidrs)] };
+      return { mode: "ClusterCIDR", cidrs: canonicalCIDRs("cluster CIDR", detection.cidrs) };
     }
     case "BridgeInterface":
       return {
@@ -132,8 +139,12 @@ export function resolveConfig(partial: Partial<CoreConfig> = {}): CoreConfig {
       `onlyLocalTrafficPolicy: ${quote(merged.onlyLocalTrafficPolicy)} is not a boolean`,
     );
   }
+  if (!Array.isArray(merged.extraPodCIDRs)) {
+    throw new ConfigError(`extra pod CIDRs: ${quote(merged.extraPodCIDRs)} is not a list`);
+  }
   return {
     families: normaliseFamilies(merged.families),
+    extraPodCIDRs: canonicalCIDRs("pod CIDR", merged.extraPodCIDRs),
     externalIPs: merged.externalIPs,
     onlyLocalTrafficPolicy: merged.onlyLocalTrafficPolicy,
     masqueradeBit: bit,

@@ -2,10 +2,12 @@
  * Differences between two rulesets, so a backend can send the kernel only what changed.
  */
 import equal from "fast-deep-equal";
-import { portKey, sortMappings } from "./mapping.js";
-import type { FamilyRuleset, Mapping, Ruleset, RulesetDiff } from "./types.js";
+import { sameTranslation } from "./mapping.js";
+import { MappingTable } from "./mapping-table.js";
+import type { Mapping, Ruleset, RulesetDiff, RulesetSettings } from "./types.js";
 
-function settingsOf(ruleset: Ruleset): RulesetDiff["settings"] {
+/** Everything in `ruleset` except its mappings. */
+export function settingsOf(ruleset: Ruleset): RulesetSettings {
   return {
     masqueradeMark: ruleset.masqueradeMark,
     families: ruleset.families.map(({ family, localPods }) => ({ family, localPods })),
@@ -13,41 +15,37 @@ function settingsOf(ruleset: Ruleset): RulesetDiff["settings"] {
 }
 
 /**
- * Mappings by external IP, then by protocol and port. Keyed by the address strings the mappings
- * already hold (whose hashes V8 caches) rather than by freshly built key strings: this runs for
- * every mapping on every sync. IPv4 and IPv6 texts never collide, so one map serves both families.
+ * Compares `next` with the mappings in `previous`, keyed by (family, external IP, protocol, port).
+ * `previousSettings` decides `settingsChanged`.
  */
-type MappingIndex = Map<string, Map<number, Mapping>>;
-
-function indexMappings(ruleset: Ruleset): MappingIndex {
-  const index: MappingIndex = new Map();
-  for (const family of ruleset.families) {
+function diffAgainst(
+  previous: MappingTable,
+  previousSettings: RulesetSettings,
+  next: Ruleset,
+): RulesetDiff {
+  const added: Mapping[] = [];
+  const changed: { before: Mapping; after: Mapping }[] = [];
+  const kept = new Set<Mapping>();
+  for (const family of next.families) {
     for (const mapping of family.mappings) {
-      let ports = index.get(mapping.externalIP);
-      if (ports === undefined) {
-        ports = new Map();
-        index.set(mapping.externalIP, ports);
+      const old = previous.get(mapping);
+      if (old === undefined) {
+        added.push(mapping);
+        continue;
       }
-      ports.set(portKey(mapping), mapping);
+      kept.add(old);
+      if (!sameTranslation(old, mapping)) changed.push({ before: old, after: mapping });
     }
   }
-  return index;
-}
-
-function* allMappings(index: MappingIndex): Generator<Mapping> {
-  for (const ports of index.values()) yield* ports.values();
-}
-
-/**
- * Whether two mappings with the same key translate to the same place for the same owner. Written out
- * rather than deep-compared: it runs for every mapping on every sync.
- */
-function sameTranslation(a: Mapping, b: Mapping): boolean {
-  return (
-    a.clusterIP === b.clusterIP &&
-    a.service.namespace === b.service.namespace &&
-    a.service.name === b.service.name
-  );
+  const removed = [...previous.values()].filter((mapping) => !kept.has(mapping));
+  const settings = settingsOf(next);
+  return {
+    added,
+    removed,
+    changed,
+    settingsChanged: !equal(previousSettings, settings),
+    settings,
+  };
 }
 
 /**
@@ -55,27 +53,16 @@ function sameTranslation(a: Mapping, b: Mapping): boolean {
  * `diffRulesets(a, a)` is empty and `applyDiff(a, diffRulesets(a, b))` equals `b`.
  */
 export function diffRulesets(previous: Ruleset, next: Ruleset): RulesetDiff {
-  const before = indexMappings(previous);
-  const added: Mapping[] = [];
-  const changed: { before: Mapping; after: Mapping }[] = [];
-  for (const family of next.families) {
-    for (const mapping of family.mappings) {
-      const ports = before.get(mapping.externalIP);
-      const key = portKey(mapping);
-      const old = ports?.get(key);
-      if (old === undefined) added.push(mapping);
-      else if (!sameTranslation(old, mapping)) changed.push({ before: old, after: mapping });
-      ports?.delete(key);
-    }
-  }
-  const settings = settingsOf(next);
-  return {
-    added,
-    removed: [...allMappings(before)],
-    changed,
-    settingsChanged: !equal(settingsOf(previous), settings),
-    settings,
-  };
+  return diffAgainst(MappingTable.of(previous), settingsOf(previous), next);
+}
+
+/** Compares a ruleset with the contents of a table holding a ruleset with `settings`. */
+export function diffTable(
+  previous: MappingTable,
+  previousSettings: RulesetSettings,
+  next: Ruleset,
+): RulesetDiff {
+  return diffAgainst(previous, previousSettings, next);
 }
 
 /** True when the diff changes nothing at all. */
@@ -90,19 +77,7 @@ export function isEmptyDiff(diff: RulesetDiff): boolean {
 
 /** Applies a diff to the ruleset it was computed from, giving the ruleset it was computed to. */
 export function applyDiff(previous: Ruleset, diff: RulesetDiff): Ruleset {
-  const index = indexMappings(previous);
-  for (const mapping of diff.removed) index.get(mapping.externalIP)?.delete(portKey(mapping));
-  const put = (mapping: Mapping) => {
-    const ports = index.get(mapping.externalIP) ?? new Map<number, Mapping>();
-    index.set(mapping.externalIP, ports.set(portKey(mapping), mapping));
-  };
-  for (const { after } of diff.changed) put(after);
-  for (const mapping of diff.added) put(mapping);
-  const all = sortMappings([...allMappings(index)]);
-  const families: FamilyRuleset[] = diff.settings.families.map(({ family, localPods }) => ({
-    family,
-    localPods,
-    mappings: all.filter((mapping) => mapping.family === family),
-  }));
-  return { masqueradeMark: diff.settings.masqueradeMark, families };
+  const table = MappingTable.of(previous);
+  table.apply(diff);
+  return table.toRuleset(diff.settings);
 }

@@ -1,7 +1,8 @@
 /**
  * @ipvs-node-controller/core — the pure rule engine of ipvs-node-controller.
  *
- * Services (+ node facts and configuration) in, an abstract NAT ruleset out, plus diffing.
+ * Services (+ node facts and configuration) in, an abstract NAT ruleset out, plus diffing, the
+ * incremental engine, the canonical-ruleset check, the backend contract and its error vocabulary.
  * No I/O, no processes, no clock.
  *
  * @packageDocumentation
@@ -15,14 +16,8 @@ export {
   parseExternalIP,
   parseIP,
 } from "./address.js";
-export * from "./backend.js";
-export {
-  computeRuleset,
-  emptyRuleset,
-  type RulesetInput,
-  type RulesetResult,
-  SKIP_ANNOTATION,
-} from "./compute.js";
+export type { ApplyResult, Backend, CommandResult, CommandRunner } from "./backend.js";
+export { computeRuleset, type RulesetInput } from "./compute.js";
 export {
   ConfigError,
   DEFAULT_CONFIG,
@@ -31,6 +26,37 @@ export {
   resolveConfig,
   validateInterfaceName,
 } from "./config.js";
-export { applyDiff, diffRulesets, isEmptyDiff } from "./diff.js";
-export { compareMappings, type MappingKeyFields, mappingKey, sortMappings } from "./mapping.js";
+export { applyDiff, diffRulesets, diffTable, isEmptyDiff, settingsOf } from "./diff.js";
+export { RulesetEngine, type RulesetEngineOptions, type RulesetStats } from "./engine.js";
+export {
+  BackendError,
+  InvalidRulesetError,
+  quote,
+  ToolNotStartedError,
+  ToolRefusedError,
+  ToolTimedOutError,
+} from "./errors.js";
+export { FakeBackend, type FakeBackendCall } from "./fake-backend.js";
+export {
+  type IngressInput,
+  type NodeInput,
+  podCIDRsOf,
+  type ServiceInput,
+  type ServicePortInput,
+  SKIP_ANNOTATION,
+  sameNodeInput,
+  sameServiceInput,
+  trimNode,
+  trimService,
+} from "./input.js";
+export {
+  compareMappings,
+  type MappingKeyFields,
+  mappingKey,
+  portKey,
+  sameTranslation,
+  sortMappings,
+} from "./mapping.js";
+export { MappingTable } from "./mapping-table.js";
 export * from "./types.js";
+export { validateChanges, validateMapping, validateRuleset } from "./validate.js";

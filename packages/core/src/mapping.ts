@@ -51,3 +51,15 @@ export function sortMappings(mappings: readonly Mapping[]): Mapping[] {
   keyed.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.port - b.port));
   return keyed.map((entry) => entry.mapping);
 }
+
+/**
+ * Whether two mappings with the same key translate to the same place for the same owner. Written out
+ * rather than deep-compared: it runs for every mapping of a diff.
+ */
+export function sameTranslation(a: Mapping, b: Mapping): boolean {
+  return (
+    a.clusterIP === b.clusterIP &&
+    a.service.namespace === b.service.namespace &&
+    a.service.name === b.service.name
+  );
+}

@@ -145,12 +145,23 @@ export interface CoreConfig {
   readonly masqueradeBit: number;
   /** How pod traffic is recognised. Default `{ mode: "NodeCIDR" }`. */
   readonly localDetection: LocalDetection;
+  /**
+   * Pod CIDRs of this node in addition to the Node's `spec.podCIDRs` (NodeCIDR mode), for CNIs
+   * that leave those empty. Default none.
+   */
+  readonly extraPodCIDRs: readonly string[];
 }
 
-/** Facts about the node the controller runs on. */
-export interface NodeFacts {
-  /** The Node's pod CIDRs (`spec.podCIDRs`), used by the NodeCIDR detection mode. */
-  readonly podCIDRs: readonly string[];
+/** What `computeRuleset` and `RulesetEngine.result` return. */
+export interface RulesetResult {
+  /** The desired state, canonical and deterministic. */
+  readonly ruleset: Ruleset;
+  /** Services or parts of Services that produced no mapping, sorted by service then reason. */
+  readonly skipped: readonly SkippedEntry[];
+  /** (IP, protocol, port) claimed by more than one Service, sorted. */
+  readonly conflicts: readonly Conflict[];
+  /** Problems with node facts (e.g. a malformed pod CIDR), which are skipped rather than fatal. */
+  readonly warnings: readonly string[];
 }
 
 /** The diff between two rulesets, keyed by (family, external IP, protocol, port). */
@@ -166,6 +177,16 @@ export interface RulesetDiff {
   readonly settingsChanged: boolean;
   /** The next ruleset's settings, so the diff alone can rebuild it (see `applyDiff`). */
   readonly settings: RulesetSettings;
+}
+
+/**
+ * What `RulesetEngine.takeChanges` reports: the diff since the previous call, plus the skips and
+ * warnings that appeared or went away, so that each is logged once.
+ */
+export interface RulesetChanges extends RulesetDiff {
+  readonly skipsAppeared: readonly SkippedEntry[];
+  readonly skipsDisappeared: readonly SkippedEntry[];
+  readonly warningsAppeared: readonly string[];
 }
 
 /** Everything in a {@link Ruleset} except its mappings. */

@@ -40,7 +40,7 @@ function manyServices(count: number, fromApi = false): V1Service[] {
   return services;
 }
 
-const node = { podCIDRs: ["10.244.1.0/24"] };
+const node = { spec: { podCIDRs: ["10.244.1.0/24"] } };
 for (const count of [1_000, 10_000, 50_000]) {
   const cold = manyServices(count);
   const fromApi = manyServices(count, true);

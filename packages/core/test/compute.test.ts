@@ -232,7 +232,7 @@ describe("local traffic detection and the mark", () => {
   it("uses the Node's pod CIDRs by default, per family, canonical", () => {
     const { ruleset, warnings } = computeRuleset({
       services: [],
-      node: { podCIDRs: ["10.244.1.0/24", "FD00:10:244:1::/64"] },
+      node: { spec: { podCIDRs: ["10.244.1.0/24", "FD00:10:244:1::/64"] } },
       config: bothFamilies,
     });
     expect(ruleset.families.map((f) => f.localPods)).toEqual([
@@ -251,7 +251,7 @@ describe("local traffic detection and the mark", () => {
   it("ignores a malformed node pod CIDR with a warning", () => {
     const { ruleset, warnings } = computeRuleset({
       services: [],
-      node: { podCIDRs: ["10.244.1.0/24", "nope"] },
+      node: { spec: { podCIDRs: ["10.244.1.0/24", "nope"] } },
     });
     expect(ruleset.families[0]?.localPods).toEqual({
       kind: "sourceCIDRs",
@@ -276,7 +276,7 @@ describe("local traffic detection and the mark", () => {
   ] as const)("models %o", (localDetection, expected) => {
     const { ruleset } = computeRuleset({
       services: [],
-      node: { podCIDRs: ["10.9.9.0/24"] },
+      node: { spec: { podCIDRs: ["10.9.9.0/24"] } },
       config: { localDetection },
     });
     expect(ruleset.families[0]?.localPods).toEqual(expected);
@@ -317,30 +317,5 @@ describe("bad configuration throws a ConfigError naming the value", () => {
   ])("%o", (config, message) => {
     expect(() => computeRuleset({ services: [], config: config as never })).toThrow(ConfigError);
     expect(() => computeRuleset({ services: [], config: config as never })).toThrow(message);
-  });
-});
-
-describe("reuse of unchanged Services", () => {
-  it("recomputes a Service whose resourceVersion changed, and when the options change", () => {
-    const service = lbService({ name: "web", ingress: [{ ip: "192.0.2.1" }] });
-    (service.metadata as { resourceVersion?: string }).resourceVersion = "1";
-    expect(
-      computeRuleset({ services: [service] }).ruleset.families[0]?.mappings[0]?.externalIP,
-    ).toBe("192.0.2.1");
-    // An informer replaces objects; a caller that edits one in place must bump resourceVersion.
-    service.status = { loadBalancer: { ingress: [{ ip: "192.0.2.2" }] } };
-    (service.metadata as { resourceVersion?: string }).resourceVersion = "2";
-    expect(
-      computeRuleset({ services: [service] }).ruleset.families[0]?.mappings[0]?.externalIP,
-    ).toBe("192.0.2.2");
-    const localOnly = computeRuleset({
-      services: [{ ...service, spec: { ...service.spec, externalTrafficPolicy: "Cluster" } }],
-      config: { onlyLocalTrafficPolicy: true },
-    });
-    expect(localOnly.skipped.map((entry) => entry.reason)).toEqual(["NotLocalTrafficPolicy"]);
-    expect(
-      computeRuleset({ services: [service], config: { externalIPs: false } }).ruleset.families[0]
-        ?.mappings,
-    ).toHaveLength(1);
   });
 });

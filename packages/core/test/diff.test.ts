@@ -41,16 +41,16 @@ describe("diffRulesets", () => {
   it.each([
     ["the mark", { masqueradeBit: 15 }, undefined],
     ["the families", { families: ["ipv4", "ipv6"] as const }, undefined],
-    ["the pod CIDRs", {}, { podCIDRs: ["10.244.2.0/24"] }],
+    ["the pod CIDRs", {}, { spec: { podCIDRs: ["10.244.2.0/24"] } }],
   ])("flags a change of %s as a settings change", (_, config, node) => {
     const before = computeRuleset({
       services: [web],
-      node: { podCIDRs: ["10.244.1.0/24"] },
+      node: { spec: { podCIDRs: ["10.244.1.0/24"] } },
     }).ruleset;
     const after = computeRuleset({
       services: [web],
       config,
-      node: node ?? { podCIDRs: ["10.244.1.0/24"] },
+      node: node ?? { spec: { podCIDRs: ["10.244.1.0/24"] } },
     }).ruleset;
     const diff = diffRulesets(before, after);
     expect(diff.settingsChanged).toBe(true);

@@ -11,7 +11,7 @@ import {
 import { servicesArbitrary } from "./arbitraries.js";
 
 const config: Partial<CoreConfig> = { families: ["ipv4", "ipv6"] };
-const node = { podCIDRs: ["10.244.1.0/24", "fd00:10:244:1::/64"] };
+const node = { spec: { podCIDRs: ["10.244.1.0/24", "fd00:10:244:1::/64"] } };
 const compute = (services: Parameters<typeof computeRuleset>[0]["services"]) =>
   computeRuleset({ services, node, config });
 

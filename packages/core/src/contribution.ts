@@ -1,0 +1,334 @@
+/**
+ * What one Service asks for, whatever the other Services are: admission (does it get mappings at
+ * all?) and claims (which external IP, protocol and port it wants translated, and to where).
+ * Conflicts between Services are settled later, by the engine.
+ *
+ * Never throws: whatever a Service object holds, the worst outcome is a skip naming the problem.
+ */
+import { type CanonicalIP, parseClusterIP, parseExternalIP } from "./address.js";
+import { quote } from "./errors.js";
+import { type ServiceInput, SKIP_ANNOTATION } from "./input.js";
+import { portKey } from "./mapping.js";
+import type {
+  CoreConfig,
+  IpFamily,
+  L4Protocol,
+  Mapping,
+  ServiceRef,
+  SkippedEntry,
+  SkipReason,
+} from "./types.js";
+
+/** RFC 1123 label: what Kubernetes allows for namespaces and Service names. */
+export const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
+const PROTOCOLS: Readonly<Record<string, L4Protocol>> = { TCP: "tcp", UDP: "udp", SCTP: "sctp" };
+
+/** One mapping a Service asks for, with what decides between Services claiming the same key. */
+export interface Claim {
+  readonly mapping: Mapping;
+  /** The parsed external IP, with its sort key. */
+  readonly ip: CanonicalIP;
+  /** {@link portKey} of the mapping: (protocol, port) as one number. */
+  readonly portKey: number;
+  /** Creation time in milliseconds since the epoch; missing or unreadable timestamps sort last. */
+  readonly created: number;
+  /** `namespace/name`. */
+  readonly owner: string;
+}
+
+/** What one Service contributes: its claims, and everything it had to leave out. */
+export interface Contribution {
+  readonly claims: readonly Claim[];
+  readonly skipped: readonly SkippedEntry[];
+}
+
+/** Older Services win; among equals the lower namespace/name, then the lower cluster IP. */
+export function beats(a: Claim, b: Claim): boolean {
+  if (a.created !== b.created) return a.created < b.created;
+  if (a.owner !== b.owner) return a.owner < b.owner;
+  return a.mapping.clusterIP < b.mapping.clusterIP;
+}
+
+type Skip = (reason: SkipReason, detail: string) => void;
+
+/** A Service that gets mappings: who it is, where its traffic goes, and on which ports. */
+interface Admitted {
+  readonly ref: ServiceRef;
+  readonly owner: string;
+  readonly created: number;
+  readonly clusterIPs: Partial<Record<IpFamily, CanonicalIP>>;
+  readonly ports: readonly { readonly protocol: L4Protocol; readonly port: number }[];
+}
+
+/** An address this Service wants translated, before validation, with where it came from. */
+interface ExternalAddress {
+  readonly value: unknown;
+  /** The field it was found in and its index; turned into text only when reported. */
+  readonly field: "status.loadBalancer.ingress" | "spec.externalIPs";
+  readonly index: number;
+  readonly ipMode?: unknown;
+  readonly hostname?: unknown;
+}
+
+function originOf(address: ExternalAddress): string {
+  return `${address.field}[${address.index}]`;
+}
+
+/** `namespace/name` for reports, safe to print even when the metadata is hostile. */
+function describeService(service: ServiceInput): string {
+  const show = (part: unknown) =>
+    typeof part === "string" && DNS_LABEL.test(part) ? part : quote(part ?? "");
+  return `${show(service.metadata?.namespace ?? "default")}/${show(service.metadata?.name)}`;
+}
+
+function creationTime(service: ServiceInput): number {
+  const stamp: unknown = service.metadata?.creationTimestamp;
+  const time =
+    stamp instanceof Date
+      ? stamp.getTime()
+      : typeof stamp === "string"
+        ? Date.parse(stamp)
+        : Number.NaN;
+  return Number.isFinite(time) ? time : Number.POSITIVE_INFINITY;
+}
+
+function externalAddresses(service: ServiceInput, config: CoreConfig): ExternalAddress[] {
+  const found: ExternalAddress[] = [];
+  if (service.spec?.type === "LoadBalancer") {
+    const ingress: unknown = service.status?.loadBalancer?.ingress;
+    if (Array.isArray(ingress)) {
+      ingress.forEach((entry, index) => {
+        found.push({
+          value: entry?.ip,
+          field: "status.loadBalancer.ingress",
+          index,
+          ipMode: entry?.ipMode,
+          hostname: entry?.hostname,
+        });
+      });
+    }
+  }
+  const externalIPs: unknown = service.spec?.externalIPs;
+  if (config.externalIPs && Array.isArray(externalIPs)) {
+    externalIPs.forEach((value, index) => {
+      found.push({ value, field: "spec.externalIPs", index });
+    });
+  }
+  return found;
+}
+
+/** The Service's cluster IPs, at most one per family (the first valid one, as Kubernetes orders them). */
+function clusterIPsByFamily(service: ServiceInput, skip: Skip): Admitted["clusterIPs"] {
+  const spec = service.spec;
+  const listed: readonly unknown[] =
+    Array.isArray(spec?.clusterIPs) && spec.clusterIPs.length > 0
+      ? spec.clusterIPs
+      : [spec?.clusterIP];
+  const byFamily: Partial<Record<IpFamily, CanonicalIP>> = {};
+  listed.forEach((value, index) => {
+    if (value === undefined || value === null || value === "" || value === "None") return;
+    const parsed = parseClusterIP(value);
+    if (!parsed.ok) {
+      skip("InvalidIP", `spec.clusterIPs[${index}]: ${parsed.error}`);
+      return;
+    }
+    byFamily[parsed.value.family] ??= parsed.value;
+  });
+  return byFamily;
+}
+
+/** The Service's valid ports, each (protocol, port) once. */
+function servicePorts(service: ServiceInput, skip: Skip): Admitted["ports"] {
+  const ports: { protocol: L4Protocol; port: number }[] = [];
+  const seen = new Set<number>();
+  const listed: unknown = service.spec?.ports;
+  if (!Array.isArray(listed)) return ports;
+  listed.forEach((entry: { port?: unknown; protocol?: unknown } | undefined, index) => {
+    const rawProtocol: unknown = entry?.protocol ?? "TCP";
+    const protocol = typeof rawProtocol === "string" ? PROTOCOLS[rawProtocol] : undefined;
+    if (protocol === undefined) {
+      skip(
+        "InvalidPort",
+        `spec.ports[${index}]: protocol ${quote(rawProtocol)} is not TCP, UDP or SCTP`,
+      );
+      return;
+    }
+    const port: unknown = entry?.port;
+    if (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535) {
+      skip(
+        "InvalidPort",
+        `spec.ports[${index}]: port ${quote(port)} is not an integer from 1 to 65535`,
+      );
+      return;
+    }
+    const key = portKey({ protocol, port });
+    if (seen.has(key)) return;
+    seen.add(key);
+    ports.push({ protocol, port });
+  });
+  return ports;
+}
+
+/**
+ * Admission: whether a Service gets mappings at all. `hasAddresses` says whether it lists any
+ * external address; a Service without one is not our business (only a LoadBalancer still waiting
+ * for its address is worth a report).
+ */
+function admit(
+  service: ServiceInput,
+  config: CoreConfig,
+  hasAddresses: boolean,
+  skip: Skip,
+): Admitted | undefined {
+  if (!hasAddresses) {
+    if (service.spec?.type === "LoadBalancer") {
+      skip("NoIngress", "the load balancer has not assigned an address yet");
+    }
+    return undefined;
+  }
+  const namespace: unknown = service.metadata?.namespace ?? "default";
+  const name: unknown = service.metadata?.name;
+  if (
+    typeof namespace !== "string" ||
+    !DNS_LABEL.test(namespace) ||
+    typeof name !== "string" ||
+    !DNS_LABEL.test(name)
+  ) {
+    skip("InvalidMetadata", "namespace and name must be DNS labels (lower-case a-z, 0-9 and -)");
+    return undefined;
+  }
+  const annotations: unknown = service.metadata?.annotations;
+  if ((annotations as Record<string, unknown> | undefined)?.[SKIP_ANNOTATION] === "true") {
+    skip("OptedOut", `annotation ${SKIP_ANNOTATION} is "true"`);
+    return undefined;
+  }
+  if (config.onlyLocalTrafficPolicy && service.spec?.externalTrafficPolicy !== "Local") {
+    skip(
+      "NotLocalTrafficPolicy",
+      `externalTrafficPolicy is ${quote(service.spec?.externalTrafficPolicy ?? "Cluster")}`,
+    );
+    return undefined;
+  }
+  const clusterIPs = clusterIPsByFamily(service, skip);
+  if (clusterIPs.ipv4 === undefined && clusterIPs.ipv6 === undefined) {
+    skip("NoClusterIP", "the Service is headless or has no cluster IP");
+    return undefined;
+  }
+  const ports = servicePorts(service, skip);
+  if (ports.length === 0) {
+    skip("NoPorts", "the Service has no valid port");
+    return undefined;
+  }
+  return {
+    ref: { namespace, name },
+    owner: `${namespace}/${name}`,
+    created: creationTime(service),
+    clusterIPs,
+    ports,
+  };
+}
+
+/** The usable external IP of one address, or undefined after reporting why it is not usable. */
+function usableAddress(
+  address: ExternalAddress,
+  admitted: Admitted,
+  enabled: ReadonlySet<IpFamily>,
+  skip: Skip,
+): CanonicalIP | undefined {
+  if (address.value === undefined || address.value === null || address.value === "") {
+    if (typeof address.hostname === "string" && address.hostname !== "") {
+      skip(
+        "HostnameOnlyIngress",
+        `${originOf(address)} has only the hostname ${quote(address.hostname)}`,
+      );
+    } else {
+      skip("InvalidIP", `${originOf(address)} has no IP`);
+    }
+    return undefined;
+  }
+  if (address.ipMode === "Proxy") {
+    skip("ProxyIPMode", `${originOf(address)} ${quote(address.value)} has ipMode Proxy`);
+    return undefined;
+  }
+  const parsed = parseExternalIP(address.value);
+  if (!parsed.ok) {
+    skip("InvalidIP", `${originOf(address)}: ${parsed.error}`);
+    return undefined;
+  }
+  const external = parsed.value;
+  if (!enabled.has(external.family)) {
+    skip(
+      "FamilyNotEnabled",
+      `${originOf(address)} ${external.address}: ${external.family} is not enabled`,
+    );
+    return undefined;
+  }
+  if (admitted.clusterIPs[external.family] === undefined) {
+    skip(
+      "NoClusterIPForFamily",
+      `${originOf(address)} ${external.address}: the Service has no ${external.family} cluster IP`,
+    );
+    return undefined;
+  }
+  return external;
+}
+
+/** Claims: every usable external address times every port, each (IP, protocol, port) once. */
+function claim(
+  admitted: Admitted,
+  addresses: readonly ExternalAddress[],
+  enabled: ReadonlySet<IpFamily>,
+  skip: Skip,
+): Claim[] {
+  const claims: Claim[] = [];
+  const seen = new Set<string>();
+  for (const address of addresses) {
+    const external = usableAddress(address, admitted, enabled, skip);
+    // The same IP listed twice (e.g. as ingress and as externalIP) is claimed once.
+    if (external === undefined || seen.has(external.address)) continue;
+    seen.add(external.address);
+    const clusterIP = (admitted.clusterIPs[external.family] as CanonicalIP).address;
+    for (const { protocol, port } of admitted.ports) {
+      const mapping: Mapping = {
+        family: external.family,
+        externalIP: external.address,
+        protocol,
+        port,
+        clusterIP,
+        service: admitted.ref,
+      };
+      claims.push({
+        mapping,
+        ip: external,
+        portKey: portKey(mapping),
+        created: admitted.created,
+        owner: admitted.owner,
+      });
+    }
+  }
+  return claims;
+}
+
+/** Everything one Service contributes. `enabled` is the set of `config.families`. */
+export function contributionOf(
+  service: ServiceInput,
+  config: CoreConfig,
+  enabled: ReadonlySet<IpFamily>,
+): Contribution {
+  if (service === null || typeof service !== "object") {
+    return {
+      claims: [],
+      skipped: [{ service: "?/?", reason: "InvalidMetadata", detail: "not an object" }],
+    };
+  }
+  const skipped: SkippedEntry[] = [];
+  const owner = describeService(service);
+  const skip: Skip = (reason, detail) => {
+    skipped.push({ service: owner, reason, detail });
+  };
+  const addresses = externalAddresses(service, config);
+  const admitted = admit(service, config, addresses.length > 0, skip);
+  const claims = admitted === undefined ? [] : claim(admitted, addresses, enabled, skip);
+  return { claims, skipped };
+}

@@ -1,0 +1,85 @@
+/**
+ * A keyed collection of mappings: what a backend last applied, kept so that a change can be
+ * applied in time proportional to the change, and the whole ruleset rebuilt only when needed.
+ */
+import { portKey, sortMappings } from "./mapping.js";
+import type { FamilyRuleset, Mapping, Ruleset, RulesetDiff, RulesetSettings } from "./types.js";
+
+/**
+ * Mappings by external IP, then by protocol and port. Keyed by the address strings the mappings
+ * already hold (whose hashes V8 caches) rather than by freshly built key strings. IPv4 and IPv6
+ * texts never collide, so one map serves both families.
+ */
+export class MappingTable {
+  private readonly byIP = new Map<string, Map<number, Mapping>>();
+  private count = 0;
+
+  /** A table holding the mappings of `ruleset`. */
+  static of(ruleset: Ruleset): MappingTable {
+    const table = new MappingTable();
+    for (const family of ruleset.families)
+      for (const mapping of family.mappings) table.put(mapping);
+    return table;
+  }
+
+  /** An independent copy. */
+  clone(): MappingTable {
+    const copy = new MappingTable();
+    for (const mapping of this.values()) copy.put(mapping);
+    return copy;
+  }
+
+  /** Number of mappings. */
+  get size(): number {
+    return this.count;
+  }
+
+  /** The mapping with the key of `key`, if any. */
+  get(key: Pick<Mapping, "externalIP" | "protocol" | "port">): Mapping | undefined {
+    return this.byIP.get(key.externalIP)?.get(portKey(key));
+  }
+
+  /** Adds or replaces the mapping with `mapping`'s key. */
+  put(mapping: Mapping): void {
+    let ports = this.byIP.get(mapping.externalIP);
+    if (ports === undefined) {
+      ports = new Map();
+      this.byIP.set(mapping.externalIP, ports);
+    }
+    const before = ports.size;
+    ports.set(portKey(mapping), mapping);
+    this.count += ports.size - before;
+  }
+
+  /** Removes the mapping with `key`'s key; true if there was one. */
+  delete(key: Pick<Mapping, "externalIP" | "protocol" | "port">): boolean {
+    const ports = this.byIP.get(key.externalIP);
+    if (ports === undefined || !ports.delete(portKey(key))) return false;
+    if (ports.size === 0) this.byIP.delete(key.externalIP);
+    this.count -= 1;
+    return true;
+  }
+
+  /** Applies the mapping changes of `diff`: O(changed mappings). */
+  apply(diff: Pick<RulesetDiff, "added" | "removed" | "changed">): void {
+    for (const mapping of diff.removed) this.delete(mapping);
+    for (const { after } of diff.changed) this.put(after);
+    for (const mapping of diff.added) this.put(mapping);
+  }
+
+  /** Every mapping, in no particular order. */
+  *values(): IterableIterator<Mapping> {
+    for (const ports of this.byIP.values()) yield* ports.values();
+  }
+
+  /** The canonical ruleset of these mappings with `settings`. O(mappings · log mappings). */
+  toRuleset(settings: RulesetSettings): Ruleset {
+    const all = sortMappings([...this.values()]);
+    const families: FamilyRuleset[] = settings.families.map(({ family, localPods }) => ({
+      family,
+      localPods,
+      mappings: all.filter((mapping) => mapping.family === family),
+    }));
+    return { masqueradeMark: settings.masqueradeMark, families };
+  }
+}
