@@ -1,65 +1,28 @@
 /**
- * {@link CommandRunner}s for tests: one that runs programs directly and one that runs them inside a
- * named network namespace with `ip netns exec`.
+ * {@link CommandRunner}s for tests: the production runner for this namespace, and the same runner
+ * wrapped in `ip netns exec` for another one.
  */
-import { execaRunner } from "@ipvs-node-controller/backend-nft";
-import type { CommandResult, CommandRunner } from "@ipvs-node-controller/core";
+import { type CommandRunner, ToolNotStartedError } from "@ipvs-node-controller/core";
+import { runTool } from "@ipvs-node-controller/exec";
+
+/** Runs programs in the current network namespace: the production runner itself. */
+export const hostRunner: CommandRunner = runTool;
 
 /**
- * The error a runner throws when the program does not exist, so that callers can tell
- * "not installed" apart from "failed". `code` is `"ENOENT"`, as with Node's own spawn errors.
- */
-export class ProgramNotFoundError extends Error {
-  override readonly name = "ProgramNotFoundError";
-  readonly code = "ENOENT";
-  constructor(readonly program: string) {
-    super(`program not found: ${program}`);
-  }
-}
-
-/**
- * Runs one program with the nft backend's runner, which feeds stdin from a file: some programs
- * (`nft -j -f -` opens /dev/stdin) cannot read the socket Node connects by default.
- */
-async function run(
-  file: string,
-  args: readonly string[],
-  input: string | undefined,
-  missingProgram: string,
-): Promise<CommandResult> {
-  try {
-    return await execaRunner(file, args, input === undefined ? undefined : { input });
-  } catch (error) {
-    // The process never started; execaRunner keeps the spawn error's code.
-    if ((error as { code?: unknown }).code === "ENOENT")
-      throw new ProgramNotFoundError(missingProgram);
-    throw new Error(`could not run ${file}: ${(error as Error).message}`);
-  }
-}
-
-/** Runs programs in the current network namespace. */
-export const hostRunner: CommandRunner = (file, args, options) =>
-  run(file, args, options?.input, file);
-
-/**
- * Runs programs inside the network namespace `namespace` (`ip netns exec NAMESPACE FILE ARGS...`),
- * feeding `input` on stdin. Needs root. A missing `file` inside the namespace is reported the same
- * way as a missing program on the host: by throwing {@link ProgramNotFoundError}.
+ * Runs programs inside the network namespace `namespace` (`ip netns exec NAMESPACE FILE ARGS...`)
+ * through the production runner. Needs root. A missing `file` inside the namespace fails the way
+ * a missing program fails on the host: with a `ToolNotStartedError` naming it.
  */
 export function runnerIn(namespace: string): CommandRunner {
   return async (file, args, options) => {
-    const result = await run(
-      "ip",
-      ["netns", "exec", namespace, file, ...args],
-      options?.input,
-      "ip",
-    );
+    const result = await runTool("ip", ["netns", "exec", namespace, file, ...args], options);
     // `ip netns exec` exits 255 with this message when execvp() fails.
-    if (
-      result.exitCode === 255 &&
-      /exec of ".*" failed: No such file or directory/.test(result.stderr)
-    ) {
-      throw new ProgramNotFoundError(file);
+    const failed = /exec of ".*" failed: (.*)$/m.exec(result.stderr);
+    if (result.exitCode === 255 && failed) {
+      throw new ToolNotStartedError(
+        file,
+        /No such file/.test(failed[1] ?? "") ? "ENOENT" : (failed[1] ?? ""),
+      );
     }
     return result;
   };

@@ -8,8 +8,17 @@ import {
   BackendError,
   type CommandResult,
   type CommandRunner,
+  ConfigError,
   type IpFamily,
+  MappingTable,
+  type Ruleset,
+  type RulesetSettings,
+  settingsOf,
+  ToolNotStartedError,
+  ToolRefusedError,
+  validateChanges,
 } from "@ipvs-node-controller/core";
+import { runTool, SerialQueue } from "@ipvs-node-controller/exec";
 import {
   EMPTY_TARGET,
   planTransition,
@@ -17,7 +26,6 @@ import {
   rulesetTargets,
   type TargetState,
 } from "./render.js";
-import { execaRunner } from "./runner.js";
 import { hasAnything, type LiveState, parseNatSave } from "./state.js";
 import {
   detectIptablesVariant,
@@ -39,8 +47,8 @@ export interface IptablesBackendOptions {
   /** Explicit program paths; each one given overrides the variant's default. */
   readonly binaries?: Partial<IptablesBinaries>;
   /**
-   * How programs are started. Default: {@link execaRunner} (this network namespace, inherited
-   * environment, so `XTABLES_LOCKFILE` is honoured).
+   * How programs are started. Default: `runTool` (this network namespace, inherited environment,
+   * so `XTABLES_LOCKFILE` is honoured).
    */
   readonly runner?: CommandRunner;
   /** Receives one line per notable event (the chosen variant, a rollback). Default: silent. */
@@ -80,11 +88,11 @@ function trimmed(text: string): string {
  * ```
  */
 export function createIptablesBackend(options: IptablesBackendOptions = {}): IptablesBackend {
-  const runner = options.runner ?? execaRunner;
+  const runner = options.runner ?? runTool;
   const log = options.log ?? (() => {});
   const mode = options.mode ?? "auto";
   if (mode !== "auto" && mode !== "legacy" && mode !== "nft") {
-    throw new BackendError(`unknown iptables mode ${JSON.stringify(mode)}`, "iptables");
+    throw new ConfigError(`unknown iptables mode ${JSON.stringify(mode)}`);
   }
 
   let variantPromise: Promise<IptablesVariant> | undefined;
@@ -110,15 +118,17 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
     ...options.binaries,
   });
 
-  async function run(file: string, args: readonly string[], input?: string) {
-    let result: CommandResult;
+  async function run(
+    file: string,
+    args: readonly string[],
+    input?: string,
+  ): Promise<CommandResult> {
     try {
-      result = await runner(file, args, input === undefined ? undefined : { input });
+      return await runner(file, args, input === undefined ? undefined : { input });
     } catch (error) {
-      const reason = error instanceof Error ? error.message : String(error);
-      throw new BackendError(`${file} could not be run: ${reason}`, file, "", true);
+      if (error instanceof BackendError) throw error;
+      throw new ToolNotStartedError(file, error instanceof Error ? error.message : String(error));
     }
-    return result;
   }
 
   async function save(family: IpFamily): Promise<string> {
@@ -126,9 +136,10 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
     const file = family === "ipv4" ? b.iptablesSave : b.ip6tablesSave;
     const result = await run(file, ["-t", "nat"]);
     if (result.exitCode !== 0) {
-      throw new BackendError(
+      throw new ToolRefusedError(
         `${file} -t nat failed with exit code ${result.exitCode}: ${trimmed(result.stderr)}`,
         file,
+        result.exitCode,
         result.stderr.trim(),
       );
     }
@@ -148,7 +159,7 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
       return await readState(family);
     } catch (error) {
       // A program that cannot be started at all is never tolerated, even for IPv6.
-      if (error instanceof BackendError && error.notStarted) throw error;
+      if (error instanceof ToolNotStartedError) throw error;
       log(`cannot read the ${family} nat table, leaving it alone: ${(error as Error).message}`);
       return undefined;
     }
@@ -159,10 +170,11 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
     const file = family === "ipv4" ? b.iptablesRestore : b.ip6tablesRestore;
     const result = await run(file, ["--noflush", "-w"], document);
     if (result.exitCode !== 0) {
-      throw new BackendError(
+      throw new ToolRefusedError(
         `${file} refused the ${family} rules, nothing was changed for ${family}` +
           `${failedLine(result.stderr, document)}: ${trimmed(result.stderr)}`,
         file,
+        result.exitCode,
         result.stderr.trim(),
       );
     }
@@ -186,11 +198,43 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
    * Each operation reads the state and then writes it, so two running at once could both plan
    * from the same state and insert a jump twice: operations on one backend run one at a time.
    */
-  let queue: Promise<unknown> = Promise.resolve();
-  function exclusive<T>(operation: () => Promise<T>): Promise<T> {
-    const result = queue.then(operation, operation);
-    queue = result.catch(() => undefined);
-    return result;
+  const queue = new SerialQueue();
+  const exclusive = <T>(operation: () => Promise<T>) => queue.run(operation);
+  /** What the last successful apply left, to apply a change to. */
+  let applied: { table: MappingTable; settings: RulesetSettings } | undefined;
+
+  async function applyNow(ruleset: Ruleset, full: boolean): Promise<ApplyResult> {
+    const targets = rulesetTargets(ruleset);
+    const plans: { family: IpFamily; live: LiveState; document: string; upToDate: boolean }[] = [];
+    for (const family of FAMILIES) {
+      const target = targets.get(family);
+      // A family that is no longer enabled loses whatever we left there earlier.
+      const live = target ? await readState(family) : await readStateIfPossible(family);
+      if (live === undefined || (!target && !hasAnything(live))) continue;
+      plans.push({ family, live, ...planTransition(live, target ?? EMPTY_TARGET) });
+    }
+    // The live state is compared rather than the last applied ruleset, so this also holds
+    // after a restart and notices rules that someone else removed or edited.
+    if (!full && plans.every((plan) => plan.upToDate)) {
+      applied = { table: MappingTable.of(ruleset), settings: settingsOf(ruleset) };
+      return { mode: "none", changedMappings: 0 };
+    }
+    const done: (typeof plans)[number][] = [];
+    for (const plan of plans) {
+      try {
+        await restore(plan.family, plan.document);
+      } catch (error) {
+        // Each restore is atomic, but two families are two restores: undo the ones that went in.
+        for (const earlier of done) await rollBack(earlier.family, earlier.live);
+        throw error;
+      }
+      done.push(plan);
+    }
+    applied = { table: MappingTable.of(ruleset), settings: settingsOf(ruleset) };
+    return {
+      mode: "full",
+      changedMappings: ruleset.families.reduce((sum, f) => sum + f.mappings.length, 0),
+    };
   }
 
   return {
@@ -200,37 +244,14 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
     render: renderRuleset,
 
     apply: (ruleset, applyOptions): Promise<ApplyResult> =>
+      exclusive(() => applyNow(ruleset, applyOptions?.full === true)),
+
+    applyChanges: (changes): Promise<ApplyResult> =>
       exclusive(async () => {
-        const targets = rulesetTargets(ruleset);
-        const plans: { family: IpFamily; live: LiveState; document: string; upToDate: boolean }[] =
-          [];
-        for (const family of FAMILIES) {
-          const target = targets.get(family);
-          // A family that is no longer enabled loses whatever we left there earlier.
-          const live = target ? await readState(family) : await readStateIfPossible(family);
-          if (live === undefined || (!target && !hasAnything(live))) continue;
-          plans.push({ family, live, ...planTransition(live, target ?? EMPTY_TARGET) });
-        }
-        // The live state is compared rather than the last applied ruleset, so this also holds
-        // after a restart and notices rules that someone else removed or edited.
-        if (!applyOptions?.full && plans.every((plan) => plan.upToDate)) {
-          return { mode: "none", changedMappings: 0 };
-        }
-        const done: (typeof plans)[number][] = [];
-        for (const plan of plans) {
-          try {
-            await restore(plan.family, plan.document);
-          } catch (error) {
-            // Each restore is atomic, but two families are two restores: undo the ones that went in.
-            for (const earlier of done) await rollBack(earlier.family, earlier.live);
-            throw error;
-          }
-          done.push(plan);
-        }
-        return {
-          mode: "full",
-          changedMappings: ruleset.families.reduce((sum, f) => sum + f.mappings.length, 0),
-        };
+        validateChanges(changes);
+        const next = applied?.table.clone() ?? new MappingTable();
+        next.apply(changes);
+        return applyNow(next.toRuleset(changes.settings), false);
       }),
 
     verify: (ruleset): Promise<boolean> =>
@@ -258,6 +279,7 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
           await restore(family, planTransition(live, EMPTY_TARGET).document);
           removed = true;
         }
+        applied = undefined;
         return removed;
       }),
   };

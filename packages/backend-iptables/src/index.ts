@@ -12,6 +12,7 @@ export {
 } from "./backend.js";
 export {
   CHAINS,
+  dnatRule,
   EMPTY_TARGET,
   familyTarget,
   JUMP_COMMENT,
@@ -22,7 +23,6 @@ export {
   type TargetState,
   type TransitionPlan,
 } from "./render.js";
-export { execaRunner, SpawnError } from "./runner.js";
 export {
   CHAIN_PREFIX,
   EMPTY_STATE,

@@ -21,20 +21,14 @@
  * Every rule is written exactly as iptables-save prints it back (`/32`, `-m tcp`,
  * `--set-xmark`), so the live state can be compared to the rendered state rule by rule.
  */
-import type { FamilyRuleset, IpFamily, Ruleset } from "@ipvs-node-controller/core";
-import { CHAIN_PREFIX, EMPTY_STATE, type LiveState, normalizeSpec } from "./state.js";
 import {
-  checkAddress,
-  checkCidr,
-  checkDnsLabel,
-  checkFamily,
-  checkInterfaceName,
-  checkInterfacePrefix,
-  checkMark,
-  checkPort,
-  checkProtocol,
-  invalid,
-} from "./validate.js";
+  type FamilyRuleset,
+  type IpFamily,
+  type Mapping,
+  type Ruleset,
+  validateRuleset,
+} from "@ipvs-node-controller/core";
+import { CHAIN_PREFIX, EMPTY_STATE, type LiveState, normalizeSpec } from "./state.js";
 
 /** The chains this backend owns in the nat table of each family. All names are <= 28 characters. */
 export const CHAINS = {
@@ -88,36 +82,32 @@ function sourceMatch(cidr: string): string {
   return cidr.endsWith("/0") ? "" : `-s ${cidr} `;
 }
 
-/** Checks one family's ruleset and compiles it to the chains and jumps it needs. */
+/** The DNAT rule of one mapping, exactly as iptables-save prints it back. */
+export function dnatRule(mapping: Mapping): string {
+  const hostMask = mapping.family === "ipv4" ? "/32" : "/128";
+  const destination =
+    mapping.family === "ipv4"
+      ? `${mapping.clusterIP}:${mapping.port}`
+      : `[${mapping.clusterIP}]:${mapping.port}`;
+  const { externalIP, protocol, port, service } = mapping;
+  // The comment is a DNS label, '/', and a DNS label (validateRuleset): nothing can end the quotes.
+  return (
+    `-d ${externalIP}${hostMask} -p ${protocol} -m ${protocol} --dport ${port} ` +
+    `-m comment --comment "${service.namespace}/${service.name}" -j DNAT --to-destination ${destination}`
+  );
+}
+
+/** The chains and jumps one family needs, from a validated family ruleset. */
 export function familyTarget(family: FamilyRuleset, masqueradeMark: number): TargetState {
-  const mark = hex(checkMark(masqueradeMark));
-  const ipFamily = checkFamily("family", family.family);
-  const hostMask = ipFamily === "ipv4" ? "/32" : "/128";
+  const mark = hex(masqueradeMark);
   const toServices = `-j ${CHAINS.services}`;
-
-  const prerouting: string[] = [];
   const localPods = family.localPods;
-  switch (localPods?.kind) {
-    case "sourceCIDRs":
-      if (!Array.isArray(localPods.cidrs))
-        invalid("localPods.cidrs", localPods.cidrs, "not a list");
-      localPods.cidrs.forEach((cidr, i) => {
-        checkCidr(`localPods.cidrs[${i}]`, cidr, ipFamily);
-        prerouting.push(`${sourceMatch(cidr)}${toServices}`);
-      });
-      break;
-    case "inputInterface":
-      prerouting.push(`-i ${checkInterfaceName("localPods.name", localPods.name)} ${toServices}`);
-      break;
-    case "inputInterfacePrefix":
-      prerouting.push(
-        `-i ${checkInterfacePrefix("localPods.prefix", localPods.prefix)}+ ${toServices}`,
-      );
-      break;
-    default:
-      invalid("localPods.kind", (localPods as { kind?: unknown } | undefined)?.kind, "unknown");
-  }
-
+  const prerouting =
+    localPods.kind === "sourceCIDRs"
+      ? localPods.cidrs.map((cidr) => `${sourceMatch(cidr)}${toServices}`)
+      : localPods.kind === "inputInterface"
+        ? [`-i ${localPods.name} ${toServices}`]
+        : [`-i ${localPods.prefix}+ ${toServices}`];
   const services = [
     // Only destinations that are addresses of this node: see LOCAL_DESTINATIONS_ONLY.
     LOCAL_DESTINATIONS_ONLY,
@@ -127,37 +117,12 @@ export function familyTarget(family: FamilyRuleset, masqueradeMark: number): Tar
     `-j ${CHAINS.dnat}`,
     `-j MARK --set-xmark 0x0/${mark}`,
   ];
-
-  if (!Array.isArray(family.mappings)) invalid("mappings", family.mappings, "not a list");
-  const seen = new Set<string>();
-  const dnat = family.mappings.map((mapping, i) => {
-    const at = `mappings[${i}]`;
-    if (mapping?.family !== ipFamily) {
-      invalid(`${at}.family`, mapping?.family, `does not match its family ${ipFamily}`);
-    }
-    const externalIP = checkAddress(`${at}.externalIP`, mapping.externalIP, ipFamily);
-    const clusterIP = checkAddress(`${at}.clusterIP`, mapping.clusterIP, ipFamily);
-    const protocol = checkProtocol(`${at}.protocol`, mapping.protocol);
-    const port = checkPort(`${at}.port`, mapping.port);
-    const namespace = checkDnsLabel(`${at}.service.namespace`, mapping.service?.namespace);
-    const name = checkDnsLabel(`${at}.service.name`, mapping.service?.name);
-    const key = `${externalIP}|${protocol}|${port}`;
-    if (seen.has(key)) invalid(at, key, "duplicate (externalIP, protocol, port)");
-    seen.add(key);
-    const destination = ipFamily === "ipv4" ? `${clusterIP}:${port}` : `[${clusterIP}]:${port}`;
-    // The comment is a DNS label, '/', and a DNS label: nothing in it can end the quotes.
-    return (
-      `-d ${externalIP}${hostMask} -p ${protocol} -m ${protocol} --dport ${port} ` +
-      `-m comment --comment "${namespace}/${name}" -j DNAT --to-destination ${destination}`
-    );
-  });
-
   return {
     chains: new Map([
       [CHAINS.prerouting, prerouting],
       [CHAINS.output, [`-m addrtype --src-type LOCAL ${toServices}`]],
       [CHAINS.services, services],
-      [CHAINS.dnat, dnat],
+      [CHAINS.dnat, family.mappings.map(dnatRule)],
     ]),
     jumps: [
       { chain: "PREROUTING", spec: `-m comment --comment ${JUMP_COMMENT} -j ${CHAINS.prerouting}` },
@@ -166,18 +131,12 @@ export function familyTarget(family: FamilyRuleset, masqueradeMark: number): Tar
   };
 }
 
-/** Checks a whole ruleset: known families, each at most once. Returns the per-family targets. */
+/** Validates a whole ruleset (core's canonical check) and returns the per-family targets. */
 export function rulesetTargets(ruleset: Ruleset): Map<IpFamily, TargetState> {
-  if (ruleset === null || typeof ruleset !== "object" || !Array.isArray(ruleset.families)) {
-    invalid("ruleset", ruleset, "has no families list");
-  }
-  const targets = new Map<IpFamily, TargetState>();
-  ruleset.families.forEach((family, i) => {
-    const ipFamily = checkFamily(`families[${i}].family`, family?.family);
-    if (targets.has(ipFamily)) invalid(`families[${i}].family`, ipFamily, "listed twice");
-    targets.set(ipFamily, familyTarget(family, ruleset.masqueradeMark));
-  });
-  return targets;
+  validateRuleset(ruleset);
+  return new Map(
+    ruleset.families.map((family) => [family.family, familyTarget(family, ruleset.masqueradeMark)]),
+  );
 }
 
 function sameRules(live: readonly string[] | undefined, target: readonly string[]): boolean {
@@ -247,8 +206,8 @@ export function restoreToolName(family: IpFamily): string {
 
 /**
  * Both documents a full sync into empty tables would feed the kernel, each headed by a comment
- * line naming its family and tool (comment lines are valid restore input). Throws a
- * BackendError for any value that could not be rendered safely.
+ * line naming its family and tool (comment lines are valid restore input). Throws an
+ * InvalidRulesetError for a ruleset that is not canonical, before rendering anything.
  */
 export function renderRuleset(ruleset: Ruleset): string {
   const parts: string[] = [];

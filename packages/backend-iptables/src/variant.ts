@@ -6,7 +6,7 @@
  * image ships: the kubelet's hint chain first, then whichever variant sees more rules.
  */
 import { join } from "node:path";
-import { BackendError, type CommandRunner } from "@ipvs-node-controller/core";
+import { type CommandRunner, ToolNotStartedError } from "@ipvs-node-controller/core";
 
 /** The two implementations of the iptables tools. */
 export type IptablesVariant = "legacy" | "nft";
@@ -100,11 +100,9 @@ export async function detectIptablesVariant(
   const nftEvidence = await evidence(nft);
   const legacyEvidence = await evidence(legacy);
   if (unstartable.length === 6) {
-    throw new BackendError(
-      `cannot detect the iptables variant: none of ${[...new Set(unstartable)].join(", ")} could be started`,
+    throw new ToolNotStartedError(
       nft.iptablesSave,
-      "",
-      true,
+      `cannot detect the iptables variant: none of ${[...new Set(unstartable)].join(", ")} could be started`,
     );
   }
   const counts = { legacyRules: legacyEvidence.rules, nftRules: nftEvidence.rules };

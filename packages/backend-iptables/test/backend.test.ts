@@ -1,15 +1,16 @@
 /**
  * The backend's process handling, with scripted runners instead of the kernel.
  */
-import { BackendError, type CommandResult, type CommandRunner } from "@ipvs-node-controller/core";
-import { describe, expect, it } from "vitest";
 import {
-  createIptablesBackend,
-  detectIptablesVariant,
-  execaRunner,
-  SpawnError,
-  variantBinaries,
-} from "../src/index.js";
+  type CommandResult,
+  type CommandRunner,
+  ConfigError,
+  InvalidRulesetError,
+  ToolNotStartedError,
+  ToolRefusedError,
+} from "@ipvs-node-controller/core";
+import { describe, expect, it } from "vitest";
+import { createIptablesBackend, detectIptablesVariant, variantBinaries } from "../src/index.js";
 import { family, mapping, ruleset } from "./fixtures.js";
 
 const EMPTY_NAT = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
@@ -24,7 +25,7 @@ function scripted(
   const runner: CommandRunner = async (file, args, options) => {
     calls.push({ file, args, input: options?.input });
     const answer = answers[file];
-    if (!answer) throw new SpawnError(file, "ENOENT", `${file} could not be started: ENOENT`);
+    if (!answer) throw new ToolNotStartedError(file, "ENOENT");
     return answer(args, options?.input);
   };
   return { runner, calls };
@@ -162,10 +163,11 @@ describe("createIptablesBackend", () => {
     const error = await createIptablesBackend({ mode: "nft", runner })
       .apply(simple)
       .catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(BackendError);
-    expect((error as BackendError).tool).toBe("iptables-nft-restore");
-    expect((error as BackendError).stderr).toMatch(/does not exist/);
-    expect((error as BackendError).message).toContain(
+    expect(error).toBeInstanceOf(ToolRefusedError);
+    expect((error as ToolRefusedError).tool).toBe("iptables-nft-restore");
+    expect((error as ToolRefusedError).exitCode).toBe(2);
+    expect((error as ToolRefusedError).stderr).toMatch(/does not exist/);
+    expect((error as ToolRefusedError).message).toContain(
       "line 6: -A IPVSNC-PREROUTING -s 10.244.1.0/24 -j IPVSNC-SERVICES",
     );
   });
@@ -195,8 +197,8 @@ describe("createIptablesBackend", () => {
   it("never tolerates a tool that cannot be started", async () => {
     const { runner } = scripted({ "iptables-nft-save": () => ok(EMPTY_NAT) });
     const cleanup = createIptablesBackend({ mode: "nft", runner }).cleanup();
-    await expect(cleanup).rejects.toThrow(/ip6tables-nft-save could not be run/);
-    await expect(cleanup).rejects.toMatchObject({ notStarted: true });
+    await expect(cleanup).rejects.toThrow(/ip6tables-nft-save could not be started/);
+    await expect(cleanup).rejects.toBeInstanceOf(ToolNotStartedError);
   });
 
   it("runs concurrent operations one after another", async () => {
@@ -231,7 +233,7 @@ describe("createIptablesBackend", () => {
   });
 
   it("refuses an unknown mode", () => {
-    expect(() => createIptablesBackend({ mode: "xtables" as never })).toThrow(BackendError);
+    expect(() => createIptablesBackend({ mode: "xtables" as never })).toThrow(ConfigError);
   });
 
   it("refuses a bad ruleset before running anything", async () => {
@@ -239,26 +241,16 @@ describe("createIptablesBackend", () => {
     const backend = createIptablesBackend({ mode: "nft", runner });
     const bad = ruleset([family("ipv4", { kind: "inputInterface", name: "eth0 -j DROP" }, [])]);
     await expect(backend.apply(bad)).rejects.toThrow(/localPods\.name/);
-    await expect(backend.verify(bad)).rejects.toThrow(BackendError);
+    await expect(backend.verify(bad)).rejects.toThrow(InvalidRulesetError);
     expect(calls).toEqual([]);
   });
 });
 
-describe("execaRunner", () => {
-  it("returns a non-zero exit instead of throwing, and feeds stdin", async () => {
-    expect(await execaRunner("cat", [], { input: "abc" })).toEqual({
-      stdout: "abc",
-      stderr: "",
-      exitCode: 0,
-    });
-    expect((await execaRunner("false", [])).exitCode).toBe(1);
-  });
-
-  it("throws a SpawnError naming a program that does not exist", async () => {
-    await expect(execaRunner("/nonexistent/iptables-nft-save", [])).rejects.toThrow(SpawnError);
+describe("the production runner", () => {
+  it("names a program that does not exist", async () => {
     const backend = createIptablesBackend({ mode: "nft", binDir: "/nonexistent" });
     await expect(backend.apply(simple)).rejects.toThrow(
-      /\/nonexistent\/iptables-nft-save could not be run/,
+      "/nonexistent/iptables-nft-save could not be started: ENOENT",
     );
   });
 });

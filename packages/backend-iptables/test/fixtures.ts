@@ -2,18 +2,18 @@
  * Hand-made rulesets and Service generators shared by this package's tests.
  */
 import type {
-  computeRuleset,
   FamilyRuleset,
   IpFamily,
   L4Protocol,
   LocalPodMatch,
   Mapping,
   Ruleset,
+  ServiceInput,
 } from "@ipvs-node-controller/core";
 import fc from "fast-check";
 
-/** The core's Service type (from @kubernetes/client-node), without depending on that package here. */
-export type Service = Parameters<typeof computeRuleset>[0]["services"][number];
+/** A Service as the API returns it: what the core reads, plus the object's kind. */
+export type Service = ServiceInput & { readonly apiVersion: string; readonly kind: string };
 
 /** A mapping with defaults that can be overridden field by field. */
 export function mapping(
@@ -119,7 +119,6 @@ export const serviceArbitrary: fc.Arbitrary<Service> = fc
         externalTrafficPolicy: "Local",
         clusterIP: s.clusterIP4,
         clusterIPs: s.dualStack ? [s.clusterIP4, s.clusterIP6] : [s.clusterIP4],
-        ipFamilies: s.dualStack ? ["IPv4", "IPv6"] : ["IPv4"],
         externalIPs: s.externalIPs,
         ports: s.ports.map((p, i) => ({ name: `p${i}`, port: p.port, protocol: p.protocol })),
       },

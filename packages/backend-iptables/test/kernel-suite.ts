@@ -10,10 +10,10 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import {
-  BackendError,
   type CommandRunner,
   computeRuleset,
   type Ruleset,
+  ToolRefusedError,
 } from "@ipvs-node-controller/core";
 import {
   ADDRESS_PLAN,
@@ -390,7 +390,7 @@ export async function defineKernelSuite(variant: IptablesVariant): Promise<void>
       await expectReply("pod", LB4, 80, "tcp", "web-v4");
     });
 
-    it("throws a BackendError for a document the kernel refuses and keeps the previous rules", async () => {
+    it("throws a ToolRefusedError for a document the kernel refuses and keeps the previous rules", async () => {
       const corrupting =
         (target: string): CommandRunner =>
         (file, args, options) =>
@@ -402,16 +402,18 @@ export async function defineKernelSuite(variant: IptablesVariant): Promise<void>
           } as { input?: string });
       const edited = dualStack({ apiCluster: "10.96.0.81" });
 
-      await expect(backend(corrupting(tools.restore4)).apply(edited)).rejects.toThrow(BackendError);
+      await expect(backend(corrupting(tools.restore4)).apply(edited)).rejects.toThrow(
+        ToolRefusedError,
+      );
       await expectReply("pod", LB4, 8080, "tcp", "api");
 
       // IPv6 fails after IPv4 went in: IPv4 is rolled back to the previous rules.
       const error = await backend(corrupting(tools.restore6))
         .apply(edited)
         .catch((e: unknown) => e);
-      expect(error).toBeInstanceOf(BackendError);
-      expect((error as BackendError).tool).toBe(tools.restore6);
-      expect((error as BackendError).message).toMatch(/NO-SUCH-TARGET|line/);
+      expect(error).toBeInstanceOf(ToolRefusedError);
+      expect((error as ToolRefusedError).tool).toBe(tools.restore6);
+      expect((error as ToolRefusedError).message).toMatch(/NO-SUCH-TARGET|line/);
       await expectReply("pod", LB4, 8080, "tcp", "api");
       await expectReply("pod", LB6, 80, "tcp", "web-v6");
       expect(await backend().verify(dualStack())).toBe(true);
@@ -480,7 +482,7 @@ export async function defineKernelSuite(variant: IptablesVariant): Promise<void>
         fc.asyncProperty(fc.array(serviceArbitrary, { maxLength: 6 }), async (services) => {
           const { ruleset: computed } = computeRuleset({
             services,
-            node: { podCIDRs: [ADDRESS_PLAN.podCIDR.ipv4, ADDRESS_PLAN.podCIDR.ipv6] },
+            node: { spec: { podCIDRs: [ADDRESS_PLAN.podCIDR.ipv4, ADDRESS_PLAN.podCIDR.ipv6] } },
             config: { families: ["ipv4", "ipv6"] },
           });
           const documents = renderRuleset(computed).split(/^# (ipv[46]): .*$/m);

@@ -1,4 +1,8 @@
-import { BackendError, computeRuleset, type LocalPodMatch } from "@ipvs-node-controller/core";
+import {
+  computeRuleset,
+  InvalidRulesetError,
+  type LocalPodMatch,
+} from "@ipvs-node-controller/core";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
@@ -174,7 +178,7 @@ describe("refusing values that could break the document", () => {
   ];
   it.each(cases)("refuses a bad $field", ({ field, build }) => {
     const bad = ruleset([family("ipv4", POD_CIDRS, [build() as never])]);
-    expect(() => renderRuleset(bad)).toThrow(BackendError);
+    expect(() => renderRuleset(bad)).toThrow(InvalidRulesetError);
     expect(() => renderRuleset(bad)).toThrow(new RegExp(`mappings\\[0\\]\\.(service\\.)?${field}`));
   });
 
@@ -204,7 +208,7 @@ describe("refusing values that could break the document", () => {
   it("refuses a family listed twice and an unknown family", () => {
     expect(() =>
       renderRuleset(ruleset([family("ipv4", POD_CIDRS, []), family("ipv4", POD_CIDRS, [])])),
-    ).toThrow(/listed twice/);
+    ).toThrow(/ipv4 is listed twice/);
     expect(() => renderRuleset(ruleset([family("ipx" as never, POD_CIDRS, [])]))).toThrow(
       /families\[0\]\.family/,
     );
@@ -217,7 +221,7 @@ describe("refusing values that could break the document", () => {
         mapping("192.0.2.1", 80, "10.96.0.2"),
       ]),
     ]);
-    expect(() => renderRuleset(twice)).toThrow(/duplicate/);
+    expect(() => renderRuleset(twice)).toThrow(/repeats the key ipv4\|192.0.2.1\|tcp\|80/);
   });
 });
 
@@ -268,7 +272,7 @@ describe("properties", () => {
       service: { namespace: m.namespace, name: m.name },
     }));
 
-  it("a hostile value is either refused with a BackendError or cannot leave its slot", () => {
+  it("a hostile value is either refused with an InvalidRulesetError or cannot leave its slot", () => {
     let refused = 0;
     let rendered = 0;
     fc.assert(
@@ -277,7 +281,7 @@ describe("properties", () => {
         try {
           text = renderRuleset(ruleset([family("ipv4", POD_CIDRS, mappings)]));
         } catch (error) {
-          expect(error).toBeInstanceOf(BackendError);
+          expect(error).toBeInstanceOf(InvalidRulesetError);
           refused++;
           return;
         }
@@ -297,7 +301,7 @@ describe("properties", () => {
       fc.property(fc.array(serviceArbitrary, { maxLength: 8 }), (services) => {
         const { ruleset: computed } = computeRuleset({
           services,
-          node: { podCIDRs: ["10.244.1.0/24", "fd00:10:244:1::/64"] },
+          node: { spec: { podCIDRs: ["10.244.1.0/24", "fd00:10:244:1::/64"] } },
           config: { families: ["ipv4", "ipv6"] },
         });
         const lines = dnatLines(renderRuleset(computed));

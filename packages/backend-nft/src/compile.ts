@@ -22,11 +22,12 @@
  * other destination still costs one hash lookup.
  */
 import type {
-  FamilyRuleset,
   IpFamily,
+  LocalPodMatch,
   Mapping,
   Ruleset,
   RulesetDiff,
+  RulesetSettings,
 } from "@ipvs-node-controller/core";
 
 /** One libnftables JSON command or object; the schema is nft's, see libnftables-json(5). */
@@ -58,18 +59,13 @@ const NFT_PROTOCOL: Record<IpFamily, { payload: "ip" | "ip6"; addressType: strin
   ipv6: { payload: "ip6", addressType: "ipv6_addr" },
 };
 
-/** The kernel's limit on element comments is generous; DNS labels fit twice over. */
-const COMMENT_PART_MAX = 63;
-
 /**
- * `namespace/name` for an element comment. Anything outside DNS-label-ish characters becomes `_`:
- * JSON would carry any string safely, but `nft list` prints comments between bare double quotes,
- * and a saved listing that is later fed back to `nft -f` must not contain a way out of them.
+ * `namespace/name` for an element comment. Both parts are DNS labels (the core's
+ * `validateRuleset` refuses anything else), so the text can never leave the quotes `nft list`
+ * prints it in, and at 127 characters it fits the kernel's 128-byte comment.
  */
 export function elementComment(service: Mapping["service"]): string {
-  const clean = (part: string) =>
-    part.replace(/[^A-Za-z0-9.-]/g, "_").slice(0, COMMENT_PART_MAX) || "_";
-  return `${clean(service.namespace)}/${clean(service.name)}`;
+  return `${service.namespace}/${service.name}`;
 }
 
 function lookupKey(family: IpFamily): NftObject {
@@ -118,15 +114,14 @@ function translate(family: IpFamily, mark: number): NftObject[] {
   ];
 }
 
-function localPodMatch(family: FamilyRuleset): NftObject {
-  const match = family.localPods;
+function localPodMatch(family: IpFamily, match: LocalPodMatch): NftObject {
   switch (match.kind) {
     case "sourceCIDRs":
       return {
         match: {
           op: "==",
-          left: { payload: { protocol: NFT_PROTOCOL[family.family].payload, field: "saddr" } },
-          right: `@${podSetName(family.family)}`,
+          left: { payload: { protocol: NFT_PROTOCOL[family].payload, field: "saddr" } },
+          right: `@${podSetName(family)}`,
         },
       };
     case "inputInterface":
@@ -142,16 +137,19 @@ const HOST_ORIGINATED: NftObject = {
   match: { op: "==", left: { fib: { result: "type", flags: ["saddr"] } }, right: "local" },
 };
 
-/** The rule expressions of each chain, in order, exactly as `nft -j list` prints them back. */
-export function chainRules(ruleset: Ruleset): Record<keyof typeof CHAINS, NftObject[][]> {
+/**
+ * The rule expressions of each chain, in order, exactly as `nft -j list` prints them back. They
+ * depend only on the settings, never on the mappings.
+ */
+export function chainRules(settings: RulesetSettings): Record<keyof typeof CHAINS, NftObject[][]> {
   return {
-    prerouting: ruleset.families.map((family) => [
-      localPodMatch(family),
-      ...translate(family.family, ruleset.masqueradeMark),
+    prerouting: settings.families.map(({ family, localPods }) => [
+      localPodMatch(family, localPods),
+      ...translate(family, settings.masqueradeMark),
     ]),
-    output: ruleset.families.map((family) => [
+    output: settings.families.map(({ family }) => [
       HOST_ORIGINATED,
-      ...translate(family.family, ruleset.masqueradeMark),
+      ...translate(family, settings.masqueradeMark),
     ]),
   };
 }
@@ -278,8 +276,8 @@ function tableContents(ruleset: Ruleset, table: string): NftObject[] {
   return commands;
 }
 
-function ruleCommands(ruleset: Ruleset, table: string): NftObject[] {
-  const rules = chainRules(ruleset);
+function ruleCommands(settings: RulesetSettings, table: string): NftObject[] {
+  const rules = chainRules(settings);
   return (Object.keys(rules) as (keyof typeof rules)[]).flatMap((chain) =>
     rules[chain].map((expr) => ({ add: { rule: { family: "inet", table, chain, expr } } })),
   );
@@ -305,14 +303,14 @@ export function fullSyncDocument(ruleset: Ruleset, table: string): NftDocument {
  * An incremental sync: element changes only, plus the few rules rewritten (flush + add), which
  * repairs tampered rules cheaply and, because `flush chain` fails on a missing table or chain,
  * turns a vanished table into an error the caller answers with a full sync. Deleting an element
- * that is gone fails the same way.
+ * that is gone fails the same way. Its size follows the change, not the ruleset.
  */
-export function incrementalDocument(next: Ruleset, diff: RulesetDiff, table: string): NftDocument {
+export function incrementalDocument(diff: RulesetDiff, table: string): NftDocument {
   const base = { family: "inet", table };
   const commands: NftObject[] = [
     { flush: { chain: { ...base, name: CHAINS.prerouting } } },
     { flush: { chain: { ...base, name: CHAINS.output } } },
-    ...ruleCommands(next, table),
+    ...ruleCommands(diff.settings, table),
   ];
   const deletions = [...diff.removed, ...diff.changed.map(({ before }) => before)];
   const additions = [...diff.added, ...diff.changed.map(({ after }) => after)];

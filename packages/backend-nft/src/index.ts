@@ -3,12 +3,7 @@
  *
  * @packageDocumentation
  */
-export {
-  createNftBackend,
-  DEFAULT_TABLE_NAME,
-  execaRunner,
-  type NftBackendOptions,
-} from "./backend.js";
+export { createNftBackend, DEFAULT_TABLE_NAME, type NftBackendOptions } from "./backend.js";
 export {
   CHAIN_PRIORITY,
   elementComment,
@@ -19,4 +14,3 @@ export {
   type NftObject,
   podSetName,
 } from "./compile.js";
-export { validateRuleset } from "./validate.js";

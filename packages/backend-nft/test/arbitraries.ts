@@ -4,6 +4,8 @@ import {
   type LocalPodMatch,
   type Mapping,
   mappingKey,
+  parseClusterIP,
+  parseExternalIP,
   parseIP,
   type Ruleset,
   sortMappings,
@@ -38,14 +40,24 @@ export const addressOf: Record<IpFamily, fc.Arbitrary<string>> = {
   ipv6: canonicalIPv6,
 };
 
+/** Addresses that can be a Service's external IP: unicast, not loopback. */
+const externalAddressOf = (family: IpFamily) =>
+  addressOf[family].filter((address) => parseExternalIP(address).ok);
+/** Addresses that can be a cluster IP: anything but the unspecified address. */
+const clusterAddressOf = (family: IpFamily) =>
+  addressOf[family].filter((address) => parseClusterIP(address).ok);
+
 function mappingOf(family: IpFamily, hostileNames: boolean): fc.Arbitrary<Mapping> {
-  const name = hostileNames ? hostileString : fc.constantFrom("web", "api", "dns");
+  const label = fc.constantFrom("web", "api", "dns", "kube-system");
+  const name = hostileNames
+    ? fc.oneof({ weight: 3, arbitrary: label }, { weight: 1, arbitrary: hostileString })
+    : label;
   return fc.record({
     family: fc.constant(family),
-    externalIP: addressOf[family],
+    externalIP: externalAddressOf(family),
     protocol: fc.constantFrom("tcp", "udp", "sctp"),
     port: fc.integer({ min: 1, max: 65535 }),
-    clusterIP: addressOf[family],
+    clusterIP: clusterAddressOf(family),
     service: fc.record({ namespace: name, name }),
   });
 }
@@ -78,7 +90,10 @@ function localPodsOf(family: IpFamily): fc.Arbitrary<LocalPodMatch> {
   );
 }
 
-/** Valid rulesets (as the backend accepts them), service names hostile unless told otherwise. */
+/**
+ * Rulesets in the canonical form, except that with `hostileNames` (the default) an owner's
+ * namespace or name is sometimes a hostile string, which validation must refuse.
+ */
 export function arbitraryRuleset(
   options: { hostileNames?: boolean; maxMappings?: number } = {},
 ): fc.Arbitrary<Ruleset> {

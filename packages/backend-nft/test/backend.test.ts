@@ -2,13 +2,17 @@
  * The backend's decisions (full, incremental, none, fallback, errors) with a scripted runner: no kernel.
  */
 import {
-  BackendError,
   type CommandResult,
   type CommandRunner,
-  type Ruleset,
+  ConfigError,
+  InvalidRulesetError,
+  type RulesetDiff,
+  settingsOf,
+  ToolNotStartedError,
+  ToolRefusedError,
 } from "@ipvs-node-controller/core";
 import { describe, expect, it } from "vitest";
-import { createNftBackend, validateRuleset } from "../src/index.js";
+import { createNftBackend } from "../src/index.js";
 import { mapping, ruleset } from "./helpers.js";
 
 interface Call {
@@ -71,7 +75,7 @@ describe("apply", () => {
     expect(calls.map(isFullSync)).toEqual([true, false, true]);
   });
 
-  it("throws BackendError with nft's stderr and keeps its idea of the last ruleset", async () => {
+  it("throws ToolRefusedError with nft's stderr and keeps its idea of the last ruleset", async () => {
     let failing = false;
     const { runner, calls } = scriptedRunner(() =>
       failing ? { exitCode: 1, stderr: "Error: Could not process rule: Invalid argument\n" } : {},
@@ -80,10 +84,10 @@ describe("apply", () => {
     await backend.apply(v1);
     failing = true;
     const error = await backend.apply(v2).catch((caught: unknown) => caught);
-    expect(error).toBeInstanceOf(BackendError);
+    expect(error).toBeInstanceOf(ToolRefusedError);
     expect(error).toMatchObject({
       tool: "nft",
-      notStarted: false,
+      exitCode: 1,
       stderr: "Error: Could not process rule: Invalid argument",
       message: expect.stringContaining(
         "nft rejected the full sync of table inet ipvs-node-controller",
@@ -104,6 +108,15 @@ describe("apply", () => {
     await expect(backend.apply(bad)).rejects.toThrow(
       /families\[0\]\.mappings\[0\]\.port 70000 is not a port/,
     );
+    await expect(backend.apply(bad)).rejects.toBeInstanceOf(InvalidRulesetError);
+    const change = {
+      added: [{ ...web, port: 0 }],
+      removed: [],
+      changed: [],
+      settingsChanged: false,
+      settings: settingsOf(v1),
+    };
+    await expect(backend.applyChanges(change)).rejects.toThrow(/added\[0\]\.port 0/);
     expect(calls).toHaveLength(0);
   });
 
@@ -116,30 +129,94 @@ describe("apply", () => {
   });
 });
 
+describe("applyChanges", () => {
+  const change = (fields: Partial<RulesetDiff> = {}): RulesetDiff => ({
+    added: [],
+    removed: [],
+    changed: [],
+    settingsChanged: false,
+    settings: settingsOf(v1),
+    ...fields,
+  });
+
+  it("applies the first change as a full sync of the resulting ruleset", async () => {
+    const { runner, calls } = scriptedRunner();
+    const backend = createNftBackend({ runner });
+    expect(await backend.applyChanges(change({ added: [web, api] }))).toEqual({
+      mode: "full",
+      changedMappings: 2,
+    });
+    expect(isFullSync(calls[0])).toBe(true);
+    expect(calls[0]?.input).toContain('"203.0.113.11","tcp",443');
+  });
+
+  it("then sends only the changed elements, whatever else the table holds", async () => {
+    const { runner, calls } = scriptedRunner();
+    const backend = createNftBackend({ runner });
+    await backend.apply(v2);
+    const moved = { ...api, clusterIP: "10.96.0.99" };
+    expect(
+      await backend.applyChanges(change({ changed: [{ before: api, after: moved }] })),
+    ).toEqual({ mode: "incremental", changedMappings: 1 });
+    expect(isFullSync(calls[1])).toBe(false);
+    expect(calls[1]?.input).toContain("10.96.0.99");
+    expect(calls[1]?.input).not.toContain('"203.0.113.10"');
+    expect(await backend.applyChanges(change())).toEqual({ mode: "none", changedMappings: 0 });
+    expect(calls).toHaveLength(2);
+    // What it applied is what it diffs against next.
+    expect(await backend.apply(ruleset([web, moved]))).toEqual({
+      mode: "none",
+      changedMappings: 0,
+    });
+  });
+
+  it("answers a settings change, or a refused change, with a full sync of the result", async () => {
+    let refuse = false;
+    const { runner, calls } = scriptedRunner((call) =>
+      refuse && !isFullSync(call)
+        ? { exitCode: 1, stderr: "Error: No such file or directory" }
+        : {},
+    );
+    const backend = createNftBackend({ runner });
+    await backend.apply(v1);
+    const marked = settingsOf(ruleset([web], { mark: 0x8000 }));
+    expect(await backend.applyChanges(change({ settingsChanged: true, settings: marked }))).toEqual(
+      { mode: "full", changedMappings: 1 },
+    );
+    expect(calls[1]?.input).toContain("32768");
+    refuse = true;
+    expect(await backend.applyChanges(change({ added: [api], settings: marked }))).toEqual({
+      mode: "full",
+      changedMappings: 2,
+    });
+    expect(calls.map(isFullSync)).toEqual([true, true, false, true]);
+  });
+});
+
 describe("missing or broken nft", () => {
   it("names the binary it looked for", async () => {
     const backend = createNftBackend({ nftPath: "/nonexistent/sbin/nft" });
     await expect(backend.apply(v1)).rejects.toThrow(
-      'nft not found (looked for "/nonexistent/sbin/nft")',
+      "/nonexistent/sbin/nft could not be started: ENOENT",
     );
-    await expect(backend.verify(v1)).rejects.toBeInstanceOf(BackendError);
+    await expect(backend.verify(v1)).rejects.toBeInstanceOf(ToolNotStartedError);
     await expect(backend.cleanup()).rejects.toMatchObject({
-      name: "BackendError",
-      notStarted: true,
+      name: "ToolNotStartedError",
+      tool: "/nonexistent/sbin/nft",
     });
   });
 
-  it("recognises a runner's ENOENT error", async () => {
-    const runner: CommandRunner = async () => {
-      throw Object.assign(new Error("spawn nft ENOENT"), { code: "ENOENT" });
+  it("passes a runner's ToolNotStartedError through unchanged", async () => {
+    const runner: CommandRunner = async (file) => {
+      throw new ToolNotStartedError(file, "EACCES");
     };
     await expect(createNftBackend({ runner }).apply(v1)).rejects.toThrow(
-      'nft not found (looked for "nft")',
+      "nft could not be started: EACCES",
     );
   });
 
   it("refuses a table name that is not an nft identifier", () => {
-    expect(() => createNftBackend({ tableName: 'x" ; flush ruleset' })).toThrow(BackendError);
+    expect(() => createNftBackend({ tableName: 'x" ; flush ruleset' })).toThrow(ConfigError);
     expect(() => createNftBackend({ tableName: "" })).toThrow(/invalid tableName/);
   });
 });
@@ -186,116 +263,5 @@ describe("verify and cleanup", () => {
       false,
     );
     expect(absent.calls).toHaveLength(1);
-  });
-});
-
-describe("validateRuleset", () => {
-  const valid = ruleset([web, mapping({ externalIP: "2001:db8::1", clusterIP: "fd00::1" })]);
-  const cases: [string, (r: Ruleset) => unknown, RegExp][] = [
-    ["mark out of range", (r) => ({ ...r, masqueradeMark: 2 ** 32 }), /masqueradeMark 4294967296/],
-    ["mark not an integer", (r) => ({ ...r, masqueradeMark: 1.5 }), /masqueradeMark 1.5/],
-    [
-      "unknown family",
-      (r) => ({ ...r, families: [{ ...r.families[0], family: "ipx" }] }),
-      /"ipx" is not ipv4 or ipv6/,
-    ],
-    [
-      "repeated family",
-      (r) => ({ ...r, families: [r.families[0], r.families[0]] }),
-      /repeats ipv4/,
-    ],
-    [
-      "non-canonical IPv6",
-      (r) => withMapping(r, 1, { externalIP: "2001:DB8::1" }),
-      /not canonical \(expected "2001:db8::1"\)/,
-    ],
-    [
-      "IPv4 in the IPv6 family",
-      (r) => withMapping(r, 1, { clusterIP: "10.0.0.1" }),
-      /is not an ipv6 address/,
-    ],
-    ["garbage address", (r) => withMapping(r, 0, { clusterIP: '1.2.3.4" }' }), /clusterIP/],
-    [
-      "unknown protocol",
-      (r) => withMapping(r, 0, { protocol: "icmp" }),
-      /"icmp" is not tcp, udp or sctp/,
-    ],
-    ["port 0", (r) => withMapping(r, 0, { port: 0 }), /port 0 is not a port/],
-    [
-      "family mismatch",
-      (r) => withMapping(r, 0, { family: "ipv6" }),
-      /differs from its family ipv4/,
-    ],
-    [
-      "interface with a wildcard",
-      (r) => ({
-        ...r,
-        families: [{ ...r.families[0], localPods: { kind: "inputInterface", name: "eth*" } }],
-      }),
-      /"eth\*" is not an interface name/,
-    ],
-    [
-      "interface name too long",
-      (r) => ({
-        ...r,
-        families: [
-          { ...r.families[0], localPods: { kind: "inputInterface", name: "a".repeat(16) } },
-        ],
-      }),
-      /is not an interface name \(1-15/,
-    ],
-    [
-      "interface prefix too long for the wildcard",
-      (r) => ({
-        ...r,
-        families: [
-          { ...r.families[0], localPods: { kind: "inputInterfacePrefix", prefix: "a".repeat(15) } },
-        ],
-      }),
-      /"a{15}" is not an interface prefix \(1-14/,
-    ],
-    [
-      "CIDR with host bits",
-      (r) => ({
-        ...r,
-        families: [
-          { ...r.families[0], localPods: { kind: "sourceCIDRs", cidrs: ["10.244.1.7/24"] } },
-        ],
-      }),
-      /not canonical \(expected "10.244.1.0\/24"\)/,
-    ],
-    [
-      "unknown local-pod kind",
-      (r) => ({ ...r, families: [{ ...r.families[0], localPods: { kind: "magic" } }] }),
-      /"magic" is not a known local-pod match/,
-    ],
-    [
-      "duplicate key",
-      (r) => ({
-        ...r,
-        families: [{ ...r.families[0], mappings: [web, { ...web, clusterIP: "10.96.0.99" }] }],
-      }),
-      /repeat the key ipv4\|203.0.113.10\|tcp\|80/,
-    ],
-  ];
-
-  function withMapping(r: Ruleset, familyIndex: number, fields: Record<string, unknown>): unknown {
-    return {
-      ...r,
-      families: r.families.map((family, index) =>
-        index === familyIndex
-          ? { ...family, mappings: [{ ...family.mappings[0], ...fields }] }
-          : family,
-      ),
-    };
-  }
-
-  it("accepts a valid ruleset", () => {
-    expect(() => validateRuleset(valid)).not.toThrow();
-  });
-
-  it.each(cases)("rejects %s", (_name, corrupt, message) => {
-    expect(() => validateRuleset(corrupt(valid) as Ruleset)).toThrow(message);
-    expect(() => validateRuleset(corrupt(valid) as Ruleset)).toThrow(BackendError);
   });
 });

@@ -5,11 +5,13 @@ import {
   type LocalPodMatch,
   type Mapping,
   type Ruleset,
+  type ServiceInput,
   sortMappings,
 } from "@ipvs-node-controller/core";
 import type { ProbeProtocol, Topology } from "@ipvs-node-controller/test-support";
 
-type Service = Parameters<typeof computeRuleset>[0]["services"][number];
+/** A Service as the API returns it: what the core reads, plus the object's kind. */
+type Service = ServiceInput & { readonly apiVersion: string; readonly kind: string };
 
 /** A mapping with defaults, for hand-made rulesets. */
 export function mapping(
@@ -76,7 +78,6 @@ export function toV1Service(service: TestService): Service {
       externalTrafficPolicy: "Local",
       clusterIP: service.cluster.ipv4,
       clusterIPs: [service.cluster.ipv4, service.cluster.ipv6],
-      ipFamilies: ["IPv4", "IPv6"],
       ports: service.ports.map(({ port, protocol }) => ({
         name: `${protocol}-${port}`,
         port,
@@ -139,7 +140,7 @@ export function rulesetFor(
 ): Ruleset {
   return computeRuleset({
     services: services.map(toV1Service),
-    node: { podCIDRs: ["10.244.1.0/24", "fd00:10:244:1::/64"] },
+    node: { spec: { podCIDRs: ["10.244.1.0/24", "fd00:10:244:1::/64"] } },
     config: { families },
   }).ruleset;
 }

@@ -3,10 +3,11 @@
  * when a document is refused, or emit a document nft refuses for anything the core computes.
  */
 import {
-  BackendError,
   type CommandRunner,
   computeRuleset,
+  InvalidRulesetError,
   type Ruleset,
+  ToolRefusedError,
 } from "@ipvs-node-controller/core";
 import {
   createTopology,
@@ -110,7 +111,7 @@ describe.skipIf(!kernel)("nft backend safety on the kernel", () => {
         mappings: family.mappings.map((mapping) => ({ ...mapping, port: 70000 })),
       })),
     };
-    await expect(backend.apply(bad)).rejects.toThrow(BackendError);
+    await expect(backend.apply(bad)).rejects.toThrow(InvalidRulesetError);
     await expect(backend.apply(bad)).rejects.toThrow(/port 70000 is not a port/);
     expect(await topology.connect("pod", web.lb.ipv4, 80, "tcp")).toEqual({
       ok: true,
@@ -120,7 +121,7 @@ describe.skipIf(!kernel)("nft backend safety on the kernel", () => {
     await backend.cleanup();
   });
 
-  it("when nft refuses a document, throws BackendError with its stderr and the old rules keep working", async () => {
+  it("when nft refuses a document, throws ToolRefusedError with its stderr and the old rules keep working", async () => {
     let corrupt = false;
     // Slips an element with port 70000 into every transaction while `corrupt` is set.
     const corrupting: CommandRunner = (file, args, options) => {
@@ -143,8 +144,8 @@ describe.skipIf(!kernel)("nft backend safety on the kernel", () => {
     corrupt = true;
     const error = (await backend
       .apply(rulesetFor([web, api]))
-      .catch((caught) => caught)) as BackendError;
-    expect(error).toBeInstanceOf(BackendError);
+      .catch((caught) => caught)) as ToolRefusedError;
+    expect(error).toBeInstanceOf(ToolRefusedError);
     expect(error.message).toMatch(/nft rejected the full sync/);
     expect(error.stderr).toMatch(/out of range/);
     // Both the incremental and the fallback full sync were refused as a whole.
@@ -222,7 +223,7 @@ describe.skipIf(!kernel)("nft backend safety on the kernel", () => {
         }
         const { ruleset } = computeRuleset({
           services: services as never,
-          node: { podCIDRs: ["10.244.1.0/24", "fd00:10:244:1::/64"] },
+          node: { spec: { podCIDRs: ["10.244.1.0/24", "fd00:10:244:1::/64"] } },
           config: { families: ["ipv4", "ipv6"] },
         });
         mappings += ruleset.families.reduce((sum, family) => sum + family.mappings.length, 0);

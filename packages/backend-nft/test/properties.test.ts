@@ -1,4 +1,9 @@
-import { diffRulesets, mappingKey, type Ruleset } from "@ipvs-node-controller/core";
+import {
+  diffRulesets,
+  InvalidRulesetError,
+  mappingKey,
+  type Ruleset,
+} from "@ipvs-node-controller/core";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { fullSyncDocument, incrementalDocument, type NftObject } from "../src/compile.js";
@@ -53,9 +58,19 @@ function listingOf(ruleset: Ruleset): string {
 const SAFE = /^[A-Za-z0-9_.:/*@|=-]*$/;
 
 describe("render (properties)", () => {
-  it("is valid JSON holding every mapping exactly once, whatever the service names", () => {
+  it("is valid JSON holding every mapping exactly once, or refuses a hostile owner", () => {
+    const dnsLabel = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
     fc.assert(
       fc.property(arbitraryRuleset(), (ruleset) => {
+        const hostile = ruleset.families.some((family) =>
+          family.mappings.some(
+            ({ service }) => !dnsLabel.test(service.namespace) || !dnsLabel.test(service.name),
+          ),
+        );
+        if (hostile) {
+          expect(() => backend.render(ruleset)).toThrow(InvalidRulesetError);
+          return;
+        }
         const document = JSON.parse(backend.render(ruleset)) as { nftables: NftObject[] };
         expect(mapElementKeys(document).sort()).toEqual(allKeys(ruleset).sort());
         const sets = ruleset.families.filter(
@@ -73,39 +88,43 @@ describe("render (properties)", () => {
 
   it("incremental documents delete and add exactly the keys that changed", () => {
     fc.assert(
-      fc.property(arbitraryRuleset(), arbitraryRuleset(), (before, other) => {
-        // Same settings, other mappings: what an incremental sync handles.
-        const after: Ruleset = {
-          ...before,
-          families: before.families.map((family) => ({
-            ...family,
-            mappings:
-              other.families.find((o) => o.family === family.family)?.mappings ?? family.mappings,
-          })),
-        };
-        const diff = diffRulesets(before, after);
-        const document = incrementalDocument(after, diff, TABLE);
-        const deleted = document.nftables.flatMap((command) => {
-          const element = (command.delete as NftObject | undefined)?.element as
-            | { name: string; elem: { concat: unknown[] }[] }
-            | undefined;
-          return (element?.elem ?? []).map((key) =>
-            [element?.name.slice(9), ...key.concat].join("|"),
-          );
-        });
-        const added = document.nftables.flatMap((command) => {
-          const element = (command.add as NftObject | undefined)?.element as
-            | { name: string; elem: [{ elem: { val: { concat: unknown[] } } }, string][] }
-            | undefined;
-          return (element?.elem ?? []).map(([key]) =>
-            [element?.name.slice(9), ...key.elem.val.concat].join("|"),
-          );
-        });
-        const changed = diff.changed.map(({ after: mapping }) => mappingKey(mapping));
-        expect(deleted.sort()).toEqual([...diff.removed.map(mappingKey), ...changed].sort());
-        expect(added.sort()).toEqual([...diff.added.map(mappingKey), ...changed].sort());
-        for (const text of strings(document)) expect(text).toMatch(SAFE);
-      }),
+      fc.property(
+        arbitraryRuleset({ hostileNames: false }),
+        arbitraryRuleset({ hostileNames: false }),
+        (before, other) => {
+          // Same settings, other mappings: what an incremental sync handles.
+          const after: Ruleset = {
+            ...before,
+            families: before.families.map((family) => ({
+              ...family,
+              mappings:
+                other.families.find((o) => o.family === family.family)?.mappings ?? family.mappings,
+            })),
+          };
+          const diff = diffRulesets(before, after);
+          const document = incrementalDocument(diff, TABLE);
+          const deleted = document.nftables.flatMap((command) => {
+            const element = (command.delete as NftObject | undefined)?.element as
+              | { name: string; elem: { concat: unknown[] }[] }
+              | undefined;
+            return (element?.elem ?? []).map((key) =>
+              [element?.name.slice(9), ...key.concat].join("|"),
+            );
+          });
+          const added = document.nftables.flatMap((command) => {
+            const element = (command.add as NftObject | undefined)?.element as
+              | { name: string; elem: [{ elem: { val: { concat: unknown[] } } }, string][] }
+              | undefined;
+            return (element?.elem ?? []).map(([key]) =>
+              [element?.name.slice(9), ...key.elem.val.concat].join("|"),
+            );
+          });
+          const changed = diff.changed.map(({ after: mapping }) => mappingKey(mapping));
+          expect(deleted.sort()).toEqual([...diff.removed.map(mappingKey), ...changed].sort());
+          expect(added.sort()).toEqual([...diff.added.map(mappingKey), ...changed].sort());
+          for (const text of strings(document)) expect(text).toMatch(SAFE);
+        },
+      ),
       { numRuns: 200 },
     );
   });
@@ -113,8 +132,8 @@ describe("render (properties)", () => {
   it("verify accepts the listing of a full sync of the same ruleset and rejects any other", () => {
     fc.assert(
       fc.property(
-        arbitraryRuleset({ maxMappings: 5 }),
-        arbitraryRuleset({ maxMappings: 5 }),
+        arbitraryRuleset({ maxMappings: 5, hostileNames: false }),
+        arbitraryRuleset({ maxMappings: 5, hostileNames: false }),
         (ruleset, other) => {
           expect(tableMatches(parseListing(listingOf(ruleset)), ruleset)).toBe(true);
           const same =

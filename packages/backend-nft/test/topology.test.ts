@@ -1,6 +1,7 @@
 import {
   ADDRESS_PLAN,
   createTopology,
+  hostRunner,
   kernelTestsEnabled,
   netnsSupport,
   type Topology,
@@ -83,8 +84,7 @@ describe.skipIf(!kernel)("test topology reproduces the IPVS Local-policy hole", 
     ]);
     await extra.destroy();
     await extra.destroy();
-    const { execa } = await import("execa");
-    const listed = await execa("ip", ["netns", "list"]);
+    const listed = await hostRunner("ip", ["netns", "list"]);
     for (const name of Object.values(extra.namespaces)) expect(listed.stdout).not.toContain(name);
   });
 });
