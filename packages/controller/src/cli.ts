@@ -41,7 +41,7 @@ interface RunFlags extends RuleFlags, BackendFlags {
   logLevel: string;
 }
 
-function buildProgram(io: Console, exit: { code: number }, signals: NodeJS.EventEmitter): Command {
+function buildProgram(io: Console, signals: NodeJS.EventEmitter): Command {
   const program = new Command("ipvs-node-controller")
     .description(
       "Lets pods and host-network processes reach LoadBalancer and external IPs of their own cluster under kube-proxy's IPVS mode.",
@@ -141,7 +141,6 @@ function buildProgram(io: Console, exit: { code: number }, signals: NodeJS.Event
         backend: flags.backend,
         backendFlags: flags,
         config,
-        extraPodCIDRs: flags.podCidr,
         syncPeriodMs,
         minSyncPeriodMs,
         metricsAddress,
@@ -151,7 +150,6 @@ function buildProgram(io: Console, exit: { code: number }, signals: NodeJS.Event
       const signal = await stopRequested;
       log.info({ signal }, "shutting down");
       await controller.stop();
-      exit.code = 0;
     });
   return program;
 }
@@ -168,11 +166,10 @@ export async function main(
   },
   signals: NodeJS.EventEmitter = process,
 ): Promise<number> {
-  const exit = { code: 0 };
-  const program = buildProgram(io, exit, signals);
+  const program = buildProgram(io, signals);
   try {
     await program.parseAsync([...argv], { from: "user" });
-    return exit.code;
+    return 0;
   } catch (error) {
     if (error instanceof CommanderError) {
       if (error.exitCode === 0) return 0; // --help, --version

@@ -16,11 +16,3 @@ export function parseDuration(text: string): number | undefined {
   }
   return Math.round(total);
 }
-
-/** Formats milliseconds the way Go prints durations, for logs and help text. */
-export function formatDuration(ms: number): string {
-  if (ms % 3_600_000 === 0 && ms > 0) return `${ms / 3_600_000}h`;
-  if (ms % 60_000 === 0 && ms > 0) return `${ms / 60_000}m`;
-  if (ms % 1000 === 0) return `${ms / 1000}s`;
-  return `${ms}ms`;
-}

@@ -4,12 +4,15 @@
 import { createServer, type Server } from "node:http";
 import type { Registry } from "prom-client";
 
+/** A health answer, with the reason when unhealthy. */
+export type HealthState = { readonly ok: true } | { readonly ok: false; readonly reason: string };
+
 /** What the health endpoints report. */
 export interface HealthSource {
-  /** Liveness: the process is running its loop. */
-  alive(): boolean;
-  /** Readiness: caches synced and the last sync succeeded; the reason when not. */
-  ready(): { ready: true } | { ready: false; reason: string };
+  /** Liveness: the loop is not wedged (no change waiting, no operation running, too long). */
+  alive(): HealthState;
+  /** Readiness: caches synced and the last sync succeeded. */
+  ready(): HealthState;
 }
 
 /** Parses `host:port`, `:port` or `[v6]:port`; `0` disables the server. */
@@ -70,17 +73,15 @@ export function metricsRoutes(registry: Registry) {
   };
 }
 
+function answer(state: HealthState) {
+  return state.ok ? { status: 200, body: "ok\n" } : { status: 503, body: `${state.reason}\n` };
+}
+
 /** Routes for `/healthz` and `/readyz`. */
 export function healthRoutes(health: HealthSource) {
   return {
-    "/healthz": async () =>
-      health.alive() ? { status: 200, body: "ok\n" } : { status: 503, body: "stopped\n" },
-    "/readyz": async () => {
-      const state = health.ready();
-      return state.ready
-        ? { status: 200, body: "ok\n" }
-        : { status: 503, body: `${state.reason}\n` };
-    },
+    "/healthz": async () => answer(health.alive()),
+    "/readyz": async () => answer(health.ready()),
   };
 }
 

@@ -5,16 +5,19 @@
  * @packageDocumentation
  */
 export { main } from "./cli.js";
-export { formatDuration, parseDuration } from "./duration.js";
-export { InputFileError, podCIDRsOf, readNodePodCIDRs, readServicesFile } from "./input-files.js";
+export { type Clock, systemClock } from "./clock.js";
+export { parseDuration } from "./duration.js";
+export type { HealthSource, HealthState } from "./http-server.js";
+export { InputFileError, readNode, readServicesFile } from "./input-files.js";
 export { Reflector, type ReflectorEvent, type ReflectorOptions } from "./kube/reflector.js";
-export {
-  equivalentNodes,
-  equivalentServices,
-  type NodeFacts,
-  trimNode,
-  trimService,
-} from "./kube/trim.js";
 export { ControllerMetrics } from "./metrics.js";
+export {
+  describeLocality,
+  inspectNodeNetwork,
+  KUBE_IPVS_INTERFACE,
+  type LocalityReport,
+  localityOf,
+  type NodeNetwork,
+} from "./node-network.js";
 export { type RunningController, type RunOptions, runController } from "./run.js";
-export { SyncLoop, type SyncLoopOptions } from "./sync-loop.js";
+export { type DesiredState, SyncLoop, type SyncLoopOptions } from "./sync-loop.js";

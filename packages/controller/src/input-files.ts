@@ -2,7 +2,7 @@
  * Reading Services and Nodes from files, in any form `kubectl get -o yaml|json` prints.
  */
 import { readFile } from "node:fs/promises";
-import type { V1Node, V1Service } from "@kubernetes/client-node";
+import type { NodeInput, ServiceInput } from "@ipvs-node-controller/core";
 import { parseAllDocuments } from "yaml";
 
 /** A file could not be read or parsed. The message names the file. */
@@ -48,27 +48,19 @@ function flatten(value: unknown): unknown[] {
  * YAML stream. Objects of other kinds are ignored; what is left is handed to the core, which skips
  * malformed Services one by one.
  */
-export async function readServicesFile(path: string): Promise<V1Service[]> {
+export async function readServicesFile(path: string): Promise<ServiceInput[]> {
   const objects = (await readDocuments(path)).flatMap(flatten);
-  return objects.filter((object): object is V1Service => {
+  return objects.filter((object): object is ServiceInput => {
     if (object === null || typeof object !== "object") return false;
     const kind = (object as { kind?: unknown }).kind;
     return kind === undefined || kind === "Service";
   });
 }
 
-/** Reads one Node object (or the first Node of a list) and returns its pod CIDRs. */
-export async function readNodePodCIDRs(path: string): Promise<string[]> {
-  const objects = (await readDocuments(path)).flatMap(flatten) as V1Node[];
-  const node = objects.find((object) => object?.kind === "Node");
+/** Reads one Node object (or the first Node of a list). */
+export async function readNode(path: string): Promise<NodeInput> {
+  const objects = (await readDocuments(path)).flatMap(flatten);
+  const node = objects.find((object) => (object as { kind?: unknown } | null)?.kind === "Node");
   if (node === undefined) throw new InputFileError(`${path} holds no Node object`);
-  return podCIDRsOf(node);
-}
-
-/** `spec.podCIDRs`, falling back to the older single `spec.podCIDR`. Non-strings are dropped. */
-export function podCIDRsOf(node: V1Node | undefined): string[] {
-  const spec = node?.spec;
-  const listed =
-    Array.isArray(spec?.podCIDRs) && spec.podCIDRs.length > 0 ? spec.podCIDRs : [spec?.podCIDR];
-  return listed.filter((cidr): cidr is string => typeof cidr === "string" && cidr !== "");
+  return node as NodeInput;
 }

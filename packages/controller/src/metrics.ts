@@ -2,7 +2,7 @@
  * Prometheus metrics of the controller (prom-client), in a registry of its own so that several
  * controllers in one process (tests) do not collide.
  */
-import type { RulesetResult, SkipReason } from "@ipvs-node-controller/core";
+import type { RulesetStats } from "@ipvs-node-controller/core";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 
 const PREFIX = "ipvs_node_controller_";
@@ -20,7 +20,7 @@ export class ControllerMetrics {
   /** Time of one sync: computing the ruleset and applying it. */
   readonly syncDuration = new Histogram({
     name: `${PREFIX}sync_duration_seconds`,
-    help: "Duration of a sync (compute + apply), by the kind of apply",
+    help: "Duration of a sync (compute + apply, and verify when due), by the kind of apply",
     labelNames: ["mode"] as const,
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
     registers: [this.registry],
@@ -46,7 +46,7 @@ export class ControllerMetrics {
     registers: [this.registry],
   });
 
-  readonly skippedServices = new Gauge({
+  readonly skippedEntries = new Gauge({
     name: `${PREFIX}skipped_entries`,
     help: "Services or parts of Services that produced no mapping, by reason",
     labelNames: ["reason"] as const,
@@ -79,16 +79,33 @@ export class ControllerMetrics {
     registers: [this.registry],
   });
 
-  /** Records the outcome of computing a ruleset. */
-  observeRuleset(result: RulesetResult): void {
-    for (const family of result.ruleset.families) {
-      this.mappings.set({ family: family.family }, family.mappings.length);
+  readonly localExternalIPs = new Gauge({
+    name: `${PREFIX}local_external_ips`,
+    help: "Translated external IPs that are local addresses of this node (0 where kube-proxy does not run in IPVS mode: the rules are inert there), by IP family",
+    labelNames: ["family"] as const,
+    registers: [this.registry],
+  });
+
+  readonly externalIPs = new Gauge({
+    name: `${PREFIX}external_ips`,
+    help: "Distinct external IPs with a mapping, by IP family",
+    labelNames: ["family"] as const,
+    registers: [this.registry],
+  });
+
+  readonly kubeIpvsInterface = new Gauge({
+    name: `${PREFIX}kube_ipvs0_present`,
+    help: "1 when this node has kube-proxy's IPVS dummy interface kube-ipvs0, else 0",
+    registers: [this.registry],
+  });
+
+  /** Records the engine's counters after a sync. */
+  observeStats(stats: RulesetStats): void {
+    for (const family of ["ipv4", "ipv6"] as const) {
+      this.mappings.set({ family }, stats.mappings[family]);
     }
-    const counts = new Map<SkipReason, number>();
-    for (const entry of result.skipped)
-      counts.set(entry.reason, (counts.get(entry.reason) ?? 0) + 1);
-    this.skippedServices.reset();
-    for (const [reason, count] of counts) this.skippedServices.set({ reason }, count);
-    this.conflicts.set(result.conflicts.length);
+    this.skippedEntries.reset();
+    for (const [reason, count] of stats.skipped) this.skippedEntries.set({ reason }, count);
+    this.conflicts.set(stats.conflicts);
   }
 }

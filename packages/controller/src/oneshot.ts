@@ -4,16 +4,17 @@
  */
 import {
   type Backend,
-  BackendError,
   computeRuleset,
   type RulesetResult,
+  ToolNotStartedError,
 } from "@ipvs-node-controller/core";
-import { readNodePodCIDRs, readServicesFile } from "./input-files.js";
+import { readNode, readServicesFile } from "./input-files.js";
 import {
   type BackendFlags,
   type BackendName,
   coreConfigFromFlags,
   createBackend,
+  createRunner,
   type RuleFlags,
 } from "./options.js";
 
@@ -31,8 +32,9 @@ export interface OneShotFlags extends RuleFlags, BackendFlags {
 
 /** Prints every skipped Service, conflict and warning as one line on the error stream. */
 export function reportDiagnostics(result: RulesetResult, log: (line: string) => void): void {
-  for (const entry of result.skipped)
+  for (const entry of result.skipped) {
     log(`skipped ${entry.service}: ${entry.reason}: ${entry.detail}`);
+  }
   for (const conflict of result.conflicts) {
     log(
       `conflict ${conflict.externalIP} ${conflict.protocol}/${conflict.port}: ${conflict.winner} wins over ${conflict.loser}`,
@@ -44,22 +46,22 @@ export function reportDiagnostics(result: RulesetResult, log: (line: string) => 
 async function computeFromFiles(flags: OneShotFlags): Promise<RulesetResult> {
   const config = coreConfigFromFlags(flags);
   const services = await readServicesFile(flags.services);
-  const nodeCIDRs = flags.node === undefined ? [] : await readNodePodCIDRs(flags.node);
-  return computeRuleset({ services, node: { podCIDRs: [...nodeCIDRs, ...flags.podCidr] }, config });
+  const node = flags.node === undefined ? undefined : await readNode(flags.node);
+  return computeRuleset({ services, node, config });
 }
 
 /** `render`: prints the document a full sync would feed to the kernel tool. */
 export async function renderCommand(flags: OneShotFlags, io: Console): Promise<void> {
   const result = await computeFromFiles(flags);
   reportDiagnostics(result, io.err);
-  io.out(createBackend(flags.backend, flags).render(result.ruleset));
+  io.out(createBackend(flags.backend, flags, createRunner(flags)).render(result.ruleset));
 }
 
 /** `sync --once`: applies the rules to the current network namespace. */
 export async function syncOnceCommand(flags: OneShotFlags, io: Console): Promise<void> {
   const result = await computeFromFiles(flags);
   reportDiagnostics(result, io.err);
-  const backend = createBackend(flags.backend, flags, io.err);
+  const backend = createBackend(flags.backend, flags, createRunner(flags), io.err);
   // A fresh process knows nothing of what is in the kernel: always a full, atomic replace.
   const applied = await backend.apply(result.ruleset, { full: true });
   const mappings = result.ruleset.families.reduce((sum, family) => sum + family.mappings.length, 0);
@@ -72,15 +74,16 @@ export async function cleanupCommand(
   io: Console,
 ): Promise<void> {
   const names: BackendName[] = flags.backend === "all" ? ["nft", "iptables"] : [flags.backend];
+  const runner = createRunner(flags);
   for (const name of names) {
-    const backend: Backend = createBackend(name, flags, io.err);
+    const backend: Backend = createBackend(name, flags, runner, io.err);
     let removed: boolean;
     try {
       removed = await backend.cleanup();
     } catch (error) {
       // With `all`, a tool that is not installed cannot have left rules behind.
-      if (flags.backend === "all" && error instanceof BackendError && error.notStarted) {
-        io.err(`no ${name} rules to remove (${(error as Error).message})`);
+      if (flags.backend === "all" && error instanceof ToolNotStartedError) {
+        io.err(`no ${name} rules to remove (${error.message})`);
         continue;
       }
       throw error;

@@ -7,12 +7,14 @@ import { createIptablesBackend, type IptablesMode } from "@ipvs-node-controller/
 import { createNftBackend } from "@ipvs-node-controller/backend-nft";
 import {
   type Backend,
+  type CommandRunner,
   ConfigError,
   type CoreConfig,
   type LocalDetection,
   parseFamilies,
   resolveConfig,
 } from "@ipvs-node-controller/core";
+import { createToolRunner } from "@ipvs-node-controller/exec";
 import { type Command, Option } from "commander";
 import { parseDuration } from "./duration.js";
 
@@ -39,6 +41,8 @@ export interface BackendFlags {
   nftPath: string;
   iptablesMode: IptablesMode;
   iptablesBinDir?: string;
+  /** A duration text, e.g. `30s`. */
+  toolTimeout: string;
 }
 
 function collect(value: string, previous: string[]): string[] {
@@ -109,6 +113,11 @@ export function addBackendOptions(
     .option(
       "--iptables-bin-dir <dir>",
       "directory of the iptables-{legacy,nft}-{save,restore} tools (default: looked up on PATH)",
+    )
+    .option(
+      "--tool-timeout <duration>",
+      "a kernel tool (nft, iptables-restore, ip) still running after this long is killed and the sync retried",
+      "30s",
     );
 }
 
@@ -154,6 +163,7 @@ export function coreConfigFromFlags(flags: RuleFlags): CoreConfig {
     localDetection: localDetection(flags),
     onlyLocalTrafficPolicy: flags.onlyLocalTrafficPolicy,
     externalIPs: flags.externalIps,
+    extraPodCIDRs: flags.podCidr,
   });
 }
 
@@ -168,13 +178,24 @@ export function durationFlag(option: string, text: string, minimumMs = 0): numbe
   return ms;
 }
 
+/** The runner every kernel tool is started with: `--tool-timeout` is its time limit. */
+export function createRunner(flags: Pick<BackendFlags, "toolTimeout">): CommandRunner {
+  return createToolRunner({ timeoutMs: durationFlag("--tool-timeout", flags.toolTimeout, 1) });
+}
+
 /** Creates the backend a command asked for. */
 export function createBackend(
   name: BackendName,
   flags: Omit<BackendFlags, "backend">,
+  runner: CommandRunner,
   log: (message: string) => void = () => {},
 ): Backend {
   return name === "nft"
-    ? createNftBackend({ nftPath: flags.nftPath })
-    : createIptablesBackend({ mode: flags.iptablesMode, binDir: flags.iptablesBinDir, log });
+    ? createNftBackend({ nftPath: flags.nftPath, runner })
+    : createIptablesBackend({
+        mode: flags.iptablesMode,
+        binDir: flags.iptablesBinDir,
+        runner,
+        log,
+      });
 }

@@ -4,11 +4,17 @@
 import type { Server } from "node:http";
 import {
   type Backend,
-  BackendError,
+  type CommandRunner,
   type CoreConfig,
-  computeRuleset,
+  type NodeInput,
+  RulesetEngine,
   type RulesetResult,
-  resolveConfig,
+  type ServiceInput,
+  sameNodeInput,
+  sameServiceInput,
+  ToolNotStartedError,
+  trimNode,
+  trimService,
 } from "@ipvs-node-controller/core";
 import { CoreV1Api, KubeConfig, Watch } from "@kubernetes/client-node";
 import type { Logger } from "pino";
@@ -20,15 +26,9 @@ import {
   serve,
 } from "./http-server.js";
 import { Reflector, type ReflectorEvent } from "./kube/reflector.js";
-import {
-  equivalentNodes,
-  equivalentServices,
-  type NodeFacts,
-  trimNode,
-  trimService,
-} from "./kube/trim.js";
 import { ControllerMetrics } from "./metrics.js";
-import { type BackendFlags, type BackendName, createBackend } from "./options.js";
+import { describeLocality, inspectNodeNetwork, localityOf } from "./node-network.js";
+import { type BackendFlags, type BackendName, createBackend, createRunner } from "./options.js";
 import { SyncLoop } from "./sync-loop.js";
 
 /** Everything `run` needs, already validated. */
@@ -39,9 +39,8 @@ export interface RunOptions {
   readonly nodeName: string;
   readonly backend: BackendName;
   readonly backendFlags: Omit<BackendFlags, "backend">;
-  readonly config: Partial<CoreConfig>;
-  /** Extra pod CIDRs (e.g. when the CNI leaves Node.spec.podCIDRs empty). */
-  readonly extraPodCIDRs?: readonly string[];
+  /** Resolved core configuration (`coreConfigFromFlags`). */
+  readonly config: CoreConfig;
   readonly syncPeriodMs: number;
   readonly minSyncPeriodMs: number;
   readonly metricsAddress?: { host: string; port: number };
@@ -68,14 +67,15 @@ function loadKubeConfig(path: string | undefined): KubeConfig {
 }
 
 /** Removes whatever the other backend left behind, so switching `--backend` is safe. */
-async function removeOtherBackend(options: RunOptions): Promise<void> {
+async function removeOtherBackend(options: RunOptions, runner: CommandRunner): Promise<void> {
   const other: BackendName = options.backend === "nft" ? "iptables" : "nft";
   try {
-    const removed = await createBackend(other, options.backendFlags).cleanup();
-    if (removed)
+    const removed = await createBackend(other, options.backendFlags, runner).cleanup();
+    if (removed) {
       options.log.info({ backend: other }, "removed the rules of the previously used backend");
+    }
   } catch (error) {
-    if (error instanceof BackendError && error.notStarted) {
+    if (error instanceof ToolNotStartedError) {
       // The other tool is not installed, so it cannot have left anything behind.
       options.log.debug(
         { backend: other, err: error },
@@ -95,6 +95,10 @@ function logReflectorEvent(log: Logger, metrics: ControllerMetrics, resource: st
     switch (event.type) {
       case "listed":
         log.info({ resource, objects: event.objects }, "listed");
+        if (resource === "node" && event.objects === 0) {
+          // The logger's base fields already name the node.
+          log.warn("this node's Node object was not found; pod CIDRs unknown");
+        }
         break;
       case "expired":
         log.info({ resource }, "resource version expired; listing again");
@@ -113,87 +117,105 @@ function logReflectorEvent(log: Logger, metrics: ControllerMetrics, resource: st
   };
 }
 
+/**
+ * Reports how many translated external IPs are local addresses of the node, and whether
+ * kube-ipvs0 exists: as metrics always, in the log when the answer changes.
+ */
+function nodeInspector(runner: CommandRunner, metrics: ControllerMetrics, log: Logger) {
+  let lastReport = "";
+  return async (result: RulesetResult) => {
+    const report = localityOf(result.ruleset, await inspectNodeNetwork(runner));
+    for (const family of ["ipv4", "ipv6"] as const) {
+      metrics.externalIPs.set({ family }, report.externalIPs[family]);
+      metrics.localExternalIPs.set({ family }, report.local[family]);
+    }
+    metrics.kubeIpvsInterface.set(report.kubeIpvsInterface ? 1 : 0);
+    const sentence = describeLocality(report);
+    if (sentence !== lastReport) {
+      lastReport = sentence;
+      log.info({ ...report }, sentence);
+    }
+  };
+}
+
 /** Starts the controller; resolves once the servers listen and the watches started. */
 export async function runController(options: RunOptions): Promise<RunningController> {
   const { log } = options;
   // Validate before touching anything: a bad flag must not leave half a controller behind.
-  resolveConfig(options.config);
+  const engine = new RulesetEngine({ config: options.config });
   const kubeConfig = loadKubeConfig(options.kubeconfig);
   const api = kubeConfig.makeApiClient(CoreV1Api);
   const watch = new Watch(kubeConfig);
   const metrics = new ControllerMetrics({ processMetrics: true });
-  const backend: Backend = createBackend(options.backend, options.backendFlags, (message) =>
+  const runner = createRunner(options.backendFlags);
+  const backend: Backend = createBackend(options.backend, options.backendFlags, runner, (message) =>
     log.info(message),
   );
-  await removeOtherBackend(options);
+  await removeOtherBackend(options, runner);
 
   const pageSize = options.listPageSize ?? 500;
   let loop: SyncLoop | undefined;
-  const onChange = () => loop?.markDirty();
-  const services = new Reflector({
+  const services = new Reflector<ServiceInput>({
     name: "services",
     list: (token) => api.listServiceForAllNamespaces({ limit: pageSize, _continue: token }),
     watchPath: "/api/v1/services",
     watch,
     trim: trimService,
-    equivalent: equivalentServices,
-    onChange,
+    equivalent: sameServiceInput,
+    onChange: (key, service) => {
+      engine.setService(key, service);
+      loop?.markDirty();
+    },
     onEvent: logReflectorEvent(log, metrics, "services"),
   });
   const fieldSelector = `metadata.name=${options.nodeName}`;
-  const nodes = new Reflector<NodeFacts>({
+  const nodes = new Reflector<NodeInput>({
     name: "node",
     list: (token) => api.listNode({ fieldSelector, _continue: token }),
     watchPath: "/api/v1/nodes",
     watchQuery: { fieldSelector },
     watch,
     trim: trimNode,
-    equivalent: equivalentNodes,
-    onChange,
+    equivalent: sameNodeInput,
+    onChange: (_key, node) => {
+      engine.setNode(node);
+      loop?.markDirty();
+    },
     onEvent: logReflectorEvent(log, metrics, "node"),
   });
 
-  let warnedMissingNode = false;
-  const desired = (): RulesetResult | undefined => {
-    if (!services.hasSynced || !nodes.hasSynced) return undefined;
-    const node = nodes.store.values().next().value as NodeFacts | undefined;
-    if (node === undefined && !warnedMissingNode) {
-      warnedMissingNode = true;
-      // The logger's base fields already name the node.
-      log.warn("this node's Node object was not found; pod CIDRs unknown");
-    }
-    const podCIDRs = [...(node?.podCIDRs ?? []), ...(options.extraPodCIDRs ?? [])];
-    return computeRuleset({
-      services: [...services.store.values()],
-      node: { podCIDRs },
-      config: options.config,
-    });
-  };
-
   loop = new SyncLoop({
     backend,
-    desired,
+    state: {
+      ready: () => services.hasSynced && nodes.hasSynced,
+      takeChanges: () => engine.takeChanges(),
+      result: () => engine.result(),
+      stats: () => engine.stats(),
+    },
     minSyncPeriodMs: options.minSyncPeriodMs,
     syncPeriodMs: options.syncPeriodMs,
     metrics,
     log,
+    inspect: nodeInspector(runner, metrics, log),
   });
   let stopping = false;
   const health: HealthSource = {
-    alive: () => !stopping,
+    alive: () => (stopping ? { ok: false, reason: "stopping" } : (loop as SyncLoop).liveness()),
     ready: () => {
       if (!services.hasSynced || !nodes.hasSynced)
-        return { ready: false, reason: "caches not synced" };
+        return { ok: false, reason: "caches not synced" };
       return (loop as SyncLoop).readiness();
     },
   };
 
   const servers: Server[] = [];
   try {
-    if (options.metricsAddress)
+    if (options.metricsAddress) {
       servers.push(await serve(options.metricsAddress, metricsRoutes(metrics.registry)));
-    if (options.healthAddress)
+    }
+    if (options.healthAddress) {
       servers.push(await serve(options.healthAddress, healthRoutes(health)));
+    }
   } catch (error) {
     await Promise.all(servers.map(closeServer));
     throw error;

@@ -1,51 +1,92 @@
 /**
- * The level-triggered sync loop: events only mark the state dirty; a sync always computes the whole
- * desired ruleset and lets the backend apply the difference.
+ * The sync loop: it decides when to bring the kernel to the desired state and how much to send.
+ *
+ * - The first sync, and the first after a failure, replaces everything (a full sync).
+ * - After that, each sync sends only what changed since the previous one (the engine's changes),
+ *   so its cost follows the change, not the number of Services. Bursts closer together than
+ *   `minSyncPeriodMs` are coalesced into one sync.
+ * - Every `syncPeriodMs` the kernel is read back and compared with the whole desired state; drift
+ *   (someone flushed our table) is repaired with a full sync. A verify that finds nothing to
+ *   repair does not count as a sync, so it never delays the next change.
+ * - A failed sync leaves the previous rules in place and is retried with exponential backoff.
  */
-import type { Backend, RulesetResult } from "@ipvs-node-controller/core";
+import {
+  type ApplyResult,
+  type Backend,
+  isEmptyDiff,
+  type RulesetChanges,
+  type RulesetResult,
+  type RulesetStats,
+} from "@ipvs-node-controller/core";
 import type { Logger } from "pino";
 import { type Backoff, backoffDelay } from "./backoff.js";
+import { type Clock, systemClock } from "./clock.js";
+import type { HealthState as Health } from "./http-server.js";
 import type { ControllerMetrics } from "./metrics.js";
+
+/** Where the desired state comes from: the rule engine, fed by the caches. */
+export interface DesiredState {
+  /** False until every cache has synced: applying before that would cut traffic. */
+  ready(): boolean;
+  /** What changed since the previous call. */
+  takeChanges(): RulesetChanges;
+  /** The whole desired state. */
+  result(): RulesetResult;
+  /** Counters for metrics. */
+  stats(): RulesetStats;
+}
 
 /** Options of {@link SyncLoop}. */
 export interface SyncLoopOptions {
   readonly backend: Backend;
-  /** The desired state, or undefined while the caches have not synced for the first time. */
-  readonly desired: () => RulesetResult | undefined;
+  readonly state: DesiredState;
   /** Bursts of changes closer together than this are coalesced into one sync. */
   readonly minSyncPeriodMs: number;
-  /** Every period the live state is verified and repaired with a full sync if it drifted. */
+  /** Every period the kernel is verified against the whole desired state and repaired. */
   readonly syncPeriodMs: number;
-  /** Delays between retries of a failed apply: doubled from `initialMs` up to `maxMs`. */
+  /**
+   * Liveness fails when a change has waited this long without reaching the kernel, or one
+   * operation has run this long. Default: twice `syncPeriodMs`, as kube-proxy does.
+   */
+  readonly healthTimeoutMs?: number;
+  /** Delays between retries of a failed sync: doubled from `initialMs` up to `maxMs`. */
   readonly retry?: Backoff;
   readonly metrics: ControllerMetrics;
   readonly log: Logger;
-  /** Milliseconds since the epoch; injectable for tests. */
-  readonly now?: () => number;
+  /** Default: the real clock. */
+  readonly clock?: Clock;
+  /**
+   * Called with the whole desired state after every full sync and every verify (when it is at
+   * hand anyway), e.g. to inspect the node. Its failures are logged, never fatal.
+   */
+  readonly inspect?: (result: RulesetResult) => Promise<void>;
 }
 
-/** Drives the backend; see the module comment. */
+/** See the module comment. */
 export class SyncLoop {
-  private dirty = true;
+  private dirty = false;
   /** When the oldest change not yet in the kernel was observed. */
   private pendingSince: number | undefined;
+  /** When the operation in progress started. */
+  private busySince: number | undefined;
   private stopped = false;
-  private wake: (() => void) | undefined;
+  private wake = new AbortController();
   private loop: Promise<void> | undefined;
   private succeededOnce = false;
   private lastFailure: string | undefined;
-  private reportedSkips = new Set<string>();
-  private readonly now: () => number;
+  private readonly clock: Clock;
+  private readonly healthTimeoutMs: number;
 
   constructor(private readonly options: SyncLoopOptions) {
-    this.now = options.now ?? Date.now;
+    this.clock = options.clock ?? systemClock;
+    this.healthTimeoutMs = options.healthTimeoutMs ?? 2 * options.syncPeriodMs;
   }
 
   /** Notes that the inputs changed; the next sync picks it up. */
   markDirty(): void {
     this.dirty = true;
-    this.pendingSince ??= this.now();
-    this.wake?.();
+    this.pendingSince ??= this.clock.now();
+    this.wake.abort();
   }
 
   /** Starts the loop in the background. */
@@ -53,137 +94,174 @@ export class SyncLoop {
     this.loop ??= this.run();
   }
 
-  /** Stops after the apply in progress, if any, has finished. Rules are left in place. */
+  /** Stops after the operation in progress, if any, has finished. Rules are left in place. */
   async stop(): Promise<void> {
     this.stopped = true;
-    this.wake?.();
+    this.wake.abort();
     await this.loop;
   }
 
-  /** Ready once a sync succeeded and as long as the last one did. */
-  readiness(): { ready: true } | { ready: false; reason: string } {
-    if (this.lastFailure !== undefined)
-      return { ready: false, reason: `last sync failed: ${this.lastFailure}` };
-    if (!this.succeededOnce) return { ready: false, reason: "waiting for the first sync" };
-    return { ready: true };
+  /** Readiness: once a sync succeeded and as long as the last one did. */
+  readiness(): Health {
+    if (this.lastFailure !== undefined) {
+      return { ok: false, reason: `last sync failed: ${this.lastFailure}` };
+    }
+    if (!this.succeededOnce) return { ok: false, reason: "waiting for the first sync" };
+    return { ok: true };
   }
 
-  private sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, Math.max(0, ms));
-      function done() {
-        clearTimeout(timer);
-        resolve();
-      }
-      this.wake = done;
-    });
+  /**
+   * Liveness: healthy while starting; unhealthy when a change has waited longer than the health
+   * timeout, or one operation (e.g. a kernel tool that hangs) has run that long.
+   */
+  liveness(): Health {
+    if (!this.options.state.ready()) return { ok: true };
+    const now = this.clock.now();
+    const limit = this.healthTimeoutMs;
+    if (this.pendingSince !== undefined && now - this.pendingSince > limit) {
+      return {
+        ok: false,
+        reason: `a change has waited ${now - this.pendingSince} ms (limit ${limit} ms)`,
+      };
+    }
+    if (this.busySince !== undefined && now - this.busySince > limit) {
+      return {
+        ok: false,
+        reason: `a sync has run for ${now - this.busySince} ms (limit ${limit} ms)`,
+      };
+    }
+    return { ok: true };
+  }
+
+  private async sleep(ms: number): Promise<void> {
+    if (this.wake.signal.aborted) this.wake = new AbortController();
+    await this.clock.sleep(ms, this.wake.signal);
   }
 
   private async run(): Promise<void> {
-    const { minSyncPeriodMs, syncPeriodMs } = this.options;
+    const { minSyncPeriodMs, syncPeriodMs, state } = this.options;
     const retry = this.options.retry ?? { initialMs: 1000, maxMs: Math.min(syncPeriodMs, 60_000) };
-    let nextVerifyAt = this.now() + syncPeriodMs;
-    let lastSyncAt = Number.NEGATIVE_INFINITY;
+    let nextVerifyAt = this.clock.now() + syncPeriodMs;
+    let lastApplyAt = Number.NEGATIVE_INFINITY;
     let retryAt: number | undefined;
     let failures = 0;
     let full = true;
 
     while (!this.stopped) {
-      const now = this.now();
-      const verifyDue = now >= nextVerifyAt;
-      const retryDue = retryAt !== undefined && now >= retryAt;
-      const changed = this.dirty && retryAt === undefined;
-      if (!verifyDue && !retryDue && !changed) {
-        await this.sleep(Math.min(retryAt ?? nextVerifyAt, nextVerifyAt) - now);
-        continue;
-      }
-      if (now < lastSyncAt + minSyncPeriodMs) {
-        await this.sleep(lastSyncAt + minSyncPeriodMs - now);
-        continue;
-      }
-      const desired = this.options.desired();
-      if (desired === undefined) {
+      if (!state.ready()) {
         // Never apply before the caches have synced: an empty ruleset would cut traffic.
-        this.dirty = false;
         await this.sleep(syncPeriodMs);
         continue;
       }
+      // The first sync, and a retry, are changes waiting for the kernel too.
+      if (full) this.pendingSince ??= this.clock.now();
+      const now = this.clock.now();
+      const waitingForRetry = retryAt !== undefined && now < retryAt;
+      const wantsApply = (full || this.dirty) && !waitingForRetry;
+      const verifyDue = now >= nextVerifyAt && !waitingForRetry;
+      if (!wantsApply && !verifyDue) {
+        await this.sleep((waitingForRetry ? (retryAt as number) : nextVerifyAt) - now);
+        continue;
+      }
+      if (wantsApply && now < lastApplyAt + minSyncPeriodMs) {
+        await this.sleep(lastApplyAt + minSyncPeriodMs - now);
+        continue;
+      }
 
-      lastSyncAt = now;
       this.dirty = false;
       const observedAt = this.pendingSince;
       this.pendingSince = undefined;
+      this.busySince = now;
       try {
-        await this.sync(desired, { full, verify: verifyDue && !full });
+        const applied = await this.sync({ full, verify: verifyDue });
+        if (applied) lastApplyAt = this.clock.now();
         full = false;
         failures = 0;
         retryAt = undefined;
         if (observedAt !== undefined) {
-          this.options.metrics.programmingLatency.observe((this.now() - observedAt) / 1000);
+          this.options.metrics.programmingLatency.observe((this.clock.now() - observedAt) / 1000);
         }
       } catch (error) {
         failures += 1;
         full = true;
-        this.pendingSince = observedAt ?? this.now();
-        this.dirty = true;
+        this.pendingSince = observedAt ?? this.clock.now();
         const delay = backoffDelay(retry, failures);
-        retryAt = this.now() + delay;
+        retryAt = this.clock.now() + delay;
         this.lastFailure = (error as Error).message.split("\n")[0];
         this.options.metrics.syncFailures.inc();
         this.options.log.error(
           { err: error, failures, retryInMs: delay },
           "sync failed; the previous rules stay in place",
         );
+      } finally {
+        this.busySince = undefined;
       }
-      if (verifyDue) nextVerifyAt = this.now() + syncPeriodMs;
+      if (verifyDue) nextVerifyAt = this.clock.now() + syncPeriodMs;
     }
   }
 
-  private async sync(
-    desired: RulesetResult,
-    how: { full: boolean; verify: boolean },
-  ): Promise<void> {
-    const { backend, metrics, log } = this.options;
-    const started = performance.now();
-    let full = how.full;
-    if (how.verify && !(await backend.verify(desired.ruleset))) {
-      log.warn("the kernel rules drifted from the desired state; repairing with a full sync");
-      full = true;
+  /**
+   * One sync: the changes first (all of them when `full`), then, when due, a verify of the whole
+   * state with a full repair on drift. Returns whether anything was sent to the kernel.
+   */
+  private async sync(how: { full: boolean; verify: boolean }): Promise<boolean> {
+    const { backend, state, metrics, log } = this.options;
+    const started = this.clock.now();
+    const changes = state.takeChanges();
+    this.report(changes);
+    let result: RulesetResult | undefined;
+    let applied: ApplyResult | undefined;
+    if (how.full) {
+      result = state.result();
+      applied = await backend.apply(result.ruleset, { full: true });
+    } else if (!isEmptyDiff(changes)) {
+      applied = await backend.applyChanges(changes);
     }
-    const applied = await backend.apply(desired.ruleset, { full });
-    const seconds = (performance.now() - started) / 1000;
-    metrics.syncDuration.observe({ mode: applied.mode }, seconds);
-    metrics.syncs.inc({ mode: applied.mode });
-    metrics.lastSuccessfulSync.set(Date.now() / 1000);
-    metrics.observeRuleset(desired);
+    if (how.verify && !how.full) {
+      result = state.result();
+      if (!(await backend.verify(result.ruleset))) {
+        log.warn("the kernel rules drifted from the desired state; repairing with a full sync");
+        applied = await backend.apply(result.ruleset, { full: true });
+      }
+    }
+    const mode = applied?.mode ?? "none";
+    const seconds = (this.clock.now() - started) / 1000;
+    metrics.syncDuration.observe({ mode }, seconds);
+    metrics.syncs.inc({ mode });
+    metrics.lastSuccessfulSync.set(this.clock.now() / 1000);
+    metrics.observeStats(state.stats());
     this.succeededOnce = true;
     this.lastFailure = undefined;
-    this.reportSkips(desired);
-    if (applied.mode !== "none") {
+    if (applied !== undefined && applied.mode !== "none") {
       log.info(
-        {
-          mode: applied.mode,
-          changedMappings: applied.changedMappings,
-          durationMs: Math.round(seconds * 1000),
-        },
+        { mode, changedMappings: applied.changedMappings, durationMs: Math.round(seconds * 1000) },
         "rules applied",
       );
     }
+    if (result !== undefined) await this.inspect(result);
+    return applied !== undefined && applied.mode !== "none";
   }
 
-  /** Logs each skipped Service once, when it first appears, rather than on every sync. */
-  private reportSkips(result: RulesetResult): void {
-    const current = new Set<string>();
-    for (const entry of result.skipped) {
-      const key = `${entry.service} ${entry.reason} ${entry.detail}`;
-      current.add(key);
-      if (!this.reportedSkips.has(key)) {
-        this.options.log.warn(
-          { service: entry.service, reason: entry.reason, detail: entry.detail },
-          "service skipped",
-        );
-      }
+  /** Logs each skip and warning once, when it appears, and when a skip goes away. */
+  private report(changes: RulesetChanges): void {
+    const { log } = this.options;
+    for (const entry of changes.skipsAppeared) {
+      log.warn(
+        { service: entry.service, reason: entry.reason, detail: entry.detail },
+        "service skipped",
+      );
     }
-    this.reportedSkips = current;
+    for (const entry of changes.skipsDisappeared) {
+      log.info({ service: entry.service, reason: entry.reason }, "service no longer skipped");
+    }
+    for (const warning of changes.warningsAppeared) log.warn({ warning }, "node configuration");
+  }
+
+  private async inspect(result: RulesetResult): Promise<void> {
+    try {
+      await this.options.inspect?.(result);
+    } catch (error) {
+      this.options.log.warn({ err: error }, "could not inspect the node");
+    }
   }
 }

@@ -105,7 +105,7 @@ describe.skipIf(!enabled)("ipvs-node-controller CLI in a network namespace", () 
     );
     expect(missing.exitCode).toBe(1);
     expect(missing.stderrLines.filter((line) => line.startsWith("error:"))).toEqual([
-      'error: nft not found (looked for "/nonexistent/nft")',
+      "error: /nonexistent/nft could not be started: ENOENT",
     ]);
     const unreadable = await cli(
       "sync",
@@ -129,7 +129,9 @@ describe.skipIf(!enabled)("ipvs-node-controller CLI in a network namespace", () 
     expect(again.stderr).toMatch(/no nft rules to remove/);
     const all = await cli("cleanup", "--backend=all", "--nft-path=/nonexistent/nft");
     expect(all.exitCode, all.stderr).toBe(0);
-    expect(all.stderr).toMatch(/no nft rules to remove \(nft not found/);
+    expect(all.stderr).toMatch(
+      /no nft rules to remove \(\/nonexistent\/nft could not be started: ENOENT/,
+    );
     expect(all.stderr).toMatch(/no iptables rules to remove/);
     const strict = await cli("cleanup", "--backend=nft", "--nft-path=/nonexistent/nft");
     expect(strict.exitCode).toBe(1);

@@ -1,13 +1,9 @@
 import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { podCIDRsOf } from "@ipvs-node-controller/core";
 import { describe, expect, it } from "vitest";
-import {
-  InputFileError,
-  podCIDRsOf,
-  readNodePodCIDRs,
-  readServicesFile,
-} from "../src/input-files.js";
+import { InputFileError, readNode, readServicesFile } from "../src/input-files.js";
 
 const fixture = (name: string) => new URL(`fixtures/${name}`, import.meta.url).pathname;
 
@@ -47,27 +43,19 @@ describe("readServicesFile", () => {
   });
 });
 
-describe("node pod CIDRs", () => {
-  it("reads spec.podCIDRs", async () => {
-    expect(await readNodePodCIDRs(fixture("node.json"))).toEqual([
+describe("readNode", () => {
+  it("reads a Node whose spec.podCIDRs the core uses", async () => {
+    expect(podCIDRsOf(await readNode(fixture("node.json")))).toEqual([
       "10.244.1.0/24",
       "fd00:10:244:1::/64",
     ]);
   });
 
-  it("falls back to spec.podCIDR and drops non-strings", () => {
-    expect(podCIDRsOf({ spec: { podCIDR: "10.244.2.0/24" } })).toEqual(["10.244.2.0/24"]);
-    expect(podCIDRsOf({ spec: { podCIDRs: [5 as never, "10.244.3.0/24"] } })).toEqual([
-      "10.244.3.0/24",
-    ]);
-    expect(podCIDRsOf(undefined)).toEqual([]);
-  });
-
   it("refuses a file without a Node", async () => {
-    await expect(readNodePodCIDRs(fixture("stream.yaml"))).rejects.toThrow(/holds no Node object/);
+    await expect(readNode(fixture("stream.yaml"))).rejects.toThrow(/holds no Node object/);
     const dir = await mkdtemp(join(tmpdir(), "inc-input-"));
     const empty = join(dir, "empty.yaml");
     await writeFile(empty, "");
-    await expect(readNodePodCIDRs(empty)).rejects.toThrow(/holds no Node object/);
+    await expect(readNode(empty)).rejects.toThrow(/holds no Node object/);
   });
 });

@@ -3,16 +3,16 @@
  * version (410 Gone) and an API-server restart. No HTTP mocks.
  */
 
+import { type ServiceInput, sameServiceInput, trimService } from "@ipvs-node-controller/core";
 import {
   envtestTestsEnabled,
   eventually,
   startTestApiServer,
   type TestApiServer,
 } from "@ipvs-node-controller/test-support";
-import { CoreV1Api, KubeConfig, type V1Service, Watch } from "@kubernetes/client-node";
+import { CoreV1Api, KubeConfig, Watch } from "@kubernetes/client-node";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { Reflector, type ReflectorEvent } from "../src/kube/reflector.js";
-import { equivalentServices, trimService } from "../src/kube/trim.js";
 
 const enabled = (await envtestTestsEnabled("reflector tests")) !== undefined;
 
@@ -50,7 +50,7 @@ describe.skipIf(!enabled)("Reflector on a real API server", () => {
     const events: ReflectorEvent[] = [];
     let changes = 0;
     let lists = 0;
-    const reflector = new Reflector<V1Service>({
+    const reflector = new Reflector<ServiceInput>({
       name: "services",
       list: async (token) => {
         const page = await api1.listServiceForAllNamespaces({ limit: 3, _continue: token });
@@ -65,7 +65,7 @@ describe.skipIf(!enabled)("Reflector on a real API server", () => {
       watchPath: "/api/v1/services",
       watch: new Watch(kubeConfig),
       trim: trimService,
-      equivalent: equivalentServices,
+      equivalent: sameServiceInput,
       onChange: () => {
         changes += 1;
       },

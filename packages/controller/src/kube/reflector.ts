@@ -40,8 +40,11 @@ export interface ReflectorOptions<T> {
    * call `onChange`. Default: never equivalent.
    */
   readonly equivalent?: (stored: T, update: T) => boolean;
-  /** Called after every change of the store (add, update, delete, relist). */
-  readonly onChange: () => void;
+  /**
+   * Called for every key whose stored object changed: added or updated (with the new object) or
+   * deleted (with undefined), by a watch event or a relist.
+   */
+  readonly onChange: (key: string, object: T | undefined) => void;
   /** Lifecycle notifications. */
   readonly onEvent?: (event: ReflectorEvent) => void;
   /** Retry delays: doubled from `initialMs` up to `maxMs`, with jitter. */
@@ -196,16 +199,15 @@ export class Reflector<T> {
       continueToken = page.metadata?._continue || undefined;
       resourceVersion = page.metadata?.resourceVersion ?? "";
     } while (continueToken !== undefined && !this.stopped);
-    const changed =
-      !this.synced ||
-      fresh.size !== this.store.size ||
-      [...fresh].some(([key, value]) => this.store.get(key) !== value);
+    const changed: [string, T | undefined][] = [];
+    for (const [key, value] of fresh) if (this.store.get(key) !== value) changed.push([key, value]);
+    for (const key of this.store.keys()) if (!fresh.has(key)) changed.push([key, undefined]);
     this.store.clear();
     for (const [key, value] of fresh) this.store.set(key, value);
     this.resourceVersion = resourceVersion;
     this.synced = true;
+    for (const [key, value] of changed) this.options.onChange(key, value);
     this.options.onEvent?.({ type: "listed", objects: fresh.size });
-    if (changed) this.options.onChange();
   }
 
   /** Watches from the stored resourceVersion until the server or the network ends the stream. */
@@ -252,10 +254,10 @@ export class Reflector<T> {
         const key = keyOf(object);
         const trimmed = phase === "DELETED" ? undefined : this.options.trim(object);
         if (trimmed === undefined) {
-          if (this.store.delete(key)) this.options.onChange();
+          if (this.store.delete(key)) this.options.onChange(key, undefined);
         } else if (this.unchanged(key, trimmed) === undefined) {
           this.store.set(key, trimmed);
-          this.options.onChange();
+          this.options.onChange(key, trimmed);
         }
       };
       const onDone = (error: unknown) => {
