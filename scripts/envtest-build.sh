@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
-# Builds the binaries that the API-server tests run against: kube-apiserver and kubectl from
-# k8s.io/kubernetes, etcd from go.etcd.io/etcd/server/v3. Neither ships on npm or in Debian, so
-# they are compiled from the Go module proxy once and cached by version outside the repository:
+# Builds the binaries that the API-server tests run against: kube-apiserver, kubectl and
+# kube-proxy from k8s.io/kubernetes, etcd from go.etcd.io/etcd/server/v3. None ships on npm or in
+# Debian, so they are compiled from the Go module proxy once and cached by version outside the
+# repository:
 #
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/ipvs-node-controller/envtest/k8s-<ver>-etcd-<ver>/
+#
+# Only the binaries missing from that directory are built: a cache entry made before kube-proxy
+# was added gets kube-proxy and keeps the rest.
 #
 # The directory is printed on the last line of stdout; progress goes to stderr.
 #
 # Usage: envtest-build.sh [--check]
-#   --check   build nothing: print the directory if the binaries are there, else exit 3.
+#   --check   build nothing: print the directory if all binaries are there, else exit 3.
 #
 # Environment:
-#   ENVTEST_ASSETS    a directory that already holds kube-apiserver, etcd and kubectl; the script
-#                     only checks them and prints it (nothing is built).
+#   ENVTEST_ASSETS    a directory that already holds kube-apiserver, etcd, kubectl and kube-proxy;
+#                     the script only checks them and prints it (nothing is built).
 #   ENVTEST_K8S_VERSION   k8s.io/kubernetes version (default v1.37.2)
 #   ENVTEST_ETCD_VERSION  go.etcd.io/etcd/server/v3 version (default v3.6.16)
 set -euo pipefail
 
 readonly K8S_VERSION="${ENVTEST_K8S_VERSION:-v1.37.2}"
 readonly ETCD_VERSION="${ENVTEST_ETCD_VERSION:-v3.6.16}"
-readonly BINARIES=(kube-apiserver etcd kubectl)
+readonly BINARIES=(kube-apiserver etcd kubectl kube-proxy)
 readonly EXIT_NOT_BUILT=3
 
 check_only=false
@@ -43,6 +47,14 @@ has_binaries() {
   local dir="$1" bin
   for bin in "${BINARIES[@]}"; do
     [[ -x "${dir}/${bin}" ]] || return 1
+  done
+}
+
+# Prints the names of the binaries missing from directory $1, one per line.
+missing_binaries() {
+  local dir="$1" bin
+  for bin in "${BINARIES[@]}"; do
+    [[ -x "${dir}/${bin}" ]] || printf '%s\n' "${bin}"
   done
 }
 
@@ -71,7 +83,8 @@ if has_binaries "${ASSETS_DIR}"; then
   exit 0
 fi
 if [[ "${check_only}" == true ]]; then
-  log "not built yet: ${ASSETS_DIR} (run scripts/envtest-build.sh without --check)"
+  log "not built yet: $(missing_binaries "${ASSETS_DIR}" | paste -sd ' ') in ${ASSETS_DIR}" \
+    "(run scripts/envtest-build.sh without --check)"
   exit "${EXIT_NOT_BUILT}"
 fi
 
@@ -93,6 +106,16 @@ trap 'rm -rf "${WORK_DIR}"' EXIT
 # Never fetch another Go toolchain: a go.mod that needs a newer one should fail loudly.
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
 readonly STARTED_AT="${SECONDS}"
+
+# The k8s.io/kubernetes commands to build: those missing from the cache entry.
+kubernetes_targets=()
+build_etcd_too=false
+while IFS= read -r bin; do
+  case "${bin}" in
+    etcd) build_etcd_too=true ;;
+    *) kubernetes_targets+=("${bin}") ;;
+  esac
+done < <(missing_binaries "${ASSETS_DIR}")
 
 build_kubernetes() {
   local mod="${WORK_DIR}/kubernetes"
@@ -117,11 +140,15 @@ build_kubernetes() {
   done <<<"${staging_modules}"
   go mod edit "${edits[@]}" "-require=k8s.io/kubernetes@${K8S_VERSION}"
 
-  log "resolving dependencies of kube-apiserver and kubectl"
-  go get "k8s.io/kubernetes/cmd/kube-apiserver@${K8S_VERSION}" "k8s.io/kubernetes/cmd/kubectl@${K8S_VERSION}" >&2
+  local packages=() bin
+  for bin in "${kubernetes_targets[@]}"; do
+    packages+=("k8s.io/kubernetes/cmd/${bin}")
+  done
+  log "resolving dependencies of ${kubernetes_targets[*]}"
+  go get "${packages[@]/%/@${K8S_VERSION}}" >&2
 
   # The same variables that Kubernetes' own build stamps (hack/lib/version.sh), so that
-  # `kubectl version` and /version report the real release.
+  # `kubectl version`, /version and `kube-proxy --version` report the real release.
   local build_date ldflags="-s -w" pkg
   build_date="$(date -u +%Y-%m-%dT%H:%M:%SZ)"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
@@ -130,9 +157,8 @@ build_kubernetes() {
     ldflags+=" -X ${pkg}.gitTreeState=clean -X ${pkg}.buildDate=${build_date}"
   done
 
-  log "building kube-apiserver and kubectl ${K8S_VERSION} (slow on a small machine)"
-  go build -trimpath -ldflags "${ldflags}" -o "${WORK_DIR}/out/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
+  log "building ${kubernetes_targets[*]} ${K8S_VERSION} (slow on a small machine)"
+  go build -trimpath -ldflags "${ldflags}" -o "${WORK_DIR}/out/" "${packages[@]}"
 }
 
 build_etcd() {
@@ -147,19 +173,31 @@ build_etcd() {
 }
 
 mkdir -p "${WORK_DIR}/out"
-build_etcd
-build_kubernetes
+if [[ "${build_etcd_too}" == true ]]; then build_etcd; fi
+if ((${#kubernetes_targets[@]} > 0)); then build_kubernetes; fi
 
-for bin in "${BINARIES[@]}"; do
+built=()
+while IFS= read -r bin; do
   [[ -x "${WORK_DIR}/out/${bin}" ]] || die "the build produced no ${bin}"
-done
+  built+=("${bin}")
+done < <(missing_binaries "${ASSETS_DIR}")
 
-# Publish all three at once, so an interrupted build never leaves a half-filled cache entry.
-staging_dir="$(mktemp -d "${CACHE_ROOT}/.incoming.XXXXXX")"
-mv "${WORK_DIR}/out/"* "${staging_dir}/"
-chmod 755 "${staging_dir}"
-rm -rf "${ASSETS_DIR}"
-mv "${staging_dir}" "${ASSETS_DIR}"
+if [[ -d "${ASSETS_DIR}" ]]; then
+  # Complete an existing entry binary by binary. Each rename is atomic (same file system), so a
+  # reader sees a binary whole or not at all, and an interrupted build leaves an entry that
+  # has_binaries rejects and the next run completes.
+  for bin in "${built[@]}"; do
+    cp "${WORK_DIR}/out/${bin}" "${ASSETS_DIR}/.incoming.${bin}"
+    chmod 755 "${ASSETS_DIR}/.incoming.${bin}"
+    mv -f "${ASSETS_DIR}/.incoming.${bin}" "${ASSETS_DIR}/${bin}"
+  done
+else
+  # Publish a new entry at once, so an interrupted build never leaves a half-filled one.
+  staging_dir="$(mktemp -d "${CACHE_ROOT}/.incoming.XXXXXX")"
+  mv "${WORK_DIR}/out/"* "${staging_dir}/"
+  chmod 755 "${staging_dir}"
+  mv "${staging_dir}" "${ASSETS_DIR}"
+fi
 
-log "built in $((SECONDS - STARTED_AT)) s"
+log "built ${built[*]} in $((SECONDS - STARTED_AT)) s"
 printf '%s\n' "${ASSETS_DIR}"

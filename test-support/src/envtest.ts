@@ -2,7 +2,8 @@
  * A real kube-apiserver backed by a real etcd, for tests ("envtest").
  *
  * Both run as child processes on random free ports with their state in a temporary directory.
- * The binaries come from `scripts/envtest-build.sh` (or a directory named by `ENVTEST_ASSETS`).
+ * The binaries come from `scripts/envtest-build.sh` (or a directory named by `ENVTEST_ASSETS`),
+ * which also holds the kube-proxy of the same release.
  *
  * @example
  * ```ts
@@ -25,8 +26,11 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { execa, type ResultPromise } from "execa";
 
-/** The binaries a test API server needs, all in one directory. */
-export const ENVTEST_BINARIES = ["kube-apiserver", "etcd", "kubectl"] as const;
+/**
+ * The binaries of the API-server tests, all in one directory: what a test API server needs, and
+ * the kube-proxy of the same Kubernetes release that runs beside the controller.
+ */
+export const ENVTEST_BINARIES = ["kube-apiserver", "etcd", "kubectl", "kube-proxy"] as const;
 
 /** Exit status of `envtest-build.sh --check` when the binaries have not been built yet. */
 const EXIT_NOT_BUILT = 3;
@@ -50,7 +54,7 @@ export class EnvtestStartError extends Error {
 }
 
 /**
- * Finds the directory holding kube-apiserver, etcd and kubectl.
+ * Finds the directory holding kube-apiserver, etcd, kubectl and kube-proxy.
  *
  * Order: `ENVTEST_ASSETS` (checked, never built), then the version cache of
  * `scripts/envtest-build.sh`. With `build: false` nothing is compiled and `undefined` means

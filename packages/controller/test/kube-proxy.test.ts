@@ -1,0 +1,502 @@
+/**
+ * The controller beside a real kube-proxy on one node: kube-proxy (the release the test API
+ * server is built from) in its nftables and in its iptables mode, `ipvs-node-controller run` with
+ * each backend, a real kube-apiserver + etcd, and real traffic in both IP families.
+ *
+ * Where kube-proxy runs in nftables or iptables mode, LoadBalancer IPs and externalIPs are
+ * virtual: only kube-proxy's NAT rules serve them, and kube-proxy already sends traffic from pods
+ * and from the node itself to the endpoints ("short-circuit"). The controller must leave that
+ * alone: its rules translate only destinations that are addresses of the node, which is what
+ * kube-proxy's IPVS mode makes every LB IP. So on this node:
+ * - `web` (served by kube-proxy, its endpoint on another node) must reach the endpoint from a pod
+ *   and from the host, through its LB IP and its externalIP, with and without the controller,
+ *   and kube-proxy's rules must not change;
+ * - `ipvs-node` emulates a Service of an IPVS node, the positive control: kube-proxy is told to
+ *   ignore it (`service.kubernetes.io/service-proxy-name`), its LB IP and cluster IP are bound on
+ *   the node as IPVS binds them on kube-ipvs0, and a listener on the cluster IP stands in for the
+ *   IPVS virtual server. A pod connecting to its LB IP is refused (the bug) until the controller
+ *   translates it;
+ * - restarting kube-proxy (which re-asserts its chains and jumps) or the controller leaves every
+ *   rule of both in place, and `cleanup --backend all` removes the controller's and nothing else.
+ *
+ * Without the locality guard (`fib daddr type local` / `-m addrtype --dst-type LOCAL`) in either
+ * backend, web's traffic stops reaching its endpoint while the controller runs, and this fails.
+ *
+ * ```text
+ *   pod 10.244.1.2 --- node (kube-proxy + controller; ipvs-node's LB IP and cluster IP on lo)
+ *                        |
+ *                      remote: web's endpoint 10.244.2.10:8080 (a pod on another node), and the
+ *                              LB IPs and externalIPs (the load balancer outside the node)
+ * ```
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import {
+  ADDRESS_PLAN,
+  bridgeIntoNamespace,
+  cleanupKubeProxy,
+  createTopology,
+  envtestTestsEnabled,
+  eventually,
+  type Host,
+  httpGet,
+  iptablesSaveLines,
+  KUBE_PROXY_MODES,
+  type KubeProxy,
+  type KubeProxyMode,
+  kernelTestsEnabled,
+  kubeProxyRules,
+  nftTableLines,
+  startKubeProxy,
+  startTestApiServer,
+  type TcpBridge,
+  type TestApiServer,
+  type Topology,
+} from "@ipvs-node-controller/test-support";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+
+const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+const DEPLOY_BASE = fileURLToPath(new URL("../../../deploy/base", import.meta.url));
+
+const SUITE = "kube-proxy coexistence tests";
+const enabled =
+  (await kernelTestsEnabled(SUITE)) && (await envtestTestsEnabled(SUITE)) !== undefined;
+
+const NODE_NAME = "worker-1";
+const PORT = 80;
+const TARGET_PORT = 8080;
+const FAMILIES = ["ipv4", "ipv6"] as const;
+type Family = (typeof FAMILIES)[number];
+
+/** Addresses per family. Only ever configured inside the throwaway namespaces. */
+const PLAN = {
+  ipv4: {
+    nodeIP: ADDRESS_PLAN.nodeRemoteSide.ipv4,
+    podCIDR: ADDRESS_PLAN.podCIDR.ipv4,
+    clusterCIDR: "10.244.0.0/16",
+    /** web's endpoint: a pod on another node, hosted by the remote namespace. */
+    endpoint: "10.244.2.10",
+    web: { clusterIP: "10.96.0.10", lbIP: "192.0.2.100", externalIP: "203.0.113.100" },
+    ipvsNode: { clusterIP: "10.96.0.50", lbIP: "192.0.2.50" },
+  },
+  ipv6: {
+    nodeIP: ADDRESS_PLAN.nodeRemoteSide.ipv6,
+    podCIDR: ADDRESS_PLAN.podCIDR.ipv6,
+    clusterCIDR: "fd00:10:244::/56",
+    endpoint: "fd00:10:244:2::10",
+    web: { clusterIP: "fd00:10:96::10", lbIP: "2001:db8:2::100", externalIP: "2001:db8:3::100" },
+    ipvsNode: { clusterIP: "fd00:10:96::50", lbIP: "2001:db8:2::50" },
+  },
+} as const;
+
+const IP_FAMILY = { ipv4: "IPv4", ipv6: "IPv6" } as const;
+
+/** A dual-stack LoadBalancer Service with `externalTrafficPolicy: Local` and no selector. */
+function loadBalancer(
+  name: string,
+  clusterIPs: readonly string[],
+  extra: { externalIPs?: readonly string[]; labels?: Record<string, string> } = {},
+) {
+  return {
+    apiVersion: "v1",
+    kind: "Service",
+    metadata: { namespace: "default", name, labels: extra.labels ?? {} },
+    spec: {
+      type: "LoadBalancer",
+      externalTrafficPolicy: "Local",
+      ipFamilyPolicy: "RequireDualStack",
+      ipFamilies: ["IPv4", "IPv6"],
+      clusterIP: clusterIPs[0],
+      clusterIPs,
+      ...(extra.externalIPs ? { externalIPs: extra.externalIPs } : {}),
+      ports: [{ port: PORT, protocol: "TCP", targetPort: TARGET_PORT }],
+    },
+  };
+}
+
+/** An EndpointSlice of `service` with one ready endpoint on another node. */
+function endpointSlice(service: string, family: Family, address: string) {
+  return {
+    apiVersion: "discovery.k8s.io/v1",
+    kind: "EndpointSlice",
+    metadata: {
+      namespace: "default",
+      name: `${service}-${family}`,
+      labels: {
+        "kubernetes.io/service-name": service,
+        "endpointslice.kubernetes.io/managed-by": "tests.ipvs-node-controller",
+      },
+    },
+    addressType: IP_FAMILY[family],
+    endpoints: [{ addresses: [address], conditions: { ready: true }, nodeName: "worker-2" }],
+    ports: [{ name: "", port: TARGET_PORT, protocol: "TCP" }],
+  };
+}
+
+/** What a probe returned, as one comparable word: the reply, or the error. */
+type Outcome = string;
+
+/** One connection to make: from which host, to which IP (port 80). */
+interface Case {
+  readonly label: string;
+  readonly from: Host;
+  readonly ip: string;
+}
+
+describe.skipIf(!enabled)("the controller beside a real kube-proxy", () => {
+  let api: TestApiServer;
+  let controllerKubeconfig: string;
+  let kubeProxyKubeconfig: string;
+
+  beforeAll(async () => {
+    api = await startTestApiServer();
+    const apply = (object: unknown) =>
+      api.kubectl(["apply", "-f", "-"], { input: JSON.stringify(object) });
+    const patchStatus = (kind: string, name: string, status: unknown) =>
+      api.kubectl([
+        "patch",
+        kind,
+        name,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        JSON.stringify({ status }),
+      ]);
+
+    await api.kubectl(["apply", "-k", DEPLOY_BASE]);
+    controllerKubeconfig = await api.writeKubeconfig(
+      await api.serviceAccountToken("kube-system", "ipvs-node-controller"),
+    );
+    // kube-proxy with the identity and the built-in role a cluster gives it.
+    await api.kubectl(["create", "serviceaccount", "kube-proxy", "--namespace=kube-system"]);
+    await api.kubectl([
+      "create",
+      "clusterrolebinding",
+      "kube-proxy",
+      "--clusterrole=system:node-proxier",
+      "--serviceaccount=kube-system:kube-proxy",
+    ]);
+    kubeProxyKubeconfig = await api.writeKubeconfig(
+      await api.serviceAccountToken("kube-system", "kube-proxy"),
+    );
+
+    await apply({
+      apiVersion: "v1",
+      kind: "Node",
+      metadata: { name: NODE_NAME },
+      spec: {
+        podCIDR: PLAN.ipv4.podCIDR,
+        podCIDRs: FAMILIES.map((family) => PLAN[family].podCIDR),
+      },
+    });
+    // kube-proxy waits for the node's addresses, which the kubelet would report.
+    await patchStatus("node", NODE_NAME, {
+      addresses: FAMILIES.map((family) => ({ type: "InternalIP", address: PLAN[family].nodeIP })),
+    });
+
+    await apply(
+      loadBalancer(
+        "web",
+        FAMILIES.map((family) => PLAN[family].web.clusterIP),
+        { externalIPs: FAMILIES.map((family) => PLAN[family].web.externalIP) },
+      ),
+    );
+    await patchStatus("service", "web", {
+      loadBalancer: { ingress: FAMILIES.map((family) => ({ ip: PLAN[family].web.lbIP })) },
+    });
+    for (const family of FAMILIES) {
+      await apply(endpointSlice("web", family, PLAN[family].endpoint));
+    }
+
+    await apply(
+      loadBalancer(
+        "ipvs-node",
+        FAMILIES.map((family) => PLAN[family].ipvsNode.clusterIP),
+        // Served by another proxy (here: the emulated IPVS), so kube-proxy ignores it.
+        { labels: { "service.kubernetes.io/service-proxy-name": "ipvs-emulation" } },
+      ),
+    );
+    await patchStatus("service", "ipvs-node", {
+      loadBalancer: { ingress: FAMILIES.map((family) => ({ ip: PLAN[family].ipvsNode.lbIP })) },
+    });
+  }, 180_000);
+
+  afterAll(async () => {
+    await api?.stop();
+  }, 60_000);
+
+  describe.each(KUBE_PROXY_MODES)("kube-proxy in %s mode", (mode: KubeProxyMode) => {
+    let topology: Topology;
+    let bridge: TcpBridge;
+    let kubeProxy: KubeProxy | undefined;
+    let controller: ChildProcess | undefined;
+    let controllerLog = "";
+    /** kube-proxy's rules once it has synced, before the controller ever ran. */
+    let baseline: string[];
+
+    const node = () => topology.runner("node");
+
+    const probe = async (from: Host, ip: string, port = PORT): Promise<Outcome> => {
+      const result = await topology.connect(from, ip, port, "tcp", { timeoutMs: 2_000 });
+      return result.ok ? result.reply : result.error;
+    };
+
+    /** Connects once per case, all at once; returns each case's outcome under its label. */
+    const reach = async (cases: readonly Case[]): Promise<Record<string, Outcome>> => {
+      const outcomes = await Promise.all(cases.map(({ from, ip }) => probe(from, ip)));
+      return Object.fromEntries(cases.map(({ label }, i) => [label, outcomes[i] as Outcome]));
+    };
+    /** What {@link reach} returns when every case has `outcome`. */
+    const every = (cases: readonly Case[], outcome: Outcome): Record<string, Outcome> =>
+      Object.fromEntries(cases.map(({ label }) => [label, outcome]));
+
+    /** Every way to reach web from this node: pod and host, LB IP and externalIP, both families. */
+    const webCases: Case[] = FAMILIES.flatMap((family) =>
+      (["pod", "node"] as const).flatMap((from) =>
+        (["lbIP", "externalIP"] as const).map((kind) => {
+          const ip = PLAN[family].web[kind];
+          return { label: `${from} -> web ${kind} ${ip}`, from, ip };
+        }),
+      ),
+    );
+    /**
+     * The emulated IPVS node's LB IPs from a pod, and from the host in iptables mode. In nftables
+     * mode kube-proxy drops traffic from the host to cluster IPs it does not serve ("Drop traffic
+     * to unallocated ClusterIPs"), which kube-proxy in IPVS mode does not do, so there the host's
+     * view of the emulated Service would test the emulation rather than the controller.
+     */
+    const ipvsNodeCases: Case[] = FAMILIES.flatMap((family) =>
+      (mode === "iptables" ? (["pod", "node"] as const) : (["pod"] as const)).map((from) => {
+        const ip = PLAN[family].ipvsNode.lbIP;
+        return { label: `${from} -> ipvs-node lbIP ${ip}`, from, ip };
+      }),
+    );
+
+    /** kube-proxy's rules, without the controller's chains and jumps (named IPVSNC-*). */
+    const kubeProxyOwnRules = async () =>
+      (await kubeProxyRules(node(), mode)).filter((line) => !line.includes("IPVSNC"));
+
+    /** The controller's rules of one backend, in the kernel. */
+    const controllerRules = async (backend: "nft" | "iptables") =>
+      backend === "nft"
+        ? nftTableLines(node(), "inet", "ipvs-node-controller")
+        : (await iptablesSaveLines(node(), { table: "nat" })).filter((line) =>
+            line.includes("IPVSNC"),
+          );
+
+    /**
+     * Every rule of both programs on the node, in order: kube-proxy's and the controller's nft
+     * tables and the whole iptables state. Equal snapshots mean nothing moved, not even a jump's
+     * position in a built-in chain.
+     */
+    const nodeRules = async () => [
+      ...(await nftTableLines(node(), "ip", "kube-proxy")),
+      ...(await nftTableLines(node(), "ip6", "kube-proxy")),
+      ...(await nftTableLines(node(), "inet", "ipvs-node-controller")),
+      ...(await iptablesSaveLines(node())),
+    ];
+
+    const controllerHttp = (path: string) => httpGet(node(), `http://127.0.0.1:10267${path}`);
+
+    async function startController(backend: "nft" | "iptables"): Promise<void> {
+      const child = spawn(
+        "ip",
+        [
+          "netns",
+          "exec",
+          topology.namespaces.node,
+          process.execPath,
+          CLI,
+          "run",
+          `--backend=${backend}`,
+          `--kubeconfig=${controllerKubeconfig}`,
+          `--node-name=${NODE_NAME}`,
+          "--net-stack=ipv4,ipv6",
+          // No periodic repair while a test runs: a rule the other program moved or removed must
+          // show, not be put back before the comparison.
+          "--sync-period=10m",
+          "--min-sync-period=100ms",
+          "--metrics-bind-address=127.0.0.1:10266",
+          "--health-probe-bind-address=127.0.0.1:10267",
+        ],
+        { stdio: ["ignore", "pipe", "pipe"] },
+      );
+      child.stdout?.on("data", (chunk) => {
+        controllerLog += chunk;
+      });
+      child.stderr?.on("data", (chunk) => {
+        controllerLog += chunk;
+      });
+      controller = child;
+      await eventually(
+        "the controller has synced (ready)",
+        async () => {
+          if (child.exitCode !== null) throw new Error(`controller exited:\n${controllerLog}`);
+          return (await controllerHttp("/readyz")).status === 200;
+        },
+        30_000,
+        100,
+      );
+    }
+
+    async function stopController(): Promise<number | null> {
+      const child = controller;
+      controller = undefined;
+      if (child === undefined || child.exitCode !== null) return child?.exitCode ?? null;
+      const exited = new Promise<number | null>((resolve) =>
+        child.once("exit", (code) => resolve(code)),
+      );
+      child.kill("SIGTERM");
+      return exited;
+    }
+
+    beforeAll(async () => {
+      topology = await createTopology({ prefix: `kp${mode.slice(0, 3)}` });
+      bridge = await bridgeIntoNamespace(topology.namespaces.node, {
+        host: "127.0.0.1",
+        port: Number(new URL(api.serverUrl).port),
+      });
+      // The remote host stands for the rest of the network: web's endpoint (a pod on another
+      // node, routed there through the node) and the load balancer that owns the LB IPs and
+      // externalIPs. Nothing listens there on port 80, so a connection that leaves the node for
+      // an LB IP is refused: only kube-proxy's rules reach the endpoint.
+      await topology.addRemoteAddresses(
+        FAMILIES.flatMap((family) => [
+          PLAN[family].endpoint,
+          PLAN[family].web.lbIP,
+          PLAN[family].web.externalIP,
+        ]),
+      );
+      await topology.listen(
+        FAMILIES.map((family) => ({
+          ip: PLAN[family].endpoint,
+          port: TARGET_PORT,
+          protocol: "tcp" as const,
+          reply: "web",
+        })),
+        "remote",
+      );
+      // The emulated IPVS node: LB IP and cluster IP local, the virtual server on the cluster IP.
+      await topology.addNodeAddresses(
+        FAMILIES.flatMap((family) => [PLAN[family].ipvsNode.lbIP, PLAN[family].ipvsNode.clusterIP]),
+      );
+      await topology.listen(
+        FAMILIES.map((family) => ({
+          ip: PLAN[family].ipvsNode.clusterIP,
+          port: PORT,
+          protocol: "tcp" as const,
+          reply: "ipvs",
+        })),
+      );
+      kubeProxy = await startKubeProxy({
+        namespace: topology.namespaces.node,
+        mode,
+        kubeconfig: kubeProxyKubeconfig,
+        nodeName: NODE_NAME,
+        clusterCIDRs: FAMILIES.map((family) => PLAN[family].clusterCIDR),
+      });
+    }, 120_000);
+
+    afterEach((context) => {
+      if (context.task.result?.state !== "fail") return;
+      const tail = (text: string) => text.trim().split("\n").slice(-30).join("\n");
+      console.error(`kube-proxy log (tail):\n${tail(kubeProxy?.log() ?? "(stopped)")}`);
+      console.error(`controller log (tail):\n${tail(controllerLog)}`);
+    });
+
+    afterAll(async () => {
+      await stopController();
+      await kubeProxy?.stop();
+      await bridge?.stop();
+      await topology?.destroy();
+    }, 60_000);
+
+    it("kube-proxy alone: pods and the host reach web through its LB IP and externalIP; the IPVS node's LB IP is refused", async () => {
+      await kubeProxy?.waitUntilSynced();
+      expect(await reach(webCases)).toEqual(every(webCases, "web"));
+      expect(await reach(ipvsNodeCases)).toEqual(every(ipvsNodeCases, "refused"));
+      baseline = await kubeProxyOwnRules();
+      // kube-proxy's rules for web are there, in both families.
+      for (const family of FAMILIES) {
+        expect(baseline.some((line) => line.includes(PLAN[family].web.lbIP))).toBe(true);
+      }
+    }, 60_000);
+
+    describe.each(["nft", "iptables"] as const)("with --backend %s", (backend) => {
+      let ours: string[];
+
+      afterAll(async () => {
+        await stopController();
+      });
+
+      it("running beside kube-proxy, translates the IPVS node's LB IPs and leaves web and kube-proxy's rules alone", async () => {
+        expect(await controllerRules(backend)).toEqual([]);
+        await startController(backend);
+        ours = await controllerRules(backend);
+        expect(await reach(ipvsNodeCases)).toEqual(every(ipvsNodeCases, "ipvs"));
+        expect(await reach(webCases)).toEqual(every(webCases, "web"));
+        expect(await kubeProxyOwnRules()).toEqual(baseline);
+        // The controller does hold mappings for web: they are inert because its IPs are not
+        // addresses of this node, not because they are missing.
+        const text = ours.join("\n");
+        for (const family of FAMILIES) {
+          for (const ip of [
+            PLAN[family].web.lbIP,
+            PLAN[family].web.externalIP,
+            PLAN[family].ipvsNode.lbIP,
+          ]) {
+            expect(text).toContain(ip);
+          }
+        }
+      }, 60_000);
+
+      it("a kube-proxy restart keeps both rule sets and the traffic", async () => {
+        const before = await nodeRules();
+        await kubeProxy?.restart();
+        expect(await nodeRules()).toEqual(before);
+        expect(await kubeProxyOwnRules()).toEqual(baseline);
+        expect(await controllerRules(backend)).toEqual(ours);
+        expect(await reach(webCases)).toEqual(every(webCases, "web"));
+        expect(await reach(ipvsNodeCases)).toEqual(every(ipvsNodeCases, "ipvs"));
+      }, 90_000);
+
+      it("a controller restart keeps both rule sets and the traffic", async () => {
+        const before = await nodeRules();
+        expect(await stopController()).toBe(0);
+        await startController(backend);
+        expect(await nodeRules()).toEqual(before);
+        expect(await controllerRules(backend)).toEqual(ours);
+        expect(await kubeProxyOwnRules()).toEqual(baseline);
+        expect(await reach(webCases)).toEqual(every(webCases, "web"));
+        expect(await reach(ipvsNodeCases)).toEqual(every(ipvsNodeCases, "ipvs"));
+      }, 60_000);
+
+      it("cleanup --backend all removes the controller's rules and nothing of kube-proxy's", async () => {
+        expect(await stopController()).toBe(0);
+        const cleanup = await node()(process.execPath, [CLI, "cleanup", "--backend=all"]);
+        expect(cleanup.exitCode, cleanup.stderr).toBe(0);
+        expect(await controllerRules(backend)).toEqual([]);
+        expect(await kubeProxyOwnRules()).toEqual(baseline);
+        expect(await reach(webCases)).toEqual(every(webCases, "web"));
+        expect(await reach(ipvsNodeCases)).toEqual(every(ipvsNodeCases, "refused"));
+      }, 60_000);
+    });
+
+    it("kube-proxy --cleanup removes kube-proxy's rules, after which web is no longer reached", async () => {
+      await kubeProxy?.stop();
+      kubeProxy = undefined;
+      const cleanup = await cleanupKubeProxy(topology.namespaces.node, mode);
+      expect(cleanup.exitCode, cleanup.stderr).toBe(0);
+      const left = await kubeProxyRules(node(), mode);
+      if (mode === "nftables") {
+        expect(left).toEqual([]);
+      } else {
+        // kube-proxy keeps KUBE-FIREWALL (its guard for 127.0.0.0/8), Service rules go.
+        expect(left.filter((line) => /KUBE-SERVICES|default\/web/.test(line))).toEqual([]);
+      }
+      // Without kube-proxy's short-circuit the connection leaves for the load balancer, where
+      // nothing listens: so the answers above came through kube-proxy's rules.
+      expect(Object.values(await reach(webCases))).not.toContain("web");
+    }, 60_000);
+  });
+});
