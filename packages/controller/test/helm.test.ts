@@ -654,6 +654,13 @@ describe.skipIf(!helmBinary)("the Helm chart", () => {
         expect(live).toMatchObject(expected);
       };
 
+      const KIND_NAMES = [
+        `serviceaccount/${NAME}`,
+        `clusterrole/${NAME}`,
+        `clusterrolebinding/${NAME}`,
+        `daemonset/${NAME}`,
+      ];
+
       const getDaemonSet = async () =>
         JSON.parse(
           (await api.kubectl(["get", "daemonset", NAME, "-n", NAMESPACE, "-o", "json"])).stdout,
@@ -735,6 +742,42 @@ describe.skipIf(!helmBinary)("the Helm chart", () => {
           expect(get.exitCode, `${kind} still there`).not.toBe(0);
           expect(get.stderr).toContain("NotFound");
         }
+      }, 60_000);
+
+      it("takes over an installation of deploy/ipvs-node-controller.yaml without recreating it", async () => {
+        await api.kubectl(["apply", "-f", RENDERED_MANIFEST]);
+        const before = await getDaemonSet();
+        // What Helm requires before it adopts objects it did not create (deploy/README.md).
+        for (const object of KIND_NAMES) {
+          await api.kubectl([
+            "annotate",
+            object,
+            "-n",
+            NAMESPACE,
+            `meta.helm.sh/release-name=${RELEASE}`,
+            `meta.helm.sh/release-namespace=${NAMESPACE}`,
+          ]);
+          await api.kubectl([
+            "label",
+            object,
+            "-n",
+            NAMESPACE,
+            "app.kubernetes.io/managed-by=Helm",
+          ]);
+        }
+        // Helm 4 applies server-side: the fields kubectl apply owned must be taken over.
+        const takeOver = helm.version.startsWith("v3.") ? [] : ["--force-conflicts"];
+        await helm.run(["install", RELEASE, CHART_DIR, "--namespace", NAMESPACE, ...takeOver], {
+          kubeconfig: api.kubeconfigPath,
+        });
+        const after = await getDaemonSet();
+        expect(after.metadata?.uid).toBe(before.metadata?.uid);
+        // Only the labels changed, so the pods would not even restart.
+        expect(after.spec?.template).toStrictEqual(before.spec?.template);
+        expectLiveDaemonSet(after, await render());
+        await helm.run(["uninstall", RELEASE, "--namespace", NAMESPACE], {
+          kubeconfig: api.kubeconfigPath,
+        });
       }, 60_000);
     });
   });
