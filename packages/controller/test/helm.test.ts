@@ -162,7 +162,7 @@ describe.skipIf(!helmBinary)("the Helm chart", () => {
   const daemonSetOf = (objects: readonly KubeObject[], name = NAME) =>
     findObject<V1DaemonSet>(objects, "DaemonSet", name);
 
-  describe("lint", () => {
+  describe("lint and Chart.yaml", () => {
     it.each(OVERLAY_VALUES)(
       "helm lint --strict passes with the values of the $overlay overlay",
       async ({ values }) => {
@@ -707,6 +707,22 @@ describe.skipIf(!helmBinary)("the Helm chart", () => {
         ] as const) {
           expect(await canI(verb, resource, "--all-namespaces"), `${verb} ${resource}`).toBe("no");
         }
+      }, 60_000);
+
+      it("tells how to follow the rollout, and warns outside kube-system about the priority class", async () => {
+        const notes = async (namespace: string) =>
+          (
+            await helm.run(
+              ["install", RELEASE, CHART_DIR, "--namespace", namespace, "--dry-run=client"],
+              { kubeconfig: api.kubeconfigPath },
+            )
+          ).stdout;
+        const inKubeSystem = await notes(NAMESPACE);
+        expect(inKubeSystem).toContain(`kubectl -n ${NAMESPACE} rollout status daemonset/${NAME}`);
+        expect(inKubeSystem).not.toContain("WARNING");
+        expect(await notes("default")).toMatch(
+          /WARNING: priority class system-node-critical is admitted only in kube-system/,
+        );
       }, 60_000);
 
       it("refuses a second release of the chart: the cluster-wide names clash", async () => {
