@@ -233,12 +233,12 @@ describe.skipIf(!helmBinary)("the Helm chart", { timeout: 30_000 }, () => {
     });
 
     it("put namespaced objects in the release's namespace", async () => {
-      const objects = await render({}, { namespace: "node-agents" });
+      const objects = await render({}, { namespace: "node-infra" });
       expect(findObject<KubeObject>(objects, "ServiceAccount").metadata?.namespace).toBe(
-        "node-agents",
+        "node-infra",
       );
-      expect(daemonSetOf(objects).metadata?.namespace).toBe("node-agents");
-      expectReadOnlyRbac(objects, NAME, "node-agents");
+      expect(daemonSetOf(objects).metadata?.namespace).toBe("node-infra");
+      expectReadOnlyRbac(objects, NAME, "node-infra");
       for (const kind of ["ClusterRole", "ClusterRoleBinding"]) {
         expect(findObject<KubeObject>(objects, kind).metadata?.namespace).toBeUndefined();
       }
@@ -426,8 +426,8 @@ describe.skipIf(!helmBinary)("the Helm chart", { timeout: 30_000 }, () => {
       },
       {
         name: "priorityClassName names another class",
-        values: { priorityClassName: "node-agents" },
-        check: (_, daemonSet) => expect(podSpec(daemonSet)?.priorityClassName).toBe("node-agents"),
+        values: { priorityClassName: "node-infra" },
+        check: (_, daemonSet) => expect(podSpec(daemonSet)?.priorityClassName).toBe("node-infra"),
       },
       {
         name: "nodeSelector and affinity",
