@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 ENVTEST_ASSETS="$(bash scripts/envtest-build.sh | tail -n 1)"
 export ENVTEST_ASSETS
+bash scripts/helm-build.sh >/dev/null # helm for the chart tests, built before they start
 pnpm run --silent lint
 pnpm run --silent typecheck
 report="$(mktemp)"

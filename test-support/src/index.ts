@@ -1,5 +1,6 @@
 export * from "./envtest.js";
 export * from "./eventually.js";
+export * from "./helm.js";
 export * from "./http.js";
 export * from "./kube-proxy.js";
 export * from "./netns.js";

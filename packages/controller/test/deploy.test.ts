@@ -15,27 +15,28 @@ import {
   startTestApiServer,
   type TestApiServer,
 } from "@ipvs-node-controller/test-support";
-import type {
-  V1ClusterRole,
-  V1ClusterRoleBinding,
-  V1Container,
-  V1DaemonSet,
-  V1Service,
-} from "@kubernetes/client-node";
+import type { V1DaemonSet, V1Service } from "@kubernetes/client-node";
 import { execa, type ResultPromise } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { parseAllDocuments } from "yaml";
+import {
+  controllerContainer,
+  expectHardenedDaemonSet,
+  expectReadOnlyRbac,
+  expectVariant,
+  findObject,
+  HEALTH_PORT,
+  METRICS_ADDRESS,
+  NAME,
+  NAMESPACE,
+  parseManifest,
+  type Variant,
+} from "./manifest-checks.js";
 
 const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 const DEPLOY_DIR = `${REPO_ROOT}deploy`;
 const RENDERED_MANIFEST = `${DEPLOY_DIR}/ipvs-node-controller.yaml`;
 const OVERLAYS = ["nft", "iptables", "dual-stack"] as const;
 type Overlay = (typeof OVERLAYS)[number];
-
-const NAME = "ipvs-node-controller";
-const NAMESPACE = "kube-system";
-const HEALTH_PORT = 10267;
-const METRICS_ADDRESS = "127.0.0.1:10266";
 
 const inCi = process.env.CI === "true";
 const assetsDir = await envtestTestsEnabled("deploy.test.ts: the API-server tests");
@@ -57,110 +58,6 @@ const canRunController = await (async () => {
   return false;
 })();
 
-interface KubeObject {
-  apiVersion?: string;
-  kind?: string;
-  metadata?: { name?: string; namespace?: string };
-}
-
-function parseManifest(text: string): KubeObject[] {
-  return parseAllDocuments(text).map((doc) => {
-    if (doc.errors.length > 0) throw new Error(`invalid YAML: ${doc.errors[0]?.message}`);
-    return doc.toJS() as KubeObject;
-  });
-}
-
-function findObject<T>(objects: readonly KubeObject[], kind: string): T {
-  const matches = objects.filter((o) => o.kind === kind && o.metadata?.name === NAME);
-  expect(matches, `exactly one ${kind}/${NAME}`).toHaveLength(1);
-  return matches[0] as T;
-}
-
-function controllerContainer(daemonSet: V1DaemonSet): V1Container {
-  const containers = daemonSet.spec?.template.spec?.containers ?? [];
-  expect(containers).toHaveLength(1);
-  return containers[0] as V1Container;
-}
-
-/** Asserts what every overlay must keep from the base. */
-function expectHardenedDaemonSet(daemonSet: V1DaemonSet): void {
-  expect(daemonSet.metadata?.namespace).toBe(NAMESPACE);
-  const spec = daemonSet.spec;
-  const pod = spec?.template.spec;
-  expect(pod?.hostNetwork).toBe(true);
-  expect(pod?.dnsPolicy).toBe("ClusterFirstWithHostNet");
-  expect(pod?.priorityClassName).toBe("system-node-critical");
-  expect(pod?.tolerations).toEqual([{ operator: "Exists" }]);
-  expect(pod?.serviceAccountName).toBe(NAME);
-  expect(spec?.updateStrategy).toEqual({
-    type: "RollingUpdate",
-    rollingUpdate: { maxUnavailable: "10%" },
-  });
-  expect(pod?.securityContext?.runAsNonRoot).not.toBe(true);
-
-  const container = controllerContainer(daemonSet);
-  expect(container.image).toBe("ipvs-node-controller:0.1.0");
-  expect(container.command).toEqual(["ipvs-node-controller"]);
-  expect(container.args?.[0]).toBe("run");
-  expect(container.args).toContain(`--health-probe-bind-address=0.0.0.0:${HEALTH_PORT}`);
-  expect(container.args).toContain(`--metrics-bind-address=${METRICS_ADDRESS}`);
-  expect(container.args).toContain("--log-level=info");
-
-  const security = container.securityContext;
-  expect(security?.privileged).toBe(false);
-  expect(security?.allowPrivilegeEscalation).toBe(false);
-  expect(security?.readOnlyRootFilesystem).toBe(true);
-  expect(security?.runAsUser).toBe(0);
-  expect(security?.capabilities?.drop).toEqual(["ALL"]);
-  expect(security?.capabilities?.add).toContain("NET_ADMIN");
-  // Nothing close to privileged may sneak in through an overlay.
-  for (const capability of security?.capabilities?.add ?? []) {
-    expect(["NET_ADMIN", "NET_RAW"]).toContain(capability);
-  }
-
-  expect(container.env).toContainEqual({
-    name: "NODE_NAME",
-    valueFrom: { fieldRef: { fieldPath: "spec.nodeName" } },
-  });
-  // The measured memory figures behind the limits assume the small young generation.
-  expect(container.env).toContainEqual({ name: "NODE_OPTIONS", value: "--max-semi-space-size=2" });
-
-  // Probes go to the health server, on the port it binds; metrics are not exposed as a port.
-  const healthPort = container.ports?.find((port) => port.name === "health");
-  expect(healthPort?.containerPort).toBe(HEALTH_PORT);
-  expect(container.ports).toHaveLength(1);
-  expect(container.livenessProbe?.httpGet).toMatchObject({ path: "/healthz", port: "health" });
-  expect(container.readinessProbe?.httpGet).toMatchObject({ path: "/readyz", port: "health" });
-
-  expect(container.resources).toEqual({
-    requests: { cpu: "10m", memory: "128Mi" },
-    limits: { memory: "256Mi" },
-  });
-
-  // No host directory other than the xtables lock is ever mounted.
-  for (const volume of pod?.volumes ?? []) {
-    if (volume.hostPath) {
-      expect(volume.hostPath).toEqual({ path: "/run/xtables.lock", type: "FileOrCreate" });
-    }
-  }
-}
-
-function backendOf(daemonSet: V1DaemonSet): string | undefined {
-  const flag = controllerContainer(daemonSet).args?.find((arg) => arg.startsWith("--backend="));
-  return flag?.slice("--backend=".length);
-}
-
-function mountsXtablesLock(daemonSet: V1DaemonSet): boolean {
-  const mounted = controllerContainer(daemonSet).volumeMounts?.some(
-    (mount) => mount.mountPath === "/run/xtables.lock",
-  );
-  const declared = daemonSet.spec?.template.spec?.volumes?.some(
-    (volume) => volume.hostPath?.path === "/run/xtables.lock",
-  );
-  expect(mounted, "volume and mount come together").toBe(declared);
-  return mounted === true;
-}
-
 describe("the committed install manifest", () => {
   it("is a hardened host-network DaemonSet with read-only RBAC, without any cluster", async () => {
     const objects = parseManifest(await readFile(RENDERED_MANIFEST, "utf8"));
@@ -172,23 +69,8 @@ describe("the committed install manifest", () => {
     ]);
     const daemonSet = findObject<V1DaemonSet>(objects, "DaemonSet");
     expectHardenedDaemonSet(daemonSet);
-    expect(backendOf(daemonSet)).toBe("nft");
-    expect(mountsXtablesLock(daemonSet)).toBe(false);
-
-    const role = findObject<V1ClusterRole>(objects, "ClusterRole");
-    expect(role.rules).toEqual([
-      { apiGroups: [""], resources: ["services"], verbs: ["get", "list", "watch"] },
-      { apiGroups: [""], resources: ["nodes"], verbs: ["get", "list", "watch"] },
-    ]);
-    const binding = findObject<V1ClusterRoleBinding>(objects, "ClusterRoleBinding");
-    expect(binding.roleRef).toEqual({
-      apiGroup: "rbac.authorization.k8s.io",
-      kind: "ClusterRole",
-      name: NAME,
-    });
-    expect(binding.subjects).toEqual([
-      { kind: "ServiceAccount", name: NAME, namespace: NAMESPACE },
-    ]);
+    expectVariant(daemonSet, { backend: "nft" });
+    expectReadOnlyRbac(objects);
   });
 });
 
@@ -303,21 +185,13 @@ describeWithApiServer("deploy/ against a real kube-apiserver", () => {
     it.each(OVERLAYS)("the %s overlay keeps the DaemonSet hardened", async (overlay) => {
       const daemonSet = findObject<V1DaemonSet>(parseManifest(await render(overlay)), "DaemonSet");
       expectHardenedDaemonSet(daemonSet);
-
-      const expected: Record<Overlay, { backend: string; xtablesLock: boolean; caps: string[] }> = {
-        nft: { backend: "nft", xtablesLock: false, caps: ["NET_ADMIN"] },
-        "dual-stack": { backend: "nft", xtablesLock: false, caps: ["NET_ADMIN"] },
-        iptables: { backend: "iptables", xtablesLock: true, caps: ["NET_ADMIN", "NET_RAW"] },
+      const expected: Record<Overlay, Variant> = {
+        nft: { backend: "nft" },
+        "dual-stack": { backend: "nft", netStack: "ipv4,ipv6" },
+        iptables: { backend: "iptables" },
       };
-      expect(backendOf(daemonSet)).toBe(expected[overlay].backend);
-      expect(mountsXtablesLock(daemonSet)).toBe(expected[overlay].xtablesLock);
-      const container = controllerContainer(daemonSet);
-      expect(container.securityContext?.capabilities?.add).toEqual(expected[overlay].caps);
-      expect(container.args?.filter((arg) => arg.startsWith("--backend="))).toHaveLength(1);
-
-      const netStack = container.env?.find((variable) => variable.name === "NET_STACK");
-      if (overlay === "dual-stack") expect(netStack?.value).toBe("ipv4,ipv6");
-      else expect(netStack).toBeUndefined();
+      expectVariant(daemonSet, expected[overlay]);
+      expectReadOnlyRbac(parseManifest(await render(overlay)));
     });
   });
 
