@@ -10,8 +10,6 @@ import {
   RulesetEngine,
   type RulesetResult,
   type ServiceInput,
-  sameNodeInput,
-  sameServiceInput,
   ToolNotStartedError,
   trimNode,
   trimService,
@@ -161,10 +159,9 @@ export async function runController(options: RunOptions): Promise<RunningControl
     watchPath: "/api/v1/services",
     watch,
     trim: trimService,
-    equivalent: sameServiceInput,
     onChange: (key, service) => {
-      engine.setService(key, service);
-      loop?.markDirty();
+      // An update that changes nothing the core reads (a label, a condition) wakes nothing.
+      if (engine.setService(key, service)) loop?.markDirty();
     },
     onEvent: logReflectorEvent(log, metrics, "services"),
   });
@@ -176,10 +173,8 @@ export async function runController(options: RunOptions): Promise<RunningControl
     watchQuery: { fieldSelector },
     watch,
     trim: trimNode,
-    equivalent: sameNodeInput,
     onChange: (_key, node) => {
-      engine.setNode(node);
-      loop?.markDirty();
+      if (engine.setNode(node)) loop?.markDirty();
     },
     onEvent: logReflectorEvent(log, metrics, "node"),
   });
