@@ -8,6 +8,7 @@ export {
   CHAIN_PRIORITY,
   elementComment,
   fullSyncDocument,
+  fullSyncJson,
   incrementalDocument,
   mapName,
   type NftDocument,

@@ -6,7 +6,12 @@ import {
 } from "@ipvs-node-controller/core";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { fullSyncDocument, incrementalDocument, type NftObject } from "../src/compile.js";
+import {
+  fullSyncDocument,
+  fullSyncJson,
+  incrementalDocument,
+  type NftObject,
+} from "../src/compile.js";
 import { createNftBackend } from "../src/index.js";
 import { parseListing, tableMatches } from "../src/live.js";
 import { arbitraryRuleset } from "./arbitraries.js";
@@ -83,6 +88,15 @@ describe("render (properties)", () => {
         for (const text of strings(document)) expect(text).toMatch(SAFE);
       }),
       { numRuns: 300 },
+    );
+  });
+
+  it("serialises a full sync element by element to exactly the document's JSON", () => {
+    fc.assert(
+      fc.property(arbitraryRuleset({ hostileNames: false }), (ruleset) => {
+        expect(fullSyncJson(ruleset, TABLE)).toBe(JSON.stringify(fullSyncDocument(ruleset, TABLE)));
+      }),
+      { numRuns: 200 },
     );
   });
 
