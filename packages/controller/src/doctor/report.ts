@@ -559,7 +559,7 @@ export function buildDoctorReport(facts: DoctorFacts): DoctorReport {
       : "no kube-ipvs0"
     : "local addresses unknown";
   const count = (n: number, word: string) => `${n} ${word}${n === 1 ? "" : "s"}`;
-  const localText = `${localIPs} of ${count(totalIPs, "external IP")} ${localIPs === 1 ? "is a local address" : "are local addresses"} of this node (${ipvs})`;
+  const localText = `${localIPs} of ${count(totalIPs, "external IP")} ${localIPs === 1 || totalIPs === 1 ? "is a local address" : "are local addresses"} of this node (${ipvs})`;
   const summaries: Record<DoctorVerdict, string> = {
     broken: `broken: ${count(problems.length, "problem")}; ${localText}`,
     "nothing-to-translate": `nothing to translate: no Service has an external IP this node translates (${ipvs})`,
