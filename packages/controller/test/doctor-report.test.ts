@@ -349,6 +349,7 @@ describe("buildDoctorReport", () => {
         }),
       );
       expect(report).toMatchObject({ ok: true, verdict: "working", problems: [] });
+      expect(report.summary).toMatch(/\(some Services answer nowhere, see the notes\)$/);
       expect(report.notes.map((note) => note.message)).toEqual([
         "default/web: 192.0.2.10 tcp/80 did not answer the host (refused), nor did its cluster IP 10.96.0.10 (error EHOSTUNREACH): the Service has no endpoint that answers, which no rule can change",
         "default/api: 192.0.2.11 tcp/443 did not answer the host (timeout); it is not a local address of this node, so the load balancer serves it, not our rules",

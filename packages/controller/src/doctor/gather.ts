@@ -10,6 +10,7 @@ import {
   type CommandRunner,
   type CoreConfig,
   computeRuleset,
+  type LiveRules,
   type NodeInput,
   type RulesetSettings,
   type ServiceInput,
@@ -124,9 +125,12 @@ async function readInputs(input: DoctorInput): Promise<Inputs> {
   };
 }
 
-async function readLive(read: () => Promise<DoctorFacts["live"]>): Promise<LiveRulesFact> {
+/** One backend's rules, or why they could not be read. */
+async function readLive<T extends LiveRules>(
+  read: () => Promise<T>,
+): Promise<{ readonly ok: true; readonly rules: T } | Extract<LiveRulesFact, { ok: false }>> {
   try {
-    return await read();
+    return { ok: true, rules: await read() };
   } catch (error) {
     return {
       ok: false,
@@ -205,24 +209,22 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
     network = { ok: false, error: (error as Error).message.split("\n")[0] ?? "" };
   }
 
-  const nft = await readLive(async () => ({
-    ok: true,
-    rules: await readNftLiveRules({ nftPath: backendFlags.nftPath, runner }, settings),
-  }));
-  let iptablesVariant: DoctorFacts["iptablesVariant"] = { ok: false, error: "not read" };
-  const iptables = await readLive(async () => {
-    const rules = await readIptablesLiveRules(
+  const nft = await readLive(() =>
+    readNftLiveRules({ nftPath: backendFlags.nftPath, runner }, settings),
+  );
+  const iptables = await readLive(() =>
+    readIptablesLiveRules(
       { mode: backendFlags.iptablesMode, binDir: backendFlags.iptablesBinDir, runner },
       settings,
-    );
-    iptablesVariant = {
-      ok: true,
-      variant: rules.variant,
-      reason: rules.detection?.reason ?? "forced by --iptables-mode",
-    };
-    return { ok: true, rules };
-  });
-  if (!iptables.ok) iptablesVariant = { ok: false, error: iptables.error };
+    ),
+  );
+  const iptablesVariant: DoctorFacts["iptablesVariant"] = iptables.ok
+    ? {
+        ok: true,
+        variant: iptables.rules.variant,
+        reason: iptables.rules.detection?.reason ?? "forced by --iptables-mode",
+      }
+    : { ok: false, error: iptables.error };
 
   const facts: Omit<DoctorFacts, "probes"> = {
     source: inputs.source,

@@ -360,6 +360,29 @@ function probeText(outcome: ProbeOutcome): string {
   return outcome.result === "error" ? `error ${outcome.detail ?? ""}`.trim() : outcome.result;
 }
 
+/**
+ * The kernel's translations by key, and those no Service wants: a key nobody asks for, or one
+ * listed a second time (only the first of two rules for one key ever acts).
+ */
+function compareTranslations(
+  found: readonly LiveMapping[],
+  wanted: readonly Mapping[],
+  isLocal: (address: string) => boolean | null,
+): { liveByKey: Map<string, LiveMapping>; stale: StaleRule[] } {
+  const liveByKey = new Map<string, LiveMapping>();
+  const stale: StaleRule[] = [];
+  for (const mapping of found) {
+    const key = mappingKey(mapping);
+    if (liveByKey.has(key)) stale.push({ ...mapping, local: isLocal(mapping.externalIP) });
+    else liveByKey.set(key, mapping);
+  }
+  const wantedKeys = new Set(wanted.map(mappingKey));
+  for (const [key, mapping] of liveByKey) {
+    if (!wantedKeys.has(key)) stale.push({ ...mapping, local: isLocal(mapping.externalIP) });
+  }
+  return { liveByKey, stale: stale.sort(compareMappings) };
+}
+
 /** Decides the report. See the module comment for what counts as wrong. */
 export function buildDoctorReport(facts: DoctorFacts): DoctorReport {
   const problems: Finding[] = [];
@@ -397,20 +420,8 @@ export function buildDoctorReport(facts: DoctorFacts): DoctorReport {
   // Unknown locality counts as local: nothing is excused by a fact nobody could read.
   const acts = (address: string) => isLocal(address) !== false;
 
-  // The kernel's translations by key; a key listed twice is a rule a sync never writes.
   const live = facts.live.ok ? facts.live.rules : undefined;
-  const liveByKey = new Map<string, LiveMapping>();
-  const stale: StaleRule[] = [];
-  for (const found of live?.mappings ?? []) {
-    if (liveByKey.has(mappingKey(found)))
-      stale.push({ ...found, local: isLocal(found.externalIP) });
-    else liveByKey.set(mappingKey(found), found);
-  }
-  const wantedKeys = new Set(wanted.map(mappingKey));
-  for (const [key, found] of liveByKey) {
-    if (!wantedKeys.has(key)) stale.push({ ...found, local: isLocal(found.externalIP) });
-  }
-  stale.sort(compareMappings);
+  const { liveByKey, stale } = compareTranslations(live?.mappings ?? [], wanted, isLocal);
 
   const probes = facts.probes;
   const problemsOrNotes = (active: boolean) => (active ? problems : notes);
@@ -564,7 +575,7 @@ export function buildDoctorReport(facts: DoctorFacts): DoctorReport {
     broken: `broken: ${count(problems.length, "problem")}; ${localText}`,
     "nothing-to-translate": `nothing to translate: no Service has an external IP this node translates (${ipvs})`,
     inert: `not affected: ${localText}, so the rules are inert here, by design (kube-proxy binds external IPs to the node only in IPVS mode)`,
-    working: `affected, and the fix works: ${localText}, and every translation they need is in the kernel${probes === undefined ? " (--probe connects to each)" : " and answers"}`,
+    working: `affected, and the fix works: ${localText}, and every translation they need is in the kernel${probes === undefined ? " (--probe connects to each)" : notes.some((note) => note.code === "ServiceUnreachable") ? " (some Services answer nowhere, see the notes)" : " and answers"}`,
   };
 
   return {
