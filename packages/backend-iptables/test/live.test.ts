@@ -2,10 +2,17 @@
  * Reading our rules back, without a kernel: DNAT rules as translations, and the differences
  * between what a save lists and what a sync writes, named one by one.
  */
-import { type FamilyRuleset, type Mapping, settingsOf } from "@ipvs-node-controller/core";
+import {
+  type CommandRunner,
+  type FamilyRuleset,
+  type Mapping,
+  settingsOf,
+  ToolNotStartedError,
+} from "@ipvs-node-controller/core";
 import { describe, expect, it } from "vitest";
 import {
   CHAINS,
+  detectIptablesVariant,
   dnatRule,
   familyTarget,
   iptablesLiveRules,
@@ -177,5 +184,35 @@ describe("iptablesLiveRules", () => {
     expect(result.problems).toEqual([
       "ipv4: chain IPVSNC-PREROUTING holds other rules than a sync writes",
     ]);
+  });
+});
+
+describe("detectIptablesVariant with legacyTables", () => {
+  const calls: string[] = [];
+  const runner: CommandRunner = async (file, args) => {
+    calls.push([file, ...args].join(" "));
+    return { stdout: "", stderr: "", exitCode: 0 };
+  };
+
+  it("names the legacy mangle table only when it exists", async () => {
+    calls.length = 0;
+    await detectIptablesVariant(runner, undefined, { legacyTables: async () => new Set(["nat"]) });
+    expect(calls.filter((call) => call.includes("-t mangle"))).toEqual([
+      "iptables-nft-save -t mangle",
+    ]);
+    calls.length = 0;
+    await detectIptablesVariant(runner, undefined, {
+      legacyTables: async () => new Set(["mangle"]),
+    });
+    expect(calls).toContain("iptables-legacy-save -t mangle");
+  });
+
+  it("still fails when none of the programs it tried can start", async () => {
+    const missing: CommandRunner = async (file) => {
+      throw new ToolNotStartedError(file, "ENOENT");
+    };
+    await expect(
+      detectIptablesVariant(missing, undefined, { legacyTables: async () => new Set() }),
+    ).rejects.toThrow(/none of .* could be started/);
   });
 });
