@@ -10,6 +10,7 @@ export {
   type IptablesBackend,
   type IptablesBackendOptions,
 } from "./backend.js";
+export * from "./live.js";
 export {
   CHAINS,
   dnatRule,

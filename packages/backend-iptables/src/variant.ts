@@ -6,7 +6,7 @@
  * image ships: the kubelet's hint chain first, then whichever variant sees more rules.
  */
 import { join } from "node:path";
-import { type CommandRunner, ToolNotStartedError } from "@ipvs-node-controller/core";
+import { type CommandRunner, type IpFamily, ToolNotStartedError } from "@ipvs-node-controller/core";
 
 /** The two implementations of the iptables tools. */
 export type IptablesVariant = "legacy" | "nft";
@@ -44,6 +44,13 @@ export function variantBinaries(variant: IptablesVariant, binDir?: string): Ipta
   };
 }
 
+/**
+ * The iptables-legacy tables that exist in a family's kernel (`/proc/net/ip_tables_names`,
+ * `/proc/net/ip6_tables_names`). Naming a legacy table to a legacy tool (`-t mangle`) creates it
+ * when it does not exist yet, so a caller that must leave the node as it found it asks this first.
+ */
+export type LegacyTableNames = (family: IpFamily) => Promise<ReadonlySet<string>>;
+
 /** Hint chains the kubelet creates in the mangle table of the iptables it uses. */
 const HINT_CHAINS = [":KUBE-IPTABLES-HINT ", ":KUBE-KUBELET-CANARY "];
 
@@ -80,16 +87,26 @@ function countRules(outputs: readonly (string | undefined)[]): number {
  * (nft checked first), that one; otherwise the variant whose save tools report more rules over
  * both families; nft on a tie, including when neither sees anything, as current distributions
  * default to it. Throws a BackendError when none of the save tools can be started.
+ *
+ * With `legacyTables`, the legacy mangle table is read only when it exists, so that detecting
+ * changes nothing on the node (reading every table at once never creates one).
  */
 export async function detectIptablesVariant(
   runner: CommandRunner,
   binDir?: string,
+  options: { readonly legacyTables?: LegacyTableNames } = {},
 ): Promise<VariantDetection> {
   const unstartable: string[] = [];
+  let attempts = 0;
   const nft = variantBinaries("nft", binDir);
   const legacy = variantBinaries("legacy", binDir);
-  const evidence = async (b: IptablesBinaries) => {
-    const mangle = await trySave(runner, b.iptablesSave, ["-t", "mangle"], unstartable);
+  const legacyMangle =
+    options.legacyTables === undefined || (await options.legacyTables("ipv4")).has("mangle");
+  const evidence = async (b: IptablesBinaries, readMangle: boolean) => {
+    attempts += readMangle ? 3 : 2;
+    const mangle = readMangle
+      ? await trySave(runner, b.iptablesSave, ["-t", "mangle"], unstartable)
+      : undefined;
     const all4 = await trySave(runner, b.iptablesSave, [], unstartable);
     const all6 = await trySave(runner, b.ip6tablesSave, [], unstartable);
     return {
@@ -97,9 +114,9 @@ export async function detectIptablesVariant(
       rules: countRules([all4, all6]),
     };
   };
-  const nftEvidence = await evidence(nft);
-  const legacyEvidence = await evidence(legacy);
-  if (unstartable.length === 6) {
+  const nftEvidence = await evidence(nft, true);
+  const legacyEvidence = await evidence(legacy, legacyMangle);
+  if (unstartable.length === attempts) {
     throw new ToolNotStartedError(
       nft.iptablesSave,
       `cannot detect the iptables variant: none of ${[...new Set(unstartable)].join(", ")} could be started`,

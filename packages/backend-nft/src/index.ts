@@ -15,3 +15,4 @@ export {
   type NftObject,
   podSetName,
 } from "./compile.js";
+export { type NftReadBackOptions, nftLiveRules, readNftLiveRules } from "./read-back.js";

@@ -56,7 +56,8 @@ export interface RunningController {
   stop(): Promise<void>;
 }
 
-function loadKubeConfig(path: string | undefined): KubeConfig {
+/** The kubeconfig at `path`; default: in-cluster config, else `KUBECONFIG` / `~/.kube/config`. */
+export function loadKubeConfig(path: string | undefined): KubeConfig {
   const kubeConfig = new KubeConfig();
   if (path !== undefined) kubeConfig.loadFromFile(path);
   else if (process.env.KUBERNETES_SERVICE_HOST) kubeConfig.loadFromCluster();

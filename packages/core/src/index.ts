@@ -49,6 +49,7 @@ export {
   trimNode,
   trimService,
 } from "./input.js";
+export type { LiveMapping, LiveRules } from "./live.js";
 export {
   compareMappings,
   type MappingKeyFields,
