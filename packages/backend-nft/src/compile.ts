@@ -21,14 +21,15 @@
  * the cluster IP off the node. The route lookup comes after the map lookup, so a packet to any
  * other destination still costs one hash lookup.
  */
-import type {
-  FamilyRuleset,
-  IpFamily,
-  LocalPodMatch,
-  Mapping,
-  Ruleset,
-  RulesetDiff,
-  RulesetSettings,
+import {
+  cidrRange,
+  type FamilyRuleset,
+  type IpFamily,
+  type LocalPodMatch,
+  type Mapping,
+  type Ruleset,
+  type RulesetDiff,
+  type RulesetSettings,
 } from "@ipvs-node-controller/core";
 
 /** One libnftables JSON command or object; the schema is nft's, see libnftables-json(5). */
@@ -155,33 +156,17 @@ export function chainRules(settings: RulesetSettings): Record<keyof typeof CHAIN
   };
 }
 
-/** IPv4/IPv6 address as an unsigned integer, for interval arithmetic on CIDRs. */
-export function addressToBigInt(address: string): bigint {
-  if (!address.includes(":")) {
-    return address.split(".").reduce((value, octet) => (value << 8n) | BigInt(Number(octet)), 0n);
-  }
-  const [head = "", tail] = address.split("::");
-  const groups = (text: string) => (text === "" ? [] : text.split(":"));
-  const left = groups(head);
-  const right = tail === undefined ? [] : groups(tail);
-  const missing = 8 - left.length - right.length;
-  const all = [...left, ...Array<string>(tail === undefined ? 0 : missing).fill("0"), ...right];
-  return all.reduce((value, group) => (value << 16n) | BigInt(Number.parseInt(group, 16)), 0n);
-}
-
 /** A closed interval of addresses. */
 export interface AddressInterval {
   readonly first: bigint;
   readonly last: bigint;
 }
 
-/** The address interval covered by a canonical CIDR. */
+/** The address interval covered by a canonical CIDR (validated by the core before it gets here). */
 export function cidrInterval(cidr: string): AddressInterval {
-  const [address = "", prefixText = ""] = cidr.split("/");
-  const bits = address.includes(":") ? 128n : 32n;
-  const hostBits = bits - BigInt(Number(prefixText));
-  const first = addressToBigInt(address);
-  return { first, last: first + (1n << hostBits) - 1n };
+  const range = cidrRange(cidr);
+  if (range === undefined) throw new RangeError(`not a CIDR: ${JSON.stringify(cidr)}`);
+  return range;
 }
 
 /** Sorts intervals and merges overlapping or adjacent ones: a canonical form of a set of addresses. */

@@ -8,6 +8,8 @@
  */
 import { isDeepStrictEqual } from "node:util";
 import {
+  addressValue,
+  cidrRange,
   compareMappings,
   type IpFamily,
   type L4Protocol,
@@ -19,7 +21,6 @@ import {
 } from "@ipvs-node-controller/core";
 import {
   type AddressInterval,
-  addressToBigInt,
   CHAIN_PRIORITY,
   CHAINS,
   chainRules,
@@ -94,17 +95,16 @@ export function parseListing(stdout: string): LiveTable {
 function setElementInterval(element: unknown): AddressInterval | undefined {
   const value = isObject(element) && isObject(element.elem) ? element.elem.val : element;
   if (typeof value === "string") {
-    const address = addressToBigInt(value);
-    return { first: address, last: address };
+    const address = addressValue(value)?.value;
+    return address === undefined ? undefined : { first: address, last: address };
   }
   if (isObject(value) && isObject(value.prefix)) {
-    return cidrInterval(`${String(value.prefix.addr)}/${String(value.prefix.len)}`);
+    return cidrRange(`${String(value.prefix.addr)}/${String(value.prefix.len)}`);
   }
   if (isObject(value) && Array.isArray(value.range) && value.range.length === 2) {
-    return {
-      first: addressToBigInt(String(value.range[0])),
-      last: addressToBigInt(String(value.range[1])),
-    };
+    const first = addressValue(value.range[0])?.value;
+    const last = addressValue(value.range[1])?.value;
+    return first === undefined || last === undefined ? undefined : { first, last };
   }
   return undefined;
 }

@@ -8,8 +8,11 @@
  * @packageDocumentation
  */
 export {
+  type AddressRange,
+  addressValue,
   type CanonicalCIDR,
   type CanonicalIP,
+  cidrRange,
   type Parsed,
   parseCIDR,
   parseClusterIP,
