@@ -114,6 +114,8 @@ image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 build_base() {
   as_root "debootstrap"
   command -v debootstrap >/dev/null 2>&1 || apt_install debootstrap
+  # Ubuntu lacks Debian's archive keys, which debootstrap checks the suite against.
+  [[ -e /usr/share/keyrings/debian-archive-keyring.gpg ]] || apt_install debian-archive-keyring
   local rootfs
   rootfs="$(mktemp -d /var/tmp/ipvs-node-controller-base.XXXXXX)"
   # shellcheck disable=SC2064 # the path is fixed now
