@@ -350,6 +350,25 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
       .filter((line) => !isMountPointOrParent(line.slice(2).replace(/^\/var\/run\//, "/run/")));
   }
 
+  /** Removes the containers of earlier runs of this suite whose process is gone (killed runs). */
+  async function removeStaleContainers(): Promise<void> {
+    const prefix = "ipvs-node-controller-test-";
+    const names = await docker(["ps", "--all", `--filter=name=${prefix}`, "--format={{.Names}}"]);
+    const stale = names.split("\n").filter((container) => {
+      const pid = Number(container.slice(prefix.length).split("-")[0]);
+      if (!container.startsWith(prefix) || !Number.isInteger(pid) || pid === process.pid) {
+        return false;
+      }
+      try {
+        process.kill(pid, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    });
+    if (stale.length > 0) await docker(["rm", "--force", ...stale]);
+  }
+
   beforeAll(async () => {
     const started = performance.now();
     const built = await execa("bash", [IMAGE_SCRIPT], { reject: false, stdin: "ignore" });
@@ -362,6 +381,7 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
     console.log(
       `image: ${image} from scripts/image.sh in ${((performance.now() - started) / 1000).toFixed(1)} s`,
     );
+    await removeStaleContainers();
 
     api = await startTestApiServer();
     apiPort = Number(new URL(api.serverUrl).port);
