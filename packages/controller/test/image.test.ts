@@ -226,7 +226,7 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
     container: string,
     what: string,
     probe: () => Promise<boolean>,
-    timeoutMs = 60_000,
+    timeoutMs = 120_000,
   ): Promise<void> {
     try {
       await eventually(what, probe, timeoutMs, 250);
@@ -460,7 +460,7 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
     ]);
     expect(version.trim()).toBe(PACKAGE_VERSION);
     expect(image).toBe(`ipvs-node-controller:${PACKAGE_VERSION}`);
-  }, 60_000);
+  }, 180_000);
 
   it("carries the programs it runs, and no package manager, compiler or cache", async () => {
     const wanted = [
@@ -541,7 +541,7 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
         `/opt/ipvs-node-controller ${mib(Number(field("opt-kib")[0]?.split(/\s/)[0]) * 1024)} ` +
         `(${packages.length} npm packages)`,
     );
-  }, 60_000);
+  }, 180_000);
 
   describe.each([
     { overlay: "nft (deploy/ipvs-node-controller.yaml)", label: "nft" },
@@ -569,7 +569,7 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
         ]);
         expect(hinted.exitCode, hinted.stderr).toBe(0);
       }
-    }, 120_000);
+    }, 300_000);
 
     it("without the controller, the LB IP is refused on the node (the bug)", async () => {
       expect(await connect(node, "pod")).toEqual({ ok: false, error: "refused" });
@@ -596,7 +596,7 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
         async () => (await httpGet(runner, controller.readyz)).status === 200,
       );
       expect((await httpGet(runner, controller.healthz)).status).toBe(200);
-    }, 90_000);
+    }, 240_000);
 
     it("fixes pod and host traffic to the LB IP, and leaves traffic from elsewhere alone", async () => {
       await eventuallyIn(controller.container, "a pod reaches web through its LB IP", async () => {
@@ -620,7 +620,7 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
           `-A IPVSNC-DNAT -d ${LB_IP}/32 -p tcp -m tcp --dport 80`,
         );
       }
-    }, 60_000);
+    }, 180_000);
 
     it("writes nothing outside /tmp, and logs no warning", async () => {
       expect(await writtenOutsideMounts(controller.container)).toEqual([]);
@@ -687,7 +687,7 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
           holder.kill("SIGTERM");
           await setIngress(LB_IP);
         }
-      }, 90_000);
+      }, 240_000);
     }
 
     it("on SIGTERM (docker stop) exits 0 within the grace period and leaves the rules", async () => {
@@ -697,7 +697,7 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
       );
       expect(await connect(node, "pod")).toEqual({ ok: true, reply: "web" });
       expect(await connect(node, "node")).toEqual({ ok: true, reply: "web" });
-    }, 60_000);
+    }, 120_000);
   });
 
   describe(`at ${SERVICES_AT_SCALE.toLocaleString("en")} Services`, () => {
