@@ -76,8 +76,9 @@ ensure_docker() {
   flock "${lock}"
   if ! docker_ready; then
     log "starting dockerd (vfs, no iptables, no bridge), log in ${dockerd_log}"
+    # Without the lock's descriptor: the daemon must not hold the lock for its whole life.
     setsid dockerd --storage-driver=vfs --iptables=false --ip6tables=false --bridge=none \
-      </dev/null >>"${dockerd_log}" 2>&1 &
+      </dev/null >>"${dockerd_log}" 2>&1 {lock}>&- &
     local deadline=$((SECONDS + 60))
     until docker_ready; do
       ((SECONDS < deadline)) || die "dockerd did not answer within 60 s; see ${dockerd_log}"
