@@ -90,10 +90,11 @@ describe.skipIf(!kernel)("test topology reproduces the IPVS Local-policy hole", 
   });
 
   it("builds the node around a process's own namespace, which outlives destroy", async () => {
-    const { execa } = await import("execa");
+    const { spawn } = await import("node:child_process");
     const { readlinkSync } = await import("node:fs");
     // A process with a network namespace of its own, as a container's first process has.
-    const holder = execa("unshare", ["--net", "sleep", "60"], { reject: false, stdin: "ignore" });
+    const holder = spawn("unshare", ["--net", "sleep", "60"], { stdio: "ignore" });
+    const exited = new Promise((resolve) => holder.once("exit", resolve));
     const pid = String(holder.pid);
     try {
       await eventually(
@@ -107,11 +108,12 @@ describe.skipIf(!kernel)("test topology reproduces the IPVS Local-policy hole", 
         ok: true,
         reply: "held",
       });
-      const inHolder = (...args: string[]) => execa("nsenter", ["-t", pid, "-n", "ip", ...args]);
+      const inHolder = (...args: string[]) =>
+        hostRunner("nsenter", ["-t", pid, "-n", "ip", ...args]);
       expect((await inHolder("-o", "link")).stdout).toContain(ADDRESS_PLAN.podInterface);
 
       await around.destroy();
-      const listed = await execa("ip", ["netns", "list"]);
+      const listed = await hostRunner("ip", ["netns", "list"]);
       for (const name of Object.values(around.namespaces)) {
         expect(listed.stdout).not.toContain(name);
       }
@@ -119,7 +121,7 @@ describe.skipIf(!kernel)("test topology reproduces the IPVS Local-policy hole", 
       expect((await inHolder("-o", "addr")).stdout).toContain(cluster.ipv4);
     } finally {
       holder.kill("SIGKILL");
-      await holder;
+      await exited;
     }
   }, 30_000);
 });
