@@ -10,6 +10,7 @@ export {
   type IptablesBackend,
   type IptablesBackendOptions,
 } from "./backend.js";
+export { dnatKey } from "./dnat-order.js";
 export {
   CHAINS,
   dnatRule,
