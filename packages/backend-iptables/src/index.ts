@@ -1,7 +1,7 @@
 /**
  * iptables backend of ipvs-node-controller: compiles a core Ruleset to `iptables-restore
  * --noflush` documents and applies them atomically per IP family, with iptables-legacy or
- * iptables-nft.
+ * iptables-nft; a change sends only the DNAT rules that change.
  *
  * @packageDocumentation
  */

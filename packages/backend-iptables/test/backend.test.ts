@@ -5,12 +5,19 @@ import {
   type CommandResult,
   type CommandRunner,
   ConfigError,
+  diffRulesets,
   InvalidRulesetError,
+  type Mapping,
   ToolNotStartedError,
   ToolRefusedError,
 } from "@ipvs-node-controller/core";
 import { describe, expect, it } from "vitest";
-import { createIptablesBackend, detectIptablesVariant, variantBinaries } from "../src/index.js";
+import {
+  createIptablesBackend,
+  detectIptablesVariant,
+  dnatRule,
+  variantBinaries,
+} from "../src/index.js";
 import { family, mapping, ruleset } from "./fixtures.js";
 
 const EMPTY_NAT = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
@@ -252,5 +259,169 @@ describe("the production runner", () => {
     await expect(backend.apply(simple)).rejects.toThrow(
       "/nonexistent/iptables-nft-save could not be started: ENOENT",
     );
+  });
+});
+
+describe("changes", () => {
+  const POD_CIDRS = { kind: "sourceCIDRs", cidrs: ["10.244.1.0/24"] } as const;
+  const POD_CIDRS_V6 = { kind: "sourceCIDRs", cidrs: ["fd00:10:244:1::/64"] } as const;
+  const v4 = (...mappings: Mapping[]) => ruleset([family("ipv4", POD_CIDRS, mappings)]);
+  const web = mapping("192.0.2.1", 80, "10.96.0.1");
+  const api = mapping("192.0.2.2", 80, "10.96.0.2", { name: "api" });
+  const web6 = mapping("2001:db8::1", 80, "fd00::1");
+  const dual = (m4: Mapping[], m6: Mapping[]) =>
+    ruleset([family("ipv4", POD_CIDRS, m4), family("ipv6", POD_CIDRS_V6, m6)]);
+  const doc = (...lines: string[]) => ["*nat", ...lines, "COMMIT", ""].join("\n");
+
+  /** A kernel whose nat tables are always empty and whose restores accept everything. */
+  const accepting = () =>
+    scripted({
+      "iptables-nft-save": () => ok(EMPTY_NAT),
+      "ip6tables-nft-save": () => ok(EMPTY_NAT),
+      "iptables-nft-restore": () => ok(),
+      "ip6tables-nft-restore": () => ok(),
+    });
+
+  it("sends only the rules that change, and reads nothing back", async () => {
+    const { runner, calls } = accepting();
+    const backend = createIptablesBackend({ mode: "nft", runner });
+    await backend.apply(v4(web), { full: true });
+    calls.length = 0;
+    expect(await backend.applyChanges(diffRulesets(v4(web), v4(web, api)))).toEqual({
+      mode: "incremental",
+      changedMappings: 1,
+    });
+    expect(calls).toEqual([
+      {
+        file: "iptables-nft-restore",
+        args: ["--noflush", "-w"],
+        input: doc(`-A IPVSNC-DNAT ${dnatRule(api)}`),
+      },
+    ]);
+    // apply() without `full` diffs against the applied state in memory, and sends the change.
+    calls.length = 0;
+    expect(await backend.apply(v4(api))).toEqual({ mode: "incremental", changedMappings: 1 });
+    expect(calls.map((c) => c.input)).toEqual([doc(`-D IPVSNC-DNAT ${dnatRule(web)}`)]);
+    calls.length = 0;
+    expect(await backend.apply(v4(api))).toEqual({ mode: "none", changedMappings: 0 });
+    expect(calls).toEqual([]);
+  });
+
+  it("reads back a family that is not enabled only while it may hold rules of ours", async () => {
+    const { runner, calls } = accepting();
+    const backend = createIptablesBackend({ mode: "nft", runner });
+    const saves = () => calls.filter((c) => c.file.endsWith("-save")).map((c) => c.file);
+    // The first sync of an instance looks everywhere: an earlier process may have enabled IPv6.
+    await backend.apply(v4(web));
+    expect(saves()).toEqual(["iptables-nft-save", "ip6tables-nft-save"]);
+    calls.length = 0;
+    await backend.apply(v4(web), { full: true });
+    await backend.verify(v4(web));
+    expect(saves()).toEqual(["iptables-nft-save", "iptables-nft-save"]);
+    // Enabling IPv6 is a settings change: a full sync of both.
+    calls.length = 0;
+    expect((await backend.apply(dual([web], [web6]))).mode).toBe("full");
+    expect(saves()).toEqual(["iptables-nft-save", "ip6tables-nft-save"]);
+    // Disabling it again must look there to remove ours.
+    calls.length = 0;
+    expect((await backend.apply(v4(web))).mode).toBe("full");
+    expect(saves()).toEqual(["iptables-nft-save", "ip6tables-nft-save"]);
+  });
+
+  it("rewrites everything when the kernel refuses a change", async () => {
+    const messages: string[] = [];
+    const { runner, calls } = scripted({
+      "iptables-nft-save": () => ok(EMPTY_NAT),
+      "iptables-nft-restore": (_args, input) =>
+        input?.startsWith("*nat\n-D")
+          ? { stdout: "", stderr: "iptables-nft-restore: line 2 failed\n", exitCode: 1 }
+          : ok(),
+      "ip6tables-nft-save": () => ok(EMPTY_NAT),
+    });
+    const backend = createIptablesBackend({ mode: "nft", runner, log: (m) => messages.push(m) });
+    await backend.apply(v4(web, api), { full: true });
+    calls.length = 0;
+    expect(await backend.applyChanges(diffRulesets(v4(web, api), v4(api)))).toEqual({
+      mode: "full",
+      changedMappings: 1,
+    });
+    expect(calls.map((c) => c.file)).toEqual([
+      "iptables-nft-restore",
+      "iptables-nft-save",
+      "iptables-nft-restore",
+    ]);
+    expect(calls[2]?.input).toBe(backend.render(v4(api)).split("\n").slice(1).join("\n"));
+    expect(messages).toEqual([
+      expect.stringMatching(
+        /^incremental change refused, rewriting our chains: .*\(line 2: -D IPVSNC-DNAT -d 192\.0\.2\.1\/32 /,
+      ),
+    ]);
+    // From the rewritten state, changes are incremental again.
+    expect((await backend.applyChanges(diffRulesets(v4(api), v4(api, web)))).mode).toBe(
+      "incremental",
+    );
+  });
+
+  it("rewrites everything when the settings change", async () => {
+    const { runner, calls } = accepting();
+    const backend = createIptablesBackend({ mode: "nft", runner });
+    await backend.apply(v4(web), { full: true });
+    calls.length = 0;
+    const marked = { ...v4(web), masqueradeMark: 0x8000 };
+    expect(await backend.applyChanges(diffRulesets(v4(web), marked))).toEqual({
+      mode: "full",
+      changedMappings: 1,
+    });
+    expect(calls.map((c) => c.file)).toEqual(["iptables-nft-save", "iptables-nft-restore"]);
+    expect(calls[1]?.input).toContain("--set-xmark 0x8000/0x8000");
+  });
+
+  it("stops trusting what it applied once a verify found drift", async () => {
+    const { runner, calls } = accepting();
+    const backend = createIptablesBackend({ mode: "nft", runner });
+    await backend.apply(v4(web), { full: true });
+    // The scripted kernel never holds anything: every verify finds drift.
+    expect(await backend.verify(v4(web))).toBe(false);
+    calls.length = 0;
+    expect((await backend.applyChanges(diffRulesets(v4(web), v4(web, api)))).mode).toBe("full");
+    expect(calls.map((c) => c.file)).toEqual(["iptables-nft-save", "iptables-nft-restore"]);
+  });
+
+  it("undoes the IPv4 part of a change when the IPv6 program cannot run, then rewrites", async () => {
+    let ip6Missing = false;
+    const { runner, calls } = scripted({
+      "iptables-nft-save": () => ok(EMPTY_NAT),
+      "ip6tables-nft-save": () => ok(EMPTY_NAT),
+      "iptables-nft-restore": () => ok(),
+      "ip6tables-nft-restore": () => {
+        if (ip6Missing) throw new ToolNotStartedError("ip6tables-nft-restore", "ENOENT");
+        return ok();
+      },
+    });
+    const messages: string[] = [];
+    const backend = createIptablesBackend({ mode: "nft", runner, log: (m) => messages.push(m) });
+    const before = dual([web], [web6]);
+    const after = dual([web, api], []);
+    await backend.apply(before, { full: true });
+    calls.length = 0;
+    ip6Missing = true;
+    await expect(backend.applyChanges(diffRulesets(before, after))).rejects.toThrow(
+      ToolNotStartedError,
+    );
+    expect(calls.map((c) => [c.file, c.input])).toEqual([
+      ["iptables-nft-restore", doc(`-A IPVSNC-DNAT ${dnatRule(api)}`)],
+      ["ip6tables-nft-restore", doc(`-D IPVSNC-DNAT ${dnatRule(web6)}`)],
+      ["iptables-nft-restore", doc(`-D IPVSNC-DNAT ${dnatRule(api)}`)],
+    ]);
+    expect(messages).toEqual(["rolled ipv4 back to its previous rules"]);
+    calls.length = 0;
+    ip6Missing = false;
+    expect((await backend.applyChanges(diffRulesets(before, after))).mode).toBe("full");
+    expect(calls.map((c) => c.file)).toEqual([
+      "iptables-nft-save",
+      "ip6tables-nft-save",
+      "iptables-nft-restore",
+      "ip6tables-nft-restore",
+    ]);
   });
 });
