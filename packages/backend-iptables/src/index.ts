@@ -11,6 +11,7 @@ export {
   type IptablesBackendOptions,
 } from "./backend.js";
 export { dnatKey } from "./dnat-order.js";
+export { LEGACY_TABLE_LISTS, legacyTables } from "./legacy-tables.js";
 export {
   CHAINS,
   dnatRule,

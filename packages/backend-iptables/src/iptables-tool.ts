@@ -10,7 +10,8 @@ import {
   ToolNotStartedError,
   ToolRefusedError,
 } from "@ipvs-node-controller/core";
-import { type LiveState, parseNatSave } from "./state.js";
+import { legacyTables } from "./legacy-tables.js";
+import { EMPTY_STATE, type LiveState, parseNatSave } from "./state.js";
 import {
   detectIptablesVariant,
   type IptablesBinaries,
@@ -43,6 +44,8 @@ function trimmed(text: string): string {
 /** One variant's four programs and the runner that starts them. */
 export class IptablesTool {
   private detected: Promise<IptablesVariant> | undefined;
+  /** Families whose legacy nat table was seen to exist: it cannot go away, so look no more. */
+  private readonly legacyNatSeen = new Set<IpFamily>();
 
   constructor(private readonly options: IptablesToolOptions) {}
 
@@ -78,8 +81,14 @@ export class IptablesTool {
     return family === "ipv4" ? b.iptablesRestore : b.ip6tablesRestore;
   }
 
-  /** Our part of a family's nat table. */
+  /**
+   * Our part of a family's nat table. With iptables-legacy, a nat table that does not exist holds
+   * nothing of ours and is not created by asking (see `legacyTables`).
+   */
   async readState(family: IpFamily): Promise<LiveState> {
+    if ((await this.variant()) === "legacy" && !(await this.legacyNatExists(family))) {
+      return EMPTY_STATE;
+    }
     const b = await this.binaries();
     const file = family === "ipv4" ? b.iptablesSave : b.ip6tablesSave;
     const result = await this.run(file, ["-t", "nat"]);
@@ -128,6 +137,15 @@ export class IptablesTool {
       result.exitCode,
       result.stderr.trim(),
     );
+  }
+
+  private async legacyNatExists(family: IpFamily): Promise<boolean> {
+    if (this.legacyNatSeen.has(family)) return true;
+    const tables = await legacyTables(this.options.runner, family);
+    // Unknown: ask iptables-legacy-save, as if the list said yes.
+    if (tables !== undefined && !tables.has("nat")) return false;
+    if (tables !== undefined) this.legacyNatSeen.add(family);
+    return true;
   }
 
   private async run(file: string, args: readonly string[], input?: string): Promise<CommandResult> {

@@ -16,6 +16,7 @@ import {
   createIptablesBackend,
   detectIptablesVariant,
   dnatRule,
+  LEGACY_TABLE_LISTS,
   variantBinaries,
 } from "../src/index.js";
 import { family, mapping, ruleset } from "./fixtures.js";
@@ -422,6 +423,90 @@ describe("changes", () => {
       "ip6tables-nft-save",
       "iptables-nft-restore",
       "ip6tables-nft-restore",
+    ]);
+  });
+});
+
+describe("looking before touching iptables-legacy", () => {
+  const missing = (file: string): CommandResult => ({
+    stdout: "",
+    stderr: `cat: ${file}: No such file or directory\n`,
+    exitCode: 1,
+  });
+  /** `cat` of the two table lists: a string is the file's content, undefined a missing file. */
+  const tableLists =
+    (ipv4: string | undefined, ipv6: string | undefined) => (args: readonly string[]) => {
+      const content = args[0] === LEGACY_TABLE_LISTS.ipv4 ? ipv4 : ipv6;
+      return content === undefined ? missing(args[0] as string) : ok(content);
+    };
+  const legacyCalls = (calls: { file: string; args: readonly string[] }[]) =>
+    calls.filter((c) => c.file.includes("legacy")).map((c) => [c.file, ...c.args].join(" "));
+
+  it.each([
+    { name: "no legacy table at all", ipv4: "", ipv6: undefined, expected: [] },
+    {
+      name: "an IPv4 filter table only",
+      ipv4: "filter\n",
+      ipv6: "",
+      expected: ["iptables-legacy-save"],
+    },
+    {
+      name: "mangle and nat in IPv4, filter in IPv6",
+      ipv4: "mangle\nnat\n",
+      ipv6: "filter\n",
+      expected: ["iptables-legacy-save -t mangle", "iptables-legacy-save", "ip6tables-legacy-save"],
+    },
+  ])("detection asks iptables-legacy only about existing tables: $name", async (c) => {
+    const { runner, calls } = scripted({
+      cat: tableLists(c.ipv4, c.ipv6),
+      "iptables-nft-save": () => ok(""),
+      "ip6tables-nft-save": () => ok(""),
+      "iptables-legacy-save": () => ok(""),
+      "ip6tables-legacy-save": () => ok(""),
+    });
+    expect((await detectIptablesVariant(runner)).variant).toBe("nft");
+    expect(legacyCalls(calls)).toEqual(c.expected);
+  });
+
+  it("detection asks every tool when the table lists cannot be read", async () => {
+    const { runner, calls } = scripted({
+      "iptables-nft-save": () => ok(""),
+      "ip6tables-nft-save": () => ok(""),
+      "iptables-legacy-save": () => ok(""),
+      "ip6tables-legacy-save": () => ok(""),
+    });
+    await detectIptablesVariant(runner);
+    expect(legacyCalls(calls)).toEqual([
+      "iptables-legacy-save -t mangle",
+      "iptables-legacy-save",
+      "ip6tables-legacy-save",
+    ]);
+  });
+
+  it("cleans up in legacy mode without creating a nat table that does not exist", async () => {
+    const { runner, calls } = scripted({ cat: tableLists("filter\n", undefined) });
+    const backend = createIptablesBackend({ mode: "legacy", runner });
+    expect(await backend.cleanup()).toBe(false);
+    expect(await backend.verify(ruleset([]))).toBe(true);
+    expect(legacyCalls(calls)).toEqual([]);
+  });
+
+  it("reads a legacy nat table that exists, and stops looking once it has seen it", async () => {
+    const { runner, calls } = scripted({
+      cat: tableLists("nat\n", ""),
+      "iptables-legacy-save": () => ok(EMPTY_NAT),
+      "iptables-legacy-restore": () => ok(),
+    });
+    const backend = createIptablesBackend({ mode: "legacy", runner });
+    await backend.apply(ruleset([family("ipv4", { kind: "inputInterface", name: "cni0" }, [])]));
+    await backend.cleanup();
+    expect(calls.map((c) => [c.file, ...c.args].join(" "))).toEqual([
+      `cat ${LEGACY_TABLE_LISTS.ipv4}`,
+      "iptables-legacy-save -t nat",
+      `cat ${LEGACY_TABLE_LISTS.ipv6}`,
+      "iptables-legacy-restore --noflush -w",
+      "iptables-legacy-save -t nat",
+      `cat ${LEGACY_TABLE_LISTS.ipv6}`,
     ]);
   });
 });
