@@ -9,6 +9,7 @@ export {
   createIptablesBackend,
   type IptablesBackend,
   type IptablesBackendOptions,
+  MAX_INCREMENTAL_DELETES,
 } from "./backend.js";
 export { dnatKey } from "./dnat-order.js";
 export { LEGACY_TABLE_LISTS, legacyTables } from "./legacy-tables.js";

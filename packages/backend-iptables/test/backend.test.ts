@@ -17,6 +17,7 @@ import {
   detectIptablesVariant,
   dnatRule,
   LEGACY_TABLE_LISTS,
+  MAX_INCREMENTAL_DELETES,
   variantBinaries,
 } from "../src/index.js";
 import { family, mapping, ruleset } from "./fixtures.js";
@@ -375,6 +376,26 @@ describe("changes", () => {
     });
     expect(calls.map((c) => c.file)).toEqual(["iptables-nft-save", "iptables-nft-restore"]);
     expect(calls[1]?.input).toContain("--set-xmark 0x8000/0x8000");
+  });
+
+  it("rewrites everything rather than delete more rules than a rewrite costs", async () => {
+    const many = Array.from({ length: MAX_INCREMENTAL_DELETES + 3 }, (_, i) =>
+      mapping(`192.0.2.${i + 1}`, 443, "10.96.0.1", { name: `svc-${i}` }),
+    );
+    const { runner, calls } = accepting();
+    const backend = createIptablesBackend({ mode: "nft", runner });
+    await backend.apply(v4(...many), { full: true });
+    calls.length = 0;
+    const keep = (n: number) => v4(...many.slice(many.length - n));
+    expect(await backend.apply(keep(2))).toEqual({ mode: "full", changedMappings: 2 });
+    expect(calls.map((c) => c.file)).toEqual(["iptables-nft-save", "iptables-nft-restore"]);
+    await backend.apply(v4(...many), { full: true });
+    calls.length = 0;
+    expect(await backend.apply(keep(3))).toEqual({
+      mode: "incremental",
+      changedMappings: MAX_INCREMENTAL_DELETES,
+    });
+    expect(calls.map((c) => c.file)).toEqual(["iptables-nft-restore"]);
   });
 
   it("stops trusting what it applied once a verify found drift", async () => {
