@@ -1,7 +1,7 @@
 /**
  * Reading our rules back for a diagnosis: which translations the nat tables hold, and how the
  * rest of our chains and jumps differs from what a sync writes. Reads only, and never through a
- * call that creates a table (see {@link LegacyTableNames}).
+ * call that creates a table (see `legacyTables`).
  */
 import {
   type CommandRunner,
@@ -18,18 +18,16 @@ import {
   ToolRefusedError,
 } from "@ipvs-node-controller/core";
 import { runTool } from "@ipvs-node-controller/exec";
+import { legacyTables } from "./legacy-tables.js";
 import { CHAINS, familyTarget } from "./render.js";
 import { EMPTY_STATE, type LiveState, normalizeSpec, parseNatSave, tokenize } from "./state.js";
 import {
   detectIptablesVariant,
   type IptablesMode,
   type IptablesVariant,
-  type LegacyTableNames,
   type VariantDetection,
   variantBinaries,
 } from "./variant.js";
-
-export type { LegacyTableNames } from "./variant.js";
 
 const FAMILIES: readonly IpFamily[] = ["ipv4", "ipv6"];
 const PROTOCOLS: ReadonlySet<string> = new Set<L4Protocol>(["tcp", "udp", "sctp"]);
@@ -185,29 +183,6 @@ export function iptablesLiveRules(
   return { backend: "iptables", tool, present, mappings: mappings.sort(compareMappings), problems };
 }
 
-/**
- * Reads the names of the iptables-legacy tables from `/proc/net/ip{,6}_tables_names`, through
- * `runner` so that the answer comes from the network namespace the tools run in. A file that
- * cannot be read (no legacy module loaded) means no legacy table exists.
- */
-export function procLegacyTableNames(runner: CommandRunner = runTool): LegacyTableNames {
-  return async (family) => {
-    const path = family === "ipv4" ? "/proc/net/ip_tables_names" : "/proc/net/ip6_tables_names";
-    try {
-      const result = await runner("cat", [path]);
-      if (result.exitCode !== 0) return new Set();
-      return new Set(
-        result.stdout
-          .split("\n")
-          .map((line) => line.trim())
-          .filter((line) => line !== ""),
-      );
-    } catch {
-      return new Set();
-    }
-  };
-}
-
 /** Options of {@link readIptablesLiveRules}: the backend's, minus the writing parts. */
 export interface IptablesReadBackOptions {
   /** `auto` (default) detects the host's variant without creating a table; the others force one. */
@@ -216,8 +191,6 @@ export interface IptablesReadBackOptions {
   readonly binDir?: string;
   /** Starts processes. Default: `runTool`. */
   readonly runner?: CommandRunner;
-  /** The existing legacy tables. Default: {@link procLegacyTableNames} through `runner`. */
-  readonly legacyTables?: LegacyTableNames;
 }
 
 /** {@link LiveRules} of the iptables backend, with the variant they were read from. */
@@ -240,18 +213,17 @@ export async function readIptablesLiveRules(
   settings: RulesetSettings,
 ): Promise<IptablesLiveRules> {
   const runner = options.runner ?? runTool;
-  const legacyTables = options.legacyTables ?? procLegacyTableNames(runner);
   const mode = options.mode ?? "auto";
   const detection =
-    mode === "auto"
-      ? await detectIptablesVariant(runner, options.binDir, { legacyTables })
-      : undefined;
+    mode === "auto" ? await detectIptablesVariant(runner, options.binDir) : undefined;
   const variant = detection?.variant ?? (mode as IptablesVariant);
   const binaries = variantBinaries(variant, options.binDir);
   const states = new Map<IpFamily, LiveState>();
   for (const family of FAMILIES) {
     const enabled = settings.families.some((candidate) => candidate.family === family);
-    if (variant === "legacy" && !(await legacyTables(family)).has("nat")) continue;
+    // Unknown (the list could not be read) counts as present: reading then creates nothing new.
+    if (variant === "legacy" && !((await legacyTables(runner, family))?.has("nat") ?? true))
+      continue;
     const file = family === "ipv4" ? binaries.iptablesSave : binaries.ip6tablesSave;
     let result: Awaited<ReturnType<CommandRunner>>;
     try {

@@ -6,7 +6,8 @@
  * image ships: the kubelet's hint chain first, then whichever variant sees more rules.
  */
 import { join } from "node:path";
-import { type CommandRunner, type IpFamily, ToolNotStartedError } from "@ipvs-node-controller/core";
+import { type CommandRunner, ToolNotStartedError } from "@ipvs-node-controller/core";
+import { legacyTables } from "./legacy-tables.js";
 
 /** The two implementations of the iptables tools. */
 export type IptablesVariant = "legacy" | "nft";
@@ -44,23 +45,24 @@ export function variantBinaries(variant: IptablesVariant, binDir?: string): Ipta
   };
 }
 
-/**
- * The iptables-legacy tables that exist in a family's kernel (`/proc/net/ip_tables_names`,
- * `/proc/net/ip6_tables_names`). Naming a legacy table to a legacy tool (`-t mangle`) creates it
- * when it does not exist yet, so a caller that must leave the node as it found it asks this first.
- */
-export type LegacyTableNames = (family: IpFamily) => Promise<ReadonlySet<string>>;
-
 /** Hint chains the kubelet creates in the mangle table of the iptables it uses. */
 const HINT_CHAINS = [":KUBE-IPTABLES-HINT ", ":KUBE-KUBELET-CANARY "];
+
+/** Which save runs started, and which of them could not. */
+interface Attempts {
+  started: number;
+  readonly unstartable: string[];
+}
 
 /** Output of one save run, or undefined when the program failed or could not be started. */
 async function trySave(
   runner: CommandRunner,
   file: string,
   args: readonly string[],
-  unstartable: string[],
+  attempts: Attempts,
 ): Promise<string | undefined> {
+  attempts.started++;
+  const { unstartable } = attempts;
   try {
     const result = await runner(file, args);
     if (result.exitCode === 0) return result.stdout;
@@ -88,35 +90,49 @@ function countRules(outputs: readonly (string | undefined)[]): number {
  * both families; nft on a tie, including when neither sees anything, as current distributions
  * default to it. Throws a BackendError when none of the save tools can be started.
  *
- * With `legacyTables`, the legacy mangle table is read only when it exists, so that detecting
- * changes nothing on the node (reading every table at once never creates one).
+ * iptables-legacy is only asked about tables that exist (see `legacyTables`): naming a table it
+ * does not have would create it, and a node that never used legacy iptables would from then on
+ * carry empty legacy tables that make every iptables-nft command warn.
  */
 export async function detectIptablesVariant(
   runner: CommandRunner,
   binDir?: string,
-  options: { readonly legacyTables?: LegacyTableNames } = {},
 ): Promise<VariantDetection> {
-  const unstartable: string[] = [];
-  let attempts = 0;
+  const attempts: Attempts = { started: 0, unstartable: [] };
   const nft = variantBinaries("nft", binDir);
   const legacy = variantBinaries("legacy", binDir);
-  const legacyMangle =
-    options.legacyTables === undefined || (await options.legacyTables("ipv4")).has("mangle");
-  const evidence = async (b: IptablesBinaries, readMangle: boolean) => {
-    attempts += readMangle ? 3 : 2;
-    const mangle = readMangle
-      ? await trySave(runner, b.iptablesSave, ["-t", "mangle"], unstartable)
+  /** `exists(table)` says whether a save naming that table (or, for "*", any) may run. */
+  const evidence = async (
+    b: IptablesBinaries,
+    exists: (family: "ipv4" | "ipv6", table: string) => boolean,
+  ) => {
+    const mangle = exists("ipv4", "mangle")
+      ? await trySave(runner, b.iptablesSave, ["-t", "mangle"], attempts)
       : undefined;
-    const all4 = await trySave(runner, b.iptablesSave, [], unstartable);
-    const all6 = await trySave(runner, b.ip6tablesSave, [], unstartable);
+    const all4 = exists("ipv4", "*")
+      ? await trySave(runner, b.iptablesSave, [], attempts)
+      : undefined;
+    const all6 = exists("ipv6", "*")
+      ? await trySave(runner, b.ip6tablesSave, [], attempts)
+      : undefined;
     return {
       hinted: HINT_CHAINS.some((chain) => mangle?.includes(chain) ?? false),
       rules: countRules([all4, all6]),
     };
   };
-  const nftEvidence = await evidence(nft, true);
-  const legacyEvidence = await evidence(legacy, legacyMangle);
-  if (unstartable.length === attempts) {
+  const nftEvidence = await evidence(nft, () => true);
+  const legacyTablesOf = {
+    ipv4: await legacyTables(runner, "ipv4"),
+    ipv6: await legacyTables(runner, "ipv6"),
+  };
+  const legacyEvidence = await evidence(legacy, (family, table) => {
+    const tables = legacyTablesOf[family];
+    // Unknown (the list could not be read): ask the tools, as without the list.
+    if (tables === undefined) return true;
+    return table === "*" ? tables.size > 0 : tables.has(table);
+  });
+  const { unstartable } = attempts;
+  if (unstartable.length === attempts.started) {
     throw new ToolNotStartedError(
       nft.iptablesSave,
       `cannot detect the iptables variant: none of ${[...new Set(unstartable)].join(", ")} could be started`,

@@ -187,32 +187,33 @@ describe("iptablesLiveRules", () => {
   });
 });
 
-describe("detectIptablesVariant with legacyTables", () => {
+describe("detectIptablesVariant and the legacy tables that exist", () => {
   const calls: string[] = [];
-  const runner: CommandRunner = async (file, args) => {
-    calls.push([file, ...args].join(" "));
-    return { stdout: "", stderr: "", exitCode: 0 };
-  };
+  /** A runner whose kernel lists `tables` as existing legacy tables of both families. */
+  const runnerWith =
+    (tables: string[]): CommandRunner =>
+    async (file, args) => {
+      calls.push([file, ...args].join(" "));
+      if (file === "cat") return { stdout: tables.join("\n"), stderr: "", exitCode: 0 };
+      return { stdout: "", stderr: "", exitCode: 0 };
+    };
 
   it("names the legacy mangle table only when it exists", async () => {
     calls.length = 0;
-    await detectIptablesVariant(runner, undefined, { legacyTables: async () => new Set(["nat"]) });
+    await detectIptablesVariant(runnerWith(["nat"]));
     expect(calls.filter((call) => call.includes("-t mangle"))).toEqual([
       "iptables-nft-save -t mangle",
     ]);
     calls.length = 0;
-    await detectIptablesVariant(runner, undefined, {
-      legacyTables: async () => new Set(["mangle"]),
-    });
+    await detectIptablesVariant(runnerWith(["mangle"]));
     expect(calls).toContain("iptables-legacy-save -t mangle");
   });
 
   it("still fails when none of the programs it tried can start", async () => {
     const missing: CommandRunner = async (file) => {
+      if (file === "cat") return { stdout: "", stderr: "", exitCode: 0 };
       throw new ToolNotStartedError(file, "ENOENT");
     };
-    await expect(
-      detectIptablesVariant(missing, undefined, { legacyTables: async () => new Set() }),
-    ).rejects.toThrow(/none of .* could be started/);
+    await expect(detectIptablesVariant(missing)).rejects.toThrow(/none of .* could be started/);
   });
 });
