@@ -194,6 +194,15 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
     }
   }
 
+  /** Whether a family's nat table holds `target`; false when it cannot be read. */
+  async function inPlace(family: IpFamily, target: TargetState): Promise<boolean> {
+    try {
+      return planTransition(await readState(family), target).upToDate;
+    } catch {
+      return false;
+    }
+  }
+
   /**
    * Each operation reads the state and then writes it, so two running at once could both plan
    * from the same state and insert a jump twice: operations on one backend run one at a time.
@@ -205,13 +214,20 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
 
   async function applyNow(ruleset: Ruleset, full: boolean): Promise<ApplyResult> {
     const targets = rulesetTargets(ruleset);
-    const plans: { family: IpFamily; live: LiveState; document: string; upToDate: boolean }[] = [];
+    const plans: {
+      family: IpFamily;
+      live: LiveState;
+      target: TargetState;
+      document: string;
+      upToDate: boolean;
+    }[] = [];
     for (const family of FAMILIES) {
       const target = targets.get(family);
       // A family that is no longer enabled loses whatever we left there earlier.
       const live = target ? await readState(family) : await readStateIfPossible(family);
       if (live === undefined || (!target && !hasAnything(live))) continue;
-      plans.push({ family, live, ...planTransition(live, target ?? EMPTY_TARGET) });
+      const goal = target ?? EMPTY_TARGET;
+      plans.push({ family, live, target: goal, ...planTransition(live, goal) });
     }
     // The live state is compared rather than the last applied ruleset, so this also holds
     // after a restart and notices rules that someone else removed or edited.
@@ -224,9 +240,17 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
       try {
         await restore(plan.family, plan.document);
       } catch (error) {
-        // Each restore is atomic, but two families are two restores: undo the ones that went in.
-        for (const earlier of done) await rollBack(earlier.family, earlier.live);
-        throw error;
+        // A restore killed after its commit (a time limit, the OOM killer) reports a failure for
+        // rules that are in the kernel: undoing the other family then would leave one family new
+        // and one old. Only a restore that changed nothing makes the others roll back.
+        if (!(await inPlace(plan.family, plan.target))) {
+          // Each restore is atomic, but two families are two restores: undo the ones that went in.
+          for (const earlier of done) await rollBack(earlier.family, earlier.live);
+          throw error;
+        }
+        log(
+          `${plan.family}: the restore failed but its rules are in place (${trimmed(String(error))})`,
+        );
       }
       done.push(plan);
     }
