@@ -6,6 +6,12 @@
  */
 export { main } from "./cli.js";
 export { type Clock, systemClock } from "./clock.js";
+export {
+  type ConntrackCleaner,
+  type ConntrackCleanerOptions,
+  createConntrackCleaner,
+  destinationsWithFlows,
+} from "./conntrack.js";
 export { parseDuration } from "./duration.js";
 export type { HealthSource, HealthState } from "./http-server.js";
 export { InputFileError, readNode, readServicesFile } from "./input-files.js";

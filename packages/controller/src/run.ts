@@ -18,6 +18,7 @@ import {
 } from "@ipvs-node-controller/core";
 import { CoreV1Api, KubeConfig, Watch } from "@kubernetes/client-node";
 import type { Logger } from "pino";
+import { createConntrackCleaner } from "./conntrack.js";
 import {
   closeServer,
   type HealthSource,
@@ -197,6 +198,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
     metrics,
     log,
     inspect: nodeInspector(runner, metrics, log),
+    conntrack: createConntrackCleaner({ runner, log, registry: metrics.registry }),
   });
   let stopping = false;
   const health: HealthSource = {
