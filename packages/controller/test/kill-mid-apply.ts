@@ -1,13 +1,13 @@
 /**
  * SIGKILL in the middle of an apply, on the real kernel: the suite shared by
- * kill-mid-apply-nft.test.ts and kill-mid-apply-iptables.test.ts.
+ * kill-mid-apply-nft.test.ts and kill-mid-apply-iptables-{legacy,nft}.test.ts.
  *
- * A backend replaces 10,000 mappings by 10,000 others (a full sync, as at start and after a
- * failure) while a timer SIGKILLs the kernel tool it started (`nft -j -f -`,
- * `iptables-restore --noflush -w`) at a random point of its run. The process that dies is the tool
- * itself, so the kernel sees a transaction whose sender vanished. After every kill:
- * - the kernel holds the complete old or the complete new ruleset (`verify` of exactly one of
- *   them is true), never a mix;
+ * A backend replaces 10,000 mappings by 10,000 others (2,000 with iptables-nft, whose tools are
+ * several times slower) in a full sync, as at start and after a failure, while a timer SIGKILLs
+ * the kernel tool it started (`nft -j -f -`, `iptables-restore --noflush -w`) at a random point of
+ * its run. The process that dies is the tool itself, so the kernel sees a transaction whose sender
+ * vanished. After every kill:
+ * - the kernel holds the complete old or the complete new ruleset, never a mix;
  * - a fresh backend, as a restarted controller has, converges in one full sync;
  * - kube-proxy-like chains, other tables and an unrelated nft table are untouched.
  */
@@ -45,6 +45,7 @@ COMMIT
   ipv6: `*nat
 :KUBE-SERVICES - [0:0]
 -A PREROUTING -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment "kubernetes service portals" -j KUBE-SERVICES
 -A KUBE-SERVICES -d fd00:10:96::1/128 -p tcp -m tcp --dport 443 -j RETURN
 COMMIT
 `,
@@ -107,18 +108,18 @@ function service(index: number, generation: 0 | 1): ServiceInput {
   };
 }
 
-/** The two rulesets the suite switches between. */
-export function rulesets(): readonly [Ruleset, Ruleset] {
+/** The two rulesets the suite switches between, of `mappings` mappings each. */
+export function rulesets(mappings = MAPPINGS): readonly [Ruleset, Ruleset] {
   const config = {
     families: ["ipv4", "ipv6"] as const,
     extraPodCIDRs: [ADDRESS_PLAN.podCIDR.ipv4, ADDRESS_PLAN.podCIDR.ipv6],
   };
   const make = (generation: 0 | 1) => {
-    const services = Array.from({ length: MAPPINGS / 2 }, (_, index) => service(index, generation));
+    const services = Array.from({ length: mappings / 2 }, (_, index) => service(index, generation));
     const { ruleset, skipped } = computeRuleset({ services, config });
     expect(skipped).toEqual([]);
     const count = ruleset.families.reduce((sum, family) => sum + family.mappings.length, 0);
-    expect(count).toBe(MAPPINGS);
+    expect(count).toBe(mappings);
     return ruleset;
   };
   return [make(0), make(1)];
