@@ -242,8 +242,9 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
       } catch (error) {
         // A restore killed after its commit (a time limit, the OOM killer) reports a failure for
         // rules that are in the kernel: undoing the other family then would leave one family new
-        // and one old. Only a restore that changed nothing makes the others roll back.
-        if (!(await inPlace(plan.family, plan.target))) {
+        // and one old. So a family that had to change and now holds its target counts as
+        // applied; any other failure changed nothing and makes the others roll back.
+        if (plan.upToDate || !(await inPlace(plan.family, plan.target))) {
           // Each restore is atomic, but two families are two restores: undo the ones that went in.
           for (const earlier of done) await rollBack(earlier.family, earlier.live);
           throw error;
