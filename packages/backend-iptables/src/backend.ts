@@ -82,6 +82,8 @@ const NOTHING: ApplyResult = { mode: "none", changedMappings: 0 };
 interface Transition {
   readonly family: IpFamily;
   readonly live: LiveState;
+  /** What the family must hold afterwards. */
+  readonly target: TargetState;
   readonly upToDate: boolean;
   readonly document: string;
 }
@@ -282,7 +284,8 @@ class IptablesNatBackend implements IptablesBackend {
         else if (this.mayHoldOurs(family)) live = await this.tool.readStateIfPossible(family);
         // A family that is no longer enabled loses whatever we left there earlier.
         if (live === undefined || (!plan && !hasAnything(live))) continue;
-        transitions.push({ family, live, ...planTransition(live, plan?.target ?? EMPTY_TARGET) });
+        const target = plan?.target ?? EMPTY_TARGET;
+        transitions.push({ family, live, target, ...planTransition(live, target) });
       }
       if (!force && transitions.every((transition) => transition.upToDate)) {
         this.applied = AppliedState.of(ruleset, plans);
@@ -296,9 +299,18 @@ class IptablesNatBackend implements IptablesBackend {
         } catch (error) {
           failure = error as Error;
         }
-        if (failure) {
+        // A restore killed after its commit (a time limit, the OOM killer) reports a failure for
+        // rules that are in the kernel: undoing the other family then would leave one family new
+        // and one old. So a family that had to change and now holds its target counts as
+        // applied; any other failure changed nothing and makes the others roll back.
+        if (failure && (transition.upToDate || !(await this.inPlace(transition)))) {
           for (const earlier of done) await this.rollBack(earlier.family, earlier.live);
           throw failure;
+        }
+        if (failure) {
+          this.log(
+            `${transition.family}: the restore failed but its rules are in place (${failure.message})`,
+          );
         }
         done.push(transition);
       }
@@ -310,6 +322,16 @@ class IptablesNatBackend implements IptablesBackend {
     } catch (error) {
       if (this.applied) this.applied.trusted = false;
       throw error;
+    }
+  }
+
+  /** Whether a family's nat table now holds what `transition` was to write; false when unreadable. */
+  private async inPlace(transition: Transition): Promise<boolean> {
+    try {
+      const live = await this.tool.readState(transition.family);
+      return planTransition(live, transition.target).upToDate;
+    } catch {
+      return false;
     }
   }
 

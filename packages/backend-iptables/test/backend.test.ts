@@ -18,6 +18,8 @@ import {
   dnatRule,
   LEGACY_TABLE_LISTS,
   MAX_INCREMENTAL_DELETES,
+  rulesetTargets,
+  type TargetState,
   variantBinaries,
 } from "../src/index.js";
 import { family, mapping, ruleset } from "./fixtures.js";
@@ -179,6 +181,68 @@ describe("createIptablesBackend", () => {
     expect((error as ToolRefusedError).message).toContain(
       "line 6: -A IPVSNC-PREROUTING -s 10.244.1.0/24 -j IPVSNC-SERVICES",
     );
+  });
+
+  describe("a restore that reports a failure", () => {
+    const dual = ruleset([
+      family("ipv4", { kind: "sourceCIDRs", cidrs: ["10.244.1.0/24"] }, [
+        mapping("192.0.2.1", 80, "10.96.0.1"),
+      ]),
+      family("ipv6", { kind: "sourceCIDRs", cidrs: ["fd00:10:244:1::/64"] }, [
+        mapping("2001:db8::1", 80, "fd00:10:96::1"),
+      ]),
+    ]);
+    /** What iptables-save prints once `target` is in an otherwise empty nat table. */
+    const saveOf = (target: TargetState) =>
+      [
+        "*nat",
+        ":PREROUTING ACCEPT [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        ...[...target.chains.keys()].map((name) => `:${name} - [0:0]`),
+        ...target.jumps.map((jump) => `-A ${jump.chain} ${jump.spec}`),
+        ...[...target.chains].flatMap(([name, rules]) => rules.map((spec) => `-A ${name} ${spec}`)),
+        "COMMIT",
+        "",
+      ].join("\n");
+
+    /** A kernel of two nat tables; the IPv6 restore exits 137 after `committing` or not. */
+    function killedIpv6Restore(committed: boolean) {
+      const targets = rulesetTargets(dual);
+      const state = { ipv4: EMPTY_NAT, ipv6: EMPTY_NAT };
+      const { runner, calls } = scripted({
+        "iptables-nft-save": () => ok(state.ipv4),
+        "ip6tables-nft-save": () => ok(state.ipv6),
+        "iptables-nft-restore": (_args, input) => {
+          // The backend's first restore installs the rules, a second one is the roll-back.
+          state.ipv4 = input?.includes("-I PREROUTING")
+            ? saveOf(targets.get("ipv4") as TargetState)
+            : EMPTY_NAT;
+          return ok();
+        },
+        "ip6tables-nft-restore": () => {
+          if (committed) state.ipv6 = saveOf(targets.get("ipv6") as TargetState);
+          return { stdout: "", stderr: "", exitCode: 137 };
+        },
+      });
+      return { runner, calls, state };
+    }
+
+    it("rolls the other family back when it changed nothing", async () => {
+      const { runner, state } = killedIpv6Restore(false);
+      await expect(createIptablesBackend({ mode: "nft", runner }).apply(dual)).rejects.toThrow(
+        ToolRefusedError,
+      );
+      expect(state).toEqual({ ipv4: EMPTY_NAT, ipv6: EMPTY_NAT });
+    });
+
+    it("keeps both families when its rules went in before it died", async () => {
+      const { runner, state } = killedIpv6Restore(true);
+      const backend = createIptablesBackend({ mode: "nft", runner });
+      expect((await backend.apply(dual)).mode).toBe("full");
+      expect(state.ipv4).not.toBe(EMPTY_NAT);
+      expect(state.ipv6).not.toBe(EMPTY_NAT);
+      expect(await backend.verify(dual)).toBe(true);
+    });
   });
 
   it("fails on a failing save of an enabled family", async () => {

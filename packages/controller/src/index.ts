@@ -6,6 +6,12 @@
  */
 export { main } from "./cli.js";
 export { type Clock, systemClock } from "./clock.js";
+export {
+  type ConntrackCleaner,
+  type ConntrackCleanerOptions,
+  createConntrackCleaner,
+  destinationsWithFlows,
+} from "./conntrack.js";
 export { type DoctorInput, type DoctorOptions, runDoctor } from "./doctor/gather.js";
 export {
   buildDoctorReport,

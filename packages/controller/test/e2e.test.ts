@@ -175,7 +175,8 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
       await setIngress("web", "192.0.2.10");
       expect(await refused("192.0.2.10", 80)).toBe(true); // the bug, before the controller runs
 
-      // Rules left behind by the other backend (an earlier --backend) are removed at start.
+      // Rules left behind by the other backend (an earlier --backend) are removed once ours are
+      // in place.
       const services = await kubectl("get", "services", "-A", "-o", "json");
       const file = join(await mkdtemp(join(tmpdir(), "e2e-")), "services.json");
       await writeFile(file, services);
@@ -202,7 +203,7 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
       await eventually("the pod reaches web through its LB IP", () =>
         answers("192.0.2.10", 80, "web"),
       );
-      expect(await otherRules()).toBe(false);
+      await eventually("the other backend's rules are removed", async () => !(await otherRules()));
       await eventually(
         "the controller is ready",
         async () => (await health("/readyz")).status === 200,

@@ -29,6 +29,12 @@ export {
   resolveConfig,
   validateInterfaceName,
 } from "./config.js";
+export {
+  destinationKey,
+  staleUdpDestinations,
+  type UdpDestination,
+  udpDestinations,
+} from "./conntrack.js";
 export { applyDiff, diffRulesets, diffTable, isEmptyDiff, settingsOf } from "./diff.js";
 export { RulesetEngine, type RulesetEngineOptions, type RulesetStats } from "./engine.js";
 export {
