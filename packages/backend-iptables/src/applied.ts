@@ -1,6 +1,6 @@
 /**
  * What the kernel holds since our last successful restore: the mappings, the settings they were
- * written with, and the order of each family's DNAT list. Trusted between verifies, so that a
+ * written with, and each family's DNAT buckets with the order of their rules. Trusted between verifies, so that a
  * change costs neither a read of the kernel nor work in proportion to the ruleset.
  */
 import {
@@ -12,7 +12,7 @@ import {
   type RulesetSettings,
   settingsOf,
 } from "@ipvs-node-controller/core";
-import { DnatOrder } from "./dnat-order.js";
+import { DnatBuckets } from "./dnat-order.js";
 import type { FamilyPlan } from "./render.js";
 
 /** One family's part of an incremental change, as the kernel will carry it out. */
@@ -68,13 +68,13 @@ export class AppliedState {
   private constructor(
     readonly table: MappingTable,
     readonly settings: RulesetSettings,
-    private readonly orders: ReadonlyMap<IpFamily, DnatOrder>,
+    private readonly orders: ReadonlyMap<IpFamily, DnatBuckets>,
   ) {}
 
   /** The state a full sync of `ruleset` leaves, from the plans that sync wrote. */
   static of(ruleset: Ruleset, plans: ReadonlyMap<IpFamily, FamilyPlan>): AppliedState {
-    const orders = new Map<IpFamily, DnatOrder>();
-    for (const [family, plan] of plans) orders.set(family, DnatOrder.of(plan.dnatKeys));
+    const orders = new Map<IpFamily, DnatBuckets>();
+    for (const [family, plan] of plans) orders.set(family, DnatBuckets.of(plan.dnatKeys));
     return new AppliedState(MappingTable.of(ruleset), settingsOf(ruleset), orders);
   }
 
@@ -83,8 +83,8 @@ export class AppliedState {
     return this.orders.has(family);
   }
 
-  /** The DNAT list of an enabled family. */
-  order(family: IpFamily): DnatOrder {
+  /** The DNAT buckets of an enabled family. */
+  buckets(family: IpFamily): DnatBuckets {
     const order = this.orders.get(family);
     if (order === undefined) throw new Error(`no ${family} chains were applied`);
     return order;
@@ -94,6 +94,6 @@ export class AppliedState {
   commit(change: FamilyChange): void {
     for (const mapping of change.deletes) this.table.delete(mapping);
     for (const mapping of change.inserts) this.table.put(mapping);
-    this.order(change.family).apply(change.deleteKeys, change.insertKeys);
+    this.buckets(change.family).apply(change.deleteKeys, change.insertKeys);
   }
 }

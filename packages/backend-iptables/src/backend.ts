@@ -4,9 +4,10 @@
  * names and applies each document atomically.
  *
  * A full sync reads our part of the table back and rewrites all of our chains. A change sends only
- * the DNAT rules that change (`-D`, then `-I` at the position the canonical order gives), trusting
- * the state of the last restore between verifies, and falls back to a full sync when the kernel
- * refuses it. Two families are two restores: when the second fails, the first is put back.
+ * the DNAT rules that change, in the bucket chains they belong to (`-D`, then `-I` at the position
+ * the canonical order gives; a bucket that appears or empties also gains or loses its chain and
+ * its jump), trusting the state of the last restore between verifies, and falls back to a full
+ * sync when the kernel refuses it. Two families are two restores: when the second fails, the first is put back.
  */
 import {
   type ApplyResult,
@@ -222,7 +223,7 @@ class IptablesNatBackend implements IptablesBackend {
     let refused: ToolRefusedError | undefined;
     try {
       for (const change of changes) {
-        const document = changeDocument(change, applied.order(change.family));
+        const document = changeDocument(change, applied.buckets(change.family));
         refused = await this.tool.restore(change.family, document);
         if (refused) break;
         applied.commit(change);
@@ -253,7 +254,7 @@ class IptablesNatBackend implements IptablesBackend {
       try {
         const refused = await this.tool.restore(
           change.family,
-          changeDocument(inverse, applied.order(change.family)),
+          changeDocument(inverse, applied.buckets(change.family)),
         );
         if (refused) throw refused;
         applied.commit(inverse);

@@ -1,12 +1,14 @@
 /**
  * Incremental changes: the `iptables-restore --noflush` document that applies a change to the DNAT
- * list of one family and nothing else, in one atomic commit.
+ * buckets of one family and nothing else, in one atomic commit. Only the bucket chains that the
+ * change touches are named, so iptables-nft reads only those.
  *
  * Deletes name the rule by its full spec (`-D CHAIN spec`), so a rule that is not there, because
  * someone removed or edited it, makes the kernel refuse the whole document instead of deleting a
  * neighbour; the backend then rewrites everything. Inserts go to the position the canonical order
  * gives them (`-I CHAIN n spec`, or `-A` one past the end), in ascending order, so the rule each
- * one is placed before is always one that was there before the document started.
+ * one is placed before is always one that was there before the document started. Jumps into
+ * buckets that appear or empty are placed the same way in IPVSNC-DNAT.
  */
 import {
   type Mapping,
@@ -15,8 +17,8 @@ import {
   sameTranslation,
 } from "@ipvs-node-controller/core";
 import type { AppliedState, FamilyChange } from "./applied.js";
-import { type DnatOrder, dnatKey } from "./dnat-order.js";
-import { CHAINS, dnatRule } from "./render.js";
+import { byBucket, type DnatBuckets, type DnatOrder, dnatKey } from "./dnat-order.js";
+import { bucketChain, bucketJump, CHAINS, dnatRule } from "./render.js";
 
 interface Keyed {
   readonly key: string;
@@ -93,21 +95,75 @@ export function changedMappings(changes: readonly FamilyChange[]): number {
   return count;
 }
 
-/** The restore document of `change` against the DNAT list `order` (before the change). */
-export function changeDocument(change: FamilyChange, order: DnatOrder): string {
-  const lines = ["*nat"];
-  for (const mapping of change.deletes) lines.push(`-D ${CHAINS.dnat} ${dnatRule(mapping)}`);
-  const positions = order.insertPositions(change.deleteKeys, change.insertKeys);
-  const remaining = order.size - change.deletes.length;
-  change.inserts.forEach((mapping, done) => {
+/**
+ * `-D` of every delete, then `-I`/`-A` of every insert at the position `order` gives it, in one
+ * chain. Both lists are sorted, and `order` is the chain before the change.
+ */
+function editChain(
+  lines: string[],
+  chain: string,
+  order: DnatOrder,
+  deletes: readonly { readonly key: string; readonly spec: string }[],
+  inserts: readonly { readonly key: string; readonly spec: string }[],
+): void {
+  for (const { spec } of deletes) lines.push(`-D ${chain} ${spec}`);
+  const positions = order.insertPositions(
+    deletes.map((entry) => entry.key),
+    inserts.map((entry) => entry.key),
+  );
+  const remaining = order.size - deletes.length;
+  inserts.forEach(({ spec }, done) => {
     const position = positions[done] as number;
     // Rules are numbered from 1; one past the last rule is an append.
     lines.push(
-      position === remaining + done + 1
-        ? `-A ${CHAINS.dnat} ${dnatRule(mapping)}`
-        : `-I ${CHAINS.dnat} ${position} ${dnatRule(mapping)}`,
+      position === remaining + done + 1 ? `-A ${chain} ${spec}` : `-I ${chain} ${position} ${spec}`,
     );
   });
+}
+
+/**
+ * The restore document of `change` against the DNAT buckets `buckets` (before the change).
+ *
+ * A bucket that stays edits its chain rule by rule. A bucket that appears is created with `-N`,
+ * which, unlike a `:CHAIN` line (that flushes a chain that exists under `--noflush`), makes the
+ * kernel refuse the document if the chain is already there: the applied state was wrong, and the
+ * rewrite that follows puts it right. A bucket that empties loses its jump and then its chain
+ * (`-F`, `-X`) instead of each rule: flushing costs nothing per rule, and a rule that is not
+ * where we think it is cannot matter in a chain that goes away.
+ */
+export function changeDocument(change: FamilyChange, buckets: DnatBuckets): string {
+  const entries = (mappings: readonly Mapping[], keys: readonly string[]) => {
+    const byKey = new Map(keys.map((key, i) => [key, dnatRule(mappings[i] as Mapping)]));
+    return (bucketKeys: readonly string[] | undefined) =>
+      (bucketKeys ?? []).map((key) => ({ key, spec: byKey.get(key) as string }));
+  };
+  const deleteEntries = entries(change.deletes, change.deleteKeys);
+  const insertEntries = entries(change.inserts, change.insertKeys);
+  const deleted = byBucket(change.deleteKeys);
+  const inserted = byBucket(change.insertKeys);
+  const touched = [...new Set([...deleted.keys(), ...inserted.keys()])].sort();
+
+  const born: string[] = [];
+  const gone: string[] = [];
+  const edits: string[] = [];
+  for (const bucket of touched) {
+    const chain = buckets.chain(bucket);
+    const deletes = deleteEntries(deleted.get(bucket));
+    const inserts = insertEntries(inserted.get(bucket));
+    if (chain.size === 0) born.push(bucket);
+    else if (chain.size === deletes.length && inserts.length === 0) {
+      gone.push(bucket);
+      continue;
+    }
+    editChain(edits, bucketChain(bucket), chain, deletes, inserts);
+  }
+
+  const lines = ["*nat"];
+  for (const bucket of born) lines.push(`-N ${bucketChain(bucket)}`);
+  lines.push(...edits);
+  const jump = (bucket: string) => ({ key: bucket, spec: bucketJump(change.family, bucket) });
+  editChain(lines, CHAINS.dnat, buckets.buckets, gone.map(jump), born.map(jump));
+  for (const bucket of gone) lines.push(`-F ${bucketChain(bucket)}`, `-X ${bucketChain(bucket)}`);
   lines.push("COMMIT", "");
   return lines.join("\n");
 }

@@ -1,8 +1,10 @@
 /**
- * The order of the DNAT list: one rule per mapping, in core's canonical mapping order (external
- * IP numerically, then protocol, then port). A full sync writes the list in this order; an
- * incremental change inserts each new rule at the position this order gives it, so that any
- * sequence of changes leaves the chain exactly as one full sync of the result would.
+ * The order of the DNAT rules: one rule per mapping, in core's canonical mapping order (external
+ * IP numerically, then protocol, then port), split into buckets by the last byte of the external
+ * IP. A full sync writes each bucket in this order and the buckets in the order of their byte; an
+ * incremental change inserts each new rule, and each new bucket, at the position this order gives
+ * it, so that any sequence of changes leaves the chains exactly as one full sync of the result
+ * would.
  */
 import { type Mapping, parseIP, portKey } from "@ipvs-node-controller/core";
 
@@ -58,7 +60,7 @@ export function lowerBound(sorted: readonly string[], key: string): number {
 }
 
 /**
- * The keys of the DNAT rules in one family's chain, in chain order. Positions are found by binary
+ * The keys of the rules in one chain, in chain order. Positions are found by binary
  * search; an insert or removal moves the tail of the array, which for 10,000 keys costs
  * microseconds, far below one process start.
  */
@@ -106,5 +108,100 @@ export class DnatOrder {
       if (this.keys[index] === key) this.keys.splice(index, 1);
     }
     for (const key of inserts) this.keys.splice(lowerBound(this.keys, key), 0, key);
+  }
+}
+
+/**
+ * The bucket of a {@link dnatKey}: the external IP's last byte as two lowercase hex digits, which
+ * sort like the byte. The key is the address's bytes in hex followed by five digits of
+ * (protocol, port), so the byte sits just before those.
+ */
+export function bucketOf(key: string): string {
+  return key.slice(-7, -5);
+}
+
+/** Keys grouped by bucket: buckets in ascending order, keys in their given order within each. */
+export function byBucket(keys: readonly string[]): Map<string, string[]> {
+  const groups = new Map<string, string[]>();
+  for (const key of keys) {
+    const bucket = bucketOf(key);
+    const group = groups.get(bucket);
+    if (group === undefined) groups.set(bucket, [key]);
+    else group.push(key);
+  }
+  return new Map([...groups].sort(([a], [b]) => compareKeys(a, b)));
+}
+
+/**
+ * The DNAT rules of one family as the kernel holds them: which buckets exist (in the order of
+ * their jumps) and the keys of each bucket's chain. A bucket exists exactly while it holds a rule.
+ */
+export class DnatBuckets {
+  private constructor(
+    private readonly chains: Map<string, DnatOrder>,
+    private readonly jumps: DnatOrder,
+    private total: number,
+  ) {}
+
+  /** The buckets of `keys`, which must be sorted and unique. */
+  static of(keys: readonly string[]): DnatBuckets {
+    const groups = byBucket(keys);
+    const chains = new Map([...groups].map(([bucket, group]) => [bucket, DnatOrder.of(group)]));
+    return new DnatBuckets(chains, DnatOrder.of([...groups.keys()]), keys.length);
+  }
+
+  /** Number of rules in all buckets. */
+  get size(): number {
+    return this.total;
+  }
+
+  /** The buckets that exist, in the order of their jumps. */
+  get buckets(): DnatOrder {
+    return this.jumps;
+  }
+
+  /** Number of rules in `bucket`; 0 when it does not exist. */
+  sizeOf(bucket: string): number {
+    return this.chains.get(bucket)?.size ?? 0;
+  }
+
+  /** The rules of a bucket; an empty order for one that does not exist. */
+  chain(bucket: string): DnatOrder {
+    return this.chains.get(bucket) ?? DnatOrder.of([]);
+  }
+
+  /** Every key, bucket by bucket: the rules in the order a packet could meet them. */
+  list(): string[] {
+    return this.jumps.list().flatMap((bucket) => this.chain(bucket).list());
+  }
+
+  /**
+   * Removes `deletes`, then adds `inserts` (both sorted), as the kernel just did; creates the
+   * buckets that gain their first rule and drops those that lose their last.
+   */
+  apply(deletes: readonly string[], inserts: readonly string[]): void {
+    const gone: string[] = [];
+    const born: string[] = [];
+    const deleted = byBucket(deletes);
+    const inserted = byBucket(inserts);
+    for (const bucket of new Set([...deleted.keys(), ...inserted.keys()])) {
+      let chain = this.chains.get(bucket);
+      if (chain === undefined) {
+        chain = DnatOrder.of([]);
+        this.chains.set(bucket, chain);
+        born.push(bucket);
+      }
+      const before = chain.size;
+      chain.apply(deleted.get(bucket) ?? [], inserted.get(bucket) ?? []);
+      this.total += chain.size - before;
+      if (chain.size === 0) {
+        this.chains.delete(bucket);
+        // A bucket born and emptied by the same change never existed for the kernel.
+        const index = born.indexOf(bucket);
+        if (index >= 0) born.splice(index, 1);
+        else gone.push(bucket);
+      }
+    }
+    this.jumps.apply(gone.sort(), born.sort());
   }
 }

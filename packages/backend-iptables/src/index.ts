@@ -11,10 +11,13 @@ export {
   type IptablesBackendOptions,
   MAX_INCREMENTAL_DELETES,
 } from "./backend.js";
-export { dnatKey } from "./dnat-order.js";
+export { bucketOf, dnatKey } from "./dnat-order.js";
 export { LEGACY_TABLE_LISTS, legacyTables } from "./legacy-tables.js";
 export * from "./live.js";
 export {
+  BUCKET_CHAIN_PREFIX,
+  bucketChain,
+  bucketJump,
   CHAINS,
   dnatRule,
   EMPTY_TARGET,

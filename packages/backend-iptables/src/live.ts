@@ -19,7 +19,7 @@ import {
 } from "@ipvs-node-controller/core";
 import { runTool } from "@ipvs-node-controller/exec";
 import { legacyTables } from "./legacy-tables.js";
-import { CHAINS, familyTarget } from "./render.js";
+import { BUCKET_CHAIN_PREFIX, bucketChain, bucketJump, CHAINS, familyTarget } from "./render.js";
 import { EMPTY_STATE, type LiveState, normalizeSpec, parseNatSave, tokenize } from "./state.js";
 import {
   detectIptablesVariant,
@@ -43,8 +43,8 @@ function splitAddress(text: string, family: IpFamily): string | undefined {
 }
 
 /**
- * Reads one rule of the DNAT chain (the text after `-A IPVSNC-DNAT `) as a translation, or
- * returns undefined for anything a sync would not write: another match, another target, a
+ * Reads one rule of a DNAT bucket chain (the text after `-A IPVSNC-DNAT-0A `) as a translation,
+ * or returns undefined for anything a sync would not write: another match, another target, a
  * different port on the way out.
  */
 export function parseDnatRule(spec: string, family: IpFamily): LiveMapping | undefined {
@@ -100,6 +100,100 @@ function sameRules(live: readonly string[], expected: readonly string[]): boolea
   );
 }
 
+/** `IPVSNC-DNAT-0A` → `0a`; undefined for a name that no bucket has. */
+function bucketOfChain(name: string): string | undefined {
+  const suffix = name.slice(BUCKET_CHAIN_PREFIX.length);
+  return name.startsWith(BUCKET_CHAIN_PREFIX) && /^[0-9A-F]{2}$/.test(suffix)
+    ? suffix.toLowerCase()
+    : undefined;
+}
+
+/** The bucket a rule of IPVSNC-DNAT sends packets to, if it is exactly the jump a sync writes. */
+function bucketOfJump(spec: string, family: IpFamily): string | undefined {
+  const bucket = bucketOfChain(tokenize(spec).at(-1) ?? "");
+  return bucket !== undefined && normalizeSpec(spec) === normalizeSpec(bucketJump(family, bucket))
+    ? bucket
+    : undefined;
+}
+
+/** The last byte of an address as two lowercase hex digits: the bucket of its translations. */
+function lastByte(address: string): string {
+  const parsed = parseIP(address);
+  return parsed.ok ? parsed.value.sortKey.slice(-2) : "";
+}
+
+/**
+ * The translations in one family's DNAT chains, and how the buckets differ from what a sync
+ * writes: a rule in IPVSNC-DNAT that is not a jump a sync writes, a jump repeated or out of
+ * order, a bucket that nothing jumps to (its translations are never reached), a translation in a
+ * bucket its address does not belong to (no packet it could translate reaches it). Every
+ * translation is listed wherever it is, as the rest of the read-back does with chains that lost
+ * their jump: whether it takes effect is what the problems say. An empty bucket is not a problem
+ * of its own: it changes no packet, and the translation that went missing from it is named by the
+ * comparison with the Services.
+ */
+function familyTranslations(
+  family: IpFamily,
+  state: LiveState,
+): { mappings: LiveMapping[]; problems: string[] } {
+  const mappings: LiveMapping[] = [];
+  const problems: string[] = [];
+  const jumps: string[] = [];
+  for (const spec of state.chains.get(CHAINS.dnat) ?? []) {
+    const bucket = bucketOfJump(spec, family);
+    if (bucket !== undefined) {
+      jumps.push(bucket);
+      continue;
+    }
+    const found = parseDnatRule(spec, family);
+    if (found) {
+      // What versions before the buckets wrote: it still translates, but a sync moves it.
+      mappings.push(found);
+      problems.push(
+        `${family}: ${CHAINS.dnat} holds a translation itself instead of a jump into its bucket: ${quote(spec)}`,
+      );
+    } else {
+      problems.push(
+        `${family}: a rule in ${CHAINS.dnat} is not a jump into a bucket: ${quote(spec)}`,
+      );
+    }
+  }
+  const jumped = new Set(jumps);
+  for (const bucket of jumped) {
+    const count = jumps.filter((candidate) => candidate === bucket).length;
+    if (count > 1) {
+      problems.push(`${family}: ${count} jumps from ${CHAINS.dnat} into ${bucketChain(bucket)}`);
+    }
+  }
+  if (jumps.some((bucket, i) => i > 0 && bucket < (jumps[i - 1] as string))) {
+    problems.push(`${family}: the jumps in ${CHAINS.dnat} are not in the order of their buckets`);
+  }
+  for (const [name, rules] of state.chains) {
+    const bucket = bucketOfChain(name);
+    if (bucket === undefined) continue;
+    if (!jumped.has(bucket) && rules.length > 0) {
+      problems.push(
+        `${family}: nothing jumps from ${CHAINS.dnat} into ${name}: its rules are never reached`,
+      );
+    }
+    for (const spec of rules) {
+      const found = parseDnatRule(spec, family);
+      if (found === undefined) {
+        problems.push(`${family}: a rule in ${name} is not a translation: ${quote(spec)}`);
+        continue;
+      }
+      mappings.push(found);
+      const belongs = lastByte(found.externalIP);
+      if (belongs !== bucket) {
+        problems.push(
+          `${family}: ${name} holds a translation of ${found.externalIP}, whose packets go to ${bucketChain(belongs)}: ${quote(spec)}`,
+        );
+      }
+    }
+  }
+  return { mappings, problems };
+}
+
 /** How one family's chains and jumps differ from what a sync of `localPods` and `mark` writes. */
 function familyProblems(
   family: IpFamily,
@@ -138,7 +232,8 @@ function familyProblems(
     }
   }
   for (const name of state.chains.keys()) {
-    if (!target.chains.has(name))
+    // Bucket chains follow the translations: see familyTranslations.
+    if (!target.chains.has(name) && bucketOfChain(name) === undefined)
       problems.push(`${family}: chain ${name} is not one a sync creates`);
   }
   return problems;
@@ -166,12 +261,9 @@ export function iptablesLiveRules(
     const state = states.get(family) ?? EMPTY_STATE;
     const anything = state.chains.size > 0 || state.jumps.length > 0;
     present ||= anything;
-    for (const spec of state.chains.get(CHAINS.dnat) ?? []) {
-      const found = parseDnatRule(spec, family);
-      if (found) mappings.push(found);
-      else
-        problems.push(`${family}: a rule in ${CHAINS.dnat} is not a translation: ${quote(spec)}`);
-    }
+    const translations = familyTranslations(family, state);
+    mappings.push(...translations.mappings);
+    problems.push(...translations.problems);
     if (!anything) continue;
     const enabled = settings.families.find((candidate) => candidate.family === family);
     if (enabled === undefined) {

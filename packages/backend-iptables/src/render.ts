@@ -8,7 +8,8 @@
  * OUTPUT      (1st rule) -> IPVSNC-OUTPUT     : -m addrtype --src-type LOCAL                     -> IPVSNC-SERVICES
  * IPVSNC-SERVICES: returns unless the destination is local (`-m addrtype ! --dst-type LOCAL`),
  *                  sets the masquerade bit, tries IPVSNC-DNAT, clears the bit again on no match
- * IPVSNC-DNAT:     -d IP -p PROTO --dport N -m comment --comment "ns/name" -j DNAT --to-destination CLUSTERIP:N
+ * IPVSNC-DNAT:     one rule per bucket: -d 0.0.0.7/0.0.0.255 -g IPVSNC-DNAT-07   (IPv6: -d ::7/::ff)
+ * IPVSNC-DNAT-07:  -d IP -p PROTO --dport N -m comment --comment "ns/name" -j DNAT --to-destination CLUSTERIP:N
  * ```
  *
  * Setting the mark once before the DNAT list instead of next to every DNAT halves the number of
@@ -18,8 +19,16 @@
  * bit is never cleared on a packet that had it before: the mark a packet leaves with is exactly
  * the one it came with, unless it was translated.
  *
+ * The DNAT rules are split into up to 256 buckets by the last byte of the external IP, which a
+ * non-CIDR mask matches. Buckets keep every chain that a change edits small: iptables-nft reads
+ * and decodes every rule of a chain it edits, so one list of 10,000 rules made every change cost
+ * as much as reading all of them. A packet meets at most 256 cheap mask tests and one bucket,
+ * instead of every mapping. The jumps into buckets are gotos (`-g`): a packet that no rule of its
+ * bucket translates returns straight to IPVSNC-SERVICES, which clears the mark, without testing
+ * the buckets after its own.
+ *
  * Every rule is written exactly as iptables-save prints it back (`/32`, `-m tcp`,
- * `--set-xmark`), so the live state can be compared to the rendered state rule by rule.
+ * `--set-xmark`, `::/::ff`), so the live state can be compared to the rendered state rule by rule.
  */
 import {
   type FamilyRuleset,
@@ -28,7 +37,7 @@ import {
   type Ruleset,
   validateRuleset,
 } from "@ipvs-node-controller/core";
-import { canonicalOrder } from "./dnat-order.js";
+import { bucketOf, canonicalOrder } from "./dnat-order.js";
 import { CHAIN_PREFIX, EMPTY_STATE, type LiveState, normalizeSpec } from "./state.js";
 
 /** The chains this backend owns in the nat table of each family. All names are <= 28 characters. */
@@ -39,9 +48,33 @@ export const CHAINS = {
   output: `${CHAIN_PREFIX}OUTPUT`,
   /** Masquerade-mark bookkeeping around the DNAT list. */
   services: `${CHAIN_PREFIX}SERVICES`,
-  /** One DNAT rule per mapping. */
+  /** One goto per non-empty bucket, in bucket order; see {@link bucketChain}. */
   dnat: `${CHAIN_PREFIX}DNAT`,
 } as const;
+
+/**
+ * Every bucket chain's name is this prefix and two upper-case hex digits (`IPVSNC-DNAT-0A`): 14
+ * characters, and iptables-save, which lists chains by name, lists them in bucket order right
+ * after the chain that jumps into them.
+ */
+export const BUCKET_CHAIN_PREFIX = `${CHAINS.dnat}-`;
+
+/** The chain of a bucket (see `bucketOf`): `IPVSNC-DNAT-` and its byte in upper-case hex. */
+export function bucketChain(bucket: string): string {
+  return `${BUCKET_CHAIN_PREFIX}${bucket.toUpperCase()}`;
+}
+
+/**
+ * The rule in IPVSNC-DNAT that sends a bucket's packets to its chain, exactly as iptables-save
+ * prints it: the byte as the last one of an address, under a mask of only that byte. IPv6
+ * addresses print in their canonical form, so byte 0 is `::`.
+ */
+export function bucketJump(family: IpFamily, bucket: string): string {
+  const byte = Number.parseInt(bucket, 16);
+  const match =
+    family === "ipv4" ? `0.0.0.${byte}/0.0.0.255` : `::${byte === 0 ? "" : byte.toString(16)}/::ff`;
+  return `-d ${match} -g ${bucketChain(bucket)}`;
+}
 
 /**
  * The first rule of IPVSNC-SERVICES: leave unless the destination is an address of this node.
@@ -98,17 +131,18 @@ export function dnatRule(mapping: Mapping): string {
   );
 }
 
-/** What a full sync of one family writes, and the keys of its DNAT rules in chain order. */
+/** What a full sync of one family writes, and the keys of its DNAT rules in canonical order. */
 export interface FamilyPlan {
   readonly target: TargetState;
-  /** See `dnatKey`: the order that incremental changes keep. */
+  /** See `dnatKey`: the order that incremental changes keep, in each bucket. */
   readonly dnatKeys: readonly string[];
 }
 
 /**
- * The chains and jumps one family needs, from a validated family ruleset. The DNAT list is in
- * core's canonical order whatever the order of `family.mappings`, so that incremental changes,
- * which insert by that order, always agree with a full sync.
+ * The chains and jumps one family needs, from a validated family ruleset. Each bucket holds its
+ * rules in core's canonical order whatever the order of `family.mappings`, and the buckets follow
+ * their byte, so that incremental changes, which insert by that order, always agree with a full
+ * sync.
  */
 export function familyTarget(family: FamilyRuleset, masqueradeMark: number): TargetState {
   return familyPlan(family, masqueradeMark).target;
@@ -135,12 +169,24 @@ export function familyPlan(family: FamilyRuleset, masqueradeMark: number): Famil
     `-j ${CHAINS.dnat}`,
     `-j MARK --set-xmark 0x0/${mark}`,
   ];
+  const buckets = new Map<string, string[]>();
+  dnat.mappings.forEach((mapping, i) => {
+    const bucket = bucketOf(dnat.keys[i] as string);
+    const rules = buckets.get(bucket);
+    if (rules === undefined) buckets.set(bucket, [dnatRule(mapping)]);
+    else rules.push(dnatRule(mapping));
+  });
+  const order = [...buckets.keys()].sort();
   const target: TargetState = {
     chains: new Map([
       [CHAINS.prerouting, prerouting],
       [CHAINS.output, [`-m addrtype --src-type LOCAL ${toServices}`]],
       [CHAINS.services, services],
-      [CHAINS.dnat, dnat.mappings.map(dnatRule)],
+      [CHAINS.dnat, order.map((bucket) => bucketJump(family.family, bucket))],
+      ...order.map((bucket): [string, string[]] => [
+        bucketChain(bucket),
+        buckets.get(bucket) as string[],
+      ]),
     ]),
     jumps: [
       { chain: "PREROUTING", spec: `-m comment --comment ${JUMP_COMMENT} -j ${CHAINS.prerouting}` },

@@ -167,7 +167,7 @@ describe("createIptablesBackend", () => {
       "ip6tables-nft-save": () => ok(EMPTY_NAT),
       "iptables-nft-restore": () => ({
         stdout: "",
-        stderr: "iptables-nft-restore: Chain 'X' does not exist\nError occurred at line: 6\n",
+        stderr: "iptables-nft-restore: Chain 'X' does not exist\nError occurred at line: 7\n",
         exitCode: 2,
       }),
     });
@@ -179,7 +179,7 @@ describe("createIptablesBackend", () => {
     expect((error as ToolRefusedError).exitCode).toBe(2);
     expect((error as ToolRefusedError).stderr).toMatch(/does not exist/);
     expect((error as ToolRefusedError).message).toContain(
-      "line 6: -A IPVSNC-PREROUTING -s 10.244.1.0/24 -j IPVSNC-SERVICES",
+      "line 7: -A IPVSNC-PREROUTING -s 10.244.1.0/24 -j IPVSNC-SERVICES",
     );
   });
 
@@ -332,8 +332,9 @@ describe("changes", () => {
   const POD_CIDRS = { kind: "sourceCIDRs", cidrs: ["10.244.1.0/24"] } as const;
   const POD_CIDRS_V6 = { kind: "sourceCIDRs", cidrs: ["fd00:10:244:1::/64"] } as const;
   const v4 = (...mappings: Mapping[]) => ruleset([family("ipv4", POD_CIDRS, mappings)]);
+  // web and api share bucket 01; web6 is alone in bucket 01 of IPv6.
   const web = mapping("192.0.2.1", 80, "10.96.0.1");
-  const api = mapping("192.0.2.2", 80, "10.96.0.2", { name: "api" });
+  const api = mapping("192.0.2.1", 443, "10.96.0.2", { name: "api" });
   const web6 = mapping("2001:db8::1", 80, "fd00::1");
   const dual = (m4: Mapping[], m6: Mapping[]) =>
     ruleset([family("ipv4", POD_CIDRS, m4), family("ipv6", POD_CIDRS_V6, m6)]);
@@ -361,13 +362,13 @@ describe("changes", () => {
       {
         file: "iptables-nft-restore",
         args: ["--noflush", "-w"],
-        input: doc(`-A IPVSNC-DNAT ${dnatRule(api)}`),
+        input: doc(`-A IPVSNC-DNAT-01 ${dnatRule(api)}`),
       },
     ]);
     // apply() without `full` diffs against the applied state in memory, and sends the change.
     calls.length = 0;
     expect(await backend.apply(v4(api))).toEqual({ mode: "incremental", changedMappings: 1 });
-    expect(calls.map((c) => c.input)).toEqual([doc(`-D IPVSNC-DNAT ${dnatRule(web)}`)]);
+    expect(calls.map((c) => c.input)).toEqual([doc(`-D IPVSNC-DNAT-01 ${dnatRule(web)}`)]);
     calls.length = 0;
     expect(await backend.apply(v4(api))).toEqual({ mode: "none", changedMappings: 0 });
     expect(calls).toEqual([]);
@@ -419,7 +420,7 @@ describe("changes", () => {
     expect(calls[2]?.input).toBe(backend.render(v4(api)).split("\n").slice(1).join("\n"));
     expect(messages).toEqual([
       expect.stringMatching(
-        /^incremental change refused, rewriting our chains: .*\(line 2: -D IPVSNC-DNAT -d 192\.0\.2\.1\/32 /,
+        /^incremental change refused, rewriting our chains: .*\(line 2: -D IPVSNC-DNAT-01 -d 192\.0\.2\.1\/32 -p tcp -m tcp --dport 80 /,
       ),
     ]);
     // From the rewritten state, changes are incremental again.
@@ -495,9 +496,16 @@ describe("changes", () => {
       ToolNotStartedError,
     );
     expect(calls.map((c) => [c.file, c.input])).toEqual([
-      ["iptables-nft-restore", doc(`-A IPVSNC-DNAT ${dnatRule(api)}`)],
-      ["ip6tables-nft-restore", doc(`-D IPVSNC-DNAT ${dnatRule(web6)}`)],
-      ["iptables-nft-restore", doc(`-D IPVSNC-DNAT ${dnatRule(api)}`)],
+      ["iptables-nft-restore", doc(`-A IPVSNC-DNAT-01 ${dnatRule(api)}`)],
+      [
+        "ip6tables-nft-restore",
+        doc(
+          "-D IPVSNC-DNAT -d ::1/::ff -g IPVSNC-DNAT-01",
+          "-F IPVSNC-DNAT-01",
+          "-X IPVSNC-DNAT-01",
+        ),
+      ],
+      ["iptables-nft-restore", doc(`-D IPVSNC-DNAT-01 ${dnatRule(api)}`)],
     ]);
     expect(messages).toEqual(["rolled ipv4 back to its previous rules"]);
     calls.length = 0;

@@ -1,6 +1,6 @@
 /**
- * The order of the DNAT list: the key that sorts mappings like core, the canonical order of a full
- * sync, and the rule numbers of inserts.
+ * The order of the DNAT rules: the key that sorts mappings like core, the buckets, the canonical
+ * order of a full sync, and the rule numbers of inserts.
  */
 import {
   compareMappings,
@@ -10,8 +10,8 @@ import {
 } from "@ipvs-node-controller/core";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { DnatOrder, dnatKey, lowerBound } from "../src/dnat-order.js";
-import { CHAINS, dnatRule, familyTarget } from "../src/render.js";
+import { bucketOf, DnatBuckets, DnatOrder, dnatKey, lowerBound } from "../src/dnat-order.js";
+import { bucketChain, bucketJump, CHAINS, dnatRule, familyTarget } from "../src/render.js";
 import { family, mapping } from "./fixtures.js";
 
 const POD_CIDRS = { kind: "sourceCIDRs", cidrs: ["10.244.1.0/24"] } as const;
@@ -53,14 +53,63 @@ describe("dnatKey", () => {
   });
 });
 
+describe("bucketOf", () => {
+  it("is the external IP's last byte, for both families", () => {
+    expect(bucketOf(dnatKey(mapping("192.0.2.7", 80, "10.96.0.1")))).toBe("07");
+    expect(bucketOf(dnatKey(mapping("198.51.100.255", 65535, "10.96.0.1")))).toBe("ff");
+    expect(bucketOf(dnatKey(mapping("2001:db8::1:a0", 1, "fd00::1", { protocol: "sctp" })))).toBe(
+      "a0",
+    );
+    expect(bucketOf(dnatKey(mapping("2001:db8::100", 80, "fd00::1")))).toBe("00");
+  });
+});
+
 describe("familyTarget", () => {
-  it("writes the DNAT list in canonical order whatever order the mappings came in", () => {
+  it("writes each bucket in canonical order whatever order the mappings came in", () => {
     fc.assert(
-      fc.property(fc.uniqueArray(anyMapping, { selector: dnatKey, maxLength: 20 }), (list) => {
-        const v4 = list.filter((m) => m.family === "ipv4");
-        const rules = familyTarget(family("ipv4", POD_CIDRS, v4), 0x4000).chains.get(CHAINS.dnat);
-        expect(rules).toEqual(sortMappings(v4).map(dnatRule));
+      fc.property(fc.uniqueArray(anyMapping, { selector: dnatKey, maxLength: 40 }), (list) => {
+        for (const f of ["ipv4", "ipv6"] as const) {
+          const mappings = list.filter((m) => m.family === f);
+          const chains = familyTarget(family(f, POD_CIDRS, mappings), 0x4000).chains;
+          const buckets = [...new Set(mappings.map((m) => bucketOf(dnatKey(m))))].sort();
+          expect(chains.get(CHAINS.dnat)).toEqual(buckets.map((b) => bucketJump(f, b)));
+          for (const bucket of buckets) {
+            const inBucket = mappings.filter((m) => bucketOf(dnatKey(m)) === bucket);
+            expect(chains.get(bucketChain(bucket))).toEqual(sortMappings(inBucket).map(dnatRule));
+          }
+          expect(chains.size).toBe(4 + buckets.length);
+        }
       }),
+    );
+  });
+});
+
+describe("DnatBuckets", () => {
+  const keyOf = (n: number) => mapping(`192.0.${n >> 4}.${n & 0x7}`, 80, "10.96.0.1");
+  it("after any change holds what a fresh one of the result holds", () => {
+    fc.assert(
+      fc.property(
+        fc.uniqueArray(fc.nat(200), { maxLength: 40 }),
+        fc.uniqueArray(fc.nat(200), { maxLength: 20 }),
+        fc.uniqueArray(fc.nat(200), { maxLength: 20 }),
+        (present, toDelete, toInsert) => {
+          const keys = (ns: number[]) => [...new Set(ns.map((n) => dnatKey(keyOf(n))))].sort();
+          const chain = keys(present);
+          const deletes = keys(toDelete).filter((key) => chain.includes(key));
+          const kept = chain.filter((key) => !deletes.includes(key));
+          const inserts = keys(toInsert).filter((key) => !kept.includes(key));
+          const buckets = DnatBuckets.of(chain);
+          buckets.apply(deletes, inserts);
+          const fresh = DnatBuckets.of([...kept, ...inserts].sort());
+          expect(buckets.buckets.list()).toEqual(fresh.buckets.list());
+          expect(buckets.list()).toEqual(fresh.list());
+          expect(buckets.size).toBe(fresh.size);
+          for (const bucket of fresh.buckets.list()) {
+            expect(buckets.sizeOf(bucket)).toBe(fresh.sizeOf(bucket));
+          }
+        },
+      ),
+      { numRuns: 500 },
     );
   });
 });

@@ -130,11 +130,20 @@ export const serviceArbitrary: fc.Arbitrary<Service> = fc
 
 /**
  * External IPs whose text order differs from their numeric order (`192.0.2.10` < `192.0.2.9` as
- * text), so that an order kept by text rather than by address shows.
+ * text), so that an order kept by text rather than by address shows. Their last bytes, which pick
+ * the DNAT bucket, are in yet another order; two of them share one bucket (0A), and one falls into
+ * bucket 00, whose IPv6 jump iptables prints as `::/::ff`.
  */
 const EXTERNAL_IPS = {
-  ipv4: ["192.0.2.9", "192.0.2.10", "192.0.2.100", "198.51.100.1"],
-  ipv6: ["2001:db8::9", "2001:db8::a", "2001:db8::10", "2001:db8:1::1"],
+  ipv4: ["192.0.2.9", "192.0.2.10", "192.0.2.100", "198.51.100.0", "198.51.100.1", "198.51.100.10"],
+  ipv6: [
+    "2001:db8::9",
+    "2001:db8::a",
+    "2001:db8::10",
+    "2001:db8::100",
+    "2001:db8:1::1",
+    "2001:db8:1::a",
+  ],
 } as const;
 const CLUSTER_IPS = {
   ipv4: ["10.96.0.1", "10.96.0.2", "10.96.0.3"],
@@ -143,14 +152,15 @@ const CLUSTER_IPS = {
 
 /**
  * A small dual-stack ruleset in canonical form (both families enabled with pod CIDRs, mark 0x4000)
- * whose mappings come from a pool of 96 keys per family, so that two of them share many keys and
- * differ in a few, some only in their cluster IP or owner.
+ * whose mappings come from a pool of 72 keys per family (6 addresses, 3 protocols, 4 ports), so
+ * that two of them share many keys and differ in a few, some only in their cluster IP or owner, and
+ * DNAT buckets appear and empty between them.
  */
 export const rulesetArbitrary: fc.Arbitrary<Ruleset> = fc
   .array(
     fc.record({
       family: fc.constantFrom<IpFamily>("ipv4", "ipv6"),
-      ip: fc.nat(3),
+      ip: fc.nat(5),
       protocol: fc.constantFrom<L4Protocol>("tcp", "udp", "sctp"),
       port: fc.constantFrom(53, 80, 443, 8080),
       cluster: fc.nat(2),

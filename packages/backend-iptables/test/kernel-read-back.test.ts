@@ -2,7 +2,12 @@
  * Reading our rules back on the real kernel, with each iptables variant: what the save tools
  * print, before and after tampering, and that reading creates no table.
  */
-import { type CommandRunner, settingsOf, ToolNotStartedError } from "@ipvs-node-controller/core";
+import {
+  type CommandRunner,
+  quote,
+  settingsOf,
+  ToolNotStartedError,
+} from "@ipvs-node-controller/core";
 import { hostRunner, kernelTestsEnabled, runnerIn } from "@ipvs-node-controller/test-support";
 import { afterAll, describe, expect, it } from "vitest";
 import {
@@ -74,23 +79,23 @@ describe.skipIf(!kernel)("iptables read-back on the kernel", () => {
         const result = await run(`iptables-${variant}`, ["-w", "-t", "nat", ...args]);
         if (result.exitCode !== 0) throw new Error(`iptables ${args.join(" ")}: ${result.stderr}`);
       };
-      await iptables("-D", "IPVSNC-DNAT", "2");
-      await iptables(
-        "-A",
-        "IPVSNC-DNAT",
-        ..."-d 192.0.2.99/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.96.0.99:8080".split(
-          " ",
-        ),
-      );
+      const translation = (ip: string) =>
+        `-d ${ip}/32 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.96.0.99:8080`;
+      // DNS's bucket loses its only rule; web's gains a stale rule and one for another bucket.
+      await iptables("-D", "IPVSNC-DNAT-35", "1");
+      await iptables("-A", "IPVSNC-DNAT-0A", ...translation("192.0.2.10").split(" "));
+      await iptables("-A", "IPVSNC-DNAT-0A", ...translation("192.0.2.99").split(" "));
       await iptables("-D", "OUTPUT", "1");
       await iptables("-I", "PREROUTING", "1", "-j", "RETURN");
       const tampered = await readIptablesLiveRules({ runner: run, mode: variant }, settings);
       expect(tampered.mappings).toEqual([
         owned(web),
+        owned(mapping("192.0.2.10", 8080, "10.96.0.99"), ""),
         owned(mapping("192.0.2.99", 8080, "10.96.0.99"), ""),
         owned(web6),
       ]);
       expect(tampered.problems).toEqual([
+        `ipv4: IPVSNC-DNAT-0A holds a translation of 192.0.2.99, whose packets go to IPVSNC-DNAT-63: ${quote(translation("192.0.2.99"))}`,
         "ipv4: the jump from nat PREROUTING is rule 2, not the first",
         "ipv4: no jump from nat OUTPUT into IPVSNC-OUTPUT",
       ]);

@@ -338,13 +338,18 @@ export async function defineKernelSuite(variant: IptablesVariant): Promise<void>
       expect(await saveAll()).toBe(before);
     });
 
-    it("notices drift and repairs it", async () => {
-      await nodeRun(tools.restore4, ["--noflush", "-w"], "*nat\n:IPVSNC-DNAT - [0:0]\nCOMMIT\n");
-      await expectRefused("pod", LB4, 80, "tcp");
+    it.each([
+      ["the jumps into every bucket", tools.restore4, "IPVSNC-DNAT", LB4],
+      ["one bucket", tools.restore4, "IPVSNC-DNAT-0A", LB4],
+      ["an IPv6 bucket", tools.restore6, "IPVSNC-DNAT-10", LB6],
+    ])("notices drift (%s flushed) and repairs it", async (_what, restore, chain, lb) => {
+      await nodeRun(restore, ["--noflush", "-w"], `*nat\n:${chain} - [0:0]\nCOMMIT\n`);
+      await expectRefused("pod", lb, 80, "tcp");
       expect(await backend().verify(dualStack())).toBe(false);
       expect((await backend().apply(dualStack())).mode).toBe("full");
       expect(await backend().verify(dualStack())).toBe(true);
       await expectReply("pod", LB4, 80, "tcp", "web-v4");
+      await expectReply("pod", LB6, 80, "tcp", "web-v6");
     });
 
     it("changes only the traffic of an edited or removed mapping", async () => {
@@ -501,7 +506,7 @@ export async function defineKernelSuite(variant: IptablesVariant): Promise<void>
       });
       await instance.apply(dualStack(), { full: true });
       // Someone deletes the rule that the next change replaces.
-      const api = /^-A (IPVSNC-DNAT .*default\/api.*)$/m.exec(
+      const api = /^-A (IPVSNC-DNAT-0A .*default\/api.*)$/m.exec(
         await nodeRun(tools.save4, ["-t", "nat"]),
       )?.[1];
       expect(api).toBeDefined();
@@ -518,6 +523,40 @@ export async function defineKernelSuite(variant: IptablesVariant): Promise<void>
       expect(await backend().verify(edited)).toBe(true);
       // Back to incremental from the rewritten state.
       expect((await instance.apply(dualStack())).mode).toBe("incremental");
+      expect(await backend().verify(dualStack())).toBe(true);
+    });
+
+    it("rewrites everything when a bucket that a change creates is already there", async () => {
+      const messages: string[] = [];
+      const instance = createIptablesBackend({
+        mode: variant,
+        runner: node,
+        log: (m) => messages.push(m),
+      });
+      await instance.apply(dualStack(), { full: true });
+      // Someone creates the chain of bucket 0F and puts a rule into it.
+      await nodeRun(
+        tools.restore4,
+        ["--noflush", "-w"],
+        "*nat\n:IPVSNC-DNAT-0F - [0:0]\n-A IPVSNC-DNAT-0F -j RETURN\nCOMMIT\n",
+      );
+      const [v4, v6] = dualStack().families as [
+        Ruleset["families"][number],
+        Ruleset["families"][number],
+      ];
+      const grown = ruleset([
+        family("ipv4", POD_CIDRS.ipv4, [
+          ...v4.mappings,
+          mapping("192.0.2.15", 80, "10.96.0.10", { name: "new" }),
+        ]),
+        v6,
+      ]);
+      expect(await instance.apply(grown)).toEqual({ mode: "full", changedMappings: 7 });
+      expect(messages.some((m) => m.startsWith("incremental change refused"))).toBe(true);
+      expect(await backend().verify(grown)).toBe(true);
+      // Back to incremental from the rewritten state; the bucket empties and goes.
+      expect((await instance.apply(dualStack())).mode).toBe("incremental");
+      expect(await nodeRun(tools.save4, ["-t", "nat"])).not.toContain("IPVSNC-DNAT-0F");
       expect(await backend().verify(dualStack())).toBe(true);
     });
 
@@ -566,12 +605,18 @@ export async function defineKernelSuite(variant: IptablesVariant): Promise<void>
           .filter((line) => line.includes("IPVSNC-"))
           .join("\n");
       let incremental = 0;
+      // Changes that created or removed a bucket chain: the property must cover them too.
+      let bucketChanges = 0;
+      const counting: CommandRunner = (file, args, options) => {
+        if (options?.input && /^-[NX] IPVSNC-DNAT-/m.test(options.input)) bucketChanges++;
+        return node(file, args, options);
+      };
       await fc.assert(
         fc.asyncProperty(
           rulesetArbitrary,
           fc.array(fc.tuple(rulesetArbitrary, fc.boolean()), { minLength: 1, maxLength: 4 }),
           async (first, steps) => {
-            const instance = backend();
+            const instance = backend(counting);
             await instance.apply(first, { full: true });
             let previous = first;
             for (const [next, throughApply] of steps) {
@@ -594,6 +639,7 @@ export async function defineKernelSuite(variant: IptablesVariant): Promise<void>
         { numRuns: 12 },
       );
       expect(incremental).toBeGreaterThan(12);
+      expect(bucketChanges).toBeGreaterThan(6);
       await backend().cleanup();
       expect(await saveAll()).toBe(baseline);
     }, 120_000);

@@ -4,8 +4,10 @@
  */
 import {
   type CommandRunner,
+  compareMappings,
   type FamilyRuleset,
   type Mapping,
+  quote,
   settingsOf,
   ToolNotStartedError,
 } from "@ipvs-node-controller/core";
@@ -136,13 +138,61 @@ describe("iptablesLiveRules", () => {
     const result = iptablesLiveRules(new Map([["ipv4", tampered]]), settings);
     expect(result.mappings).toEqual([live(web)]);
     expect(result.problems).toEqual([
-      'ipv4: a rule in IPVSNC-DNAT is not a translation: "-j ACCEPT"',
+      'ipv4: a rule in IPVSNC-DNAT is not a jump into a bucket: "-j ACCEPT"',
       "ipv4: 2 jumps from nat PREROUTING into our chains",
       "ipv4: no jump from nat OUTPUT into IPVSNC-OUTPUT",
       "ipv4: nat POSTROUTING jumps into our chains, which a sync never does",
       "ipv4: chain IPVSNC-OUTPUT holds other rules than a sync writes",
       "ipv4: chain IPVSNC-EXTRA is not one a sync creates",
     ]);
+  });
+
+  it("names damaged and foreign bucket structure, and still lists every translation", () => {
+    const seven = mapping("192.0.2.7", 80, "10.96.0.7", { name: "seven" });
+    const misplaced = mapping("192.0.2.99", 80, "10.96.0.99", { name: "misplaced" });
+    const older = mapping("192.0.2.8", 80, "10.96.0.8", { name: "older" });
+    const tampered = saveOf(target4, (lines) => [
+      ...lines.filter((line) => line !== "-A IPVSNC-DNAT -d 0.0.0.53/0.0.0.255 -g IPVSNC-DNAT-35"),
+      ":IPVSNC-DNAT-07 - [0:0]",
+      ":IPVSNC-DNAT-08 - [0:0]",
+      ":IPVSNC-DNAT-7 - [0:0]",
+      "-A IPVSNC-DNAT -d 0.0.0.10/0.0.0.255 -g IPVSNC-DNAT-0A",
+      "-A IPVSNC-DNAT -d 0.0.0.7/0.0.0.255 -g IPVSNC-DNAT-07",
+      "-A IPVSNC-DNAT -d 0.0.0.8/0.0.0.255 -j IPVSNC-DNAT-08",
+      `-A IPVSNC-DNAT ${dnatRule(older)}`,
+      `-A IPVSNC-DNAT-07 ${dnatRule(seven)}`,
+      `-A IPVSNC-DNAT-0A ${dnatRule(misplaced)}`,
+      "-A IPVSNC-DNAT-0A -j RETURN",
+    ]);
+    const result = iptablesLiveRules(new Map([["ipv4", tampered]]), settings);
+    expect(result.mappings).toEqual(
+      [web, dns, seven, misplaced, older].map((m) => live(m)).sort(compareMappings),
+    );
+    expect(result.problems).toEqual([
+      'ipv4: a rule in IPVSNC-DNAT is not a jump into a bucket: "-d 0.0.0.8/0.0.0.255 -j IPVSNC-DNAT-08"',
+      `ipv4: IPVSNC-DNAT holds a translation itself instead of a jump into its bucket: ${quote(dnatRule(older))}`,
+      "ipv4: 2 jumps from IPVSNC-DNAT into IPVSNC-DNAT-0A",
+      "ipv4: the jumps in IPVSNC-DNAT are not in the order of their buckets",
+      `ipv4: IPVSNC-DNAT-0A holds a translation of 192.0.2.99, whose packets go to IPVSNC-DNAT-63: ${quote(dnatRule(misplaced))}`,
+      'ipv4: a rule in IPVSNC-DNAT-0A is not a translation: "-j RETURN"',
+      "ipv4: nothing jumps from IPVSNC-DNAT into IPVSNC-DNAT-35: its rules are never reached",
+      "ipv4: chain IPVSNC-DNAT-7 is not one a sync creates",
+    ]);
+  });
+
+  it("lets a bucket that lost its last translation pass: the missing translation says it all", () => {
+    const emptied = saveOf(target4, (lines) =>
+      lines.filter((line) => !line.includes("--dport 53")),
+    );
+    const result = iptablesLiveRules(
+      new Map([
+        ["ipv4", emptied],
+        ["ipv6", saveOf(target6)],
+      ]),
+      settings,
+    );
+    expect(result.problems).toEqual([]);
+    expect(result.mappings).toEqual([live(web), live(web6)]);
   });
 
   it("notices a jump that is not the first rule, and a family that is not enabled", () => {

@@ -2,10 +2,13 @@ import {
   computeRuleset,
   InvalidRulesetError,
   type LocalPodMatch,
+  parseIP,
 } from "@ipvs-node-controller/core";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import {
+  bucketChain,
+  bucketJump,
   CHAINS,
   EMPTY_STATE,
   EMPTY_TARGET,
@@ -28,9 +31,11 @@ describe("renderRuleset", () => {
         family("ipv4", POD_CIDRS, [
           mapping("192.0.2.10", 80, "10.96.0.10", { name: "web" }),
           mapping("192.0.2.10", 53, "10.96.0.53", { protocol: "udp", name: "dns" }),
+          mapping("198.51.100.7", 443, "10.96.0.7", { name: "api" }),
         ]),
         family("ipv6", { kind: "inputInterfacePrefix", prefix: "cali" }, [
           mapping("2001:db8::10", 443, "fd00:96::10", { protocol: "sctp", namespace: "team-a" }),
+          mapping("2001:db8::100", 80, "fd00:96::100", { name: "zero" }),
         ]),
       ]),
     );
@@ -42,6 +47,8 @@ describe("renderRuleset", () => {
         ":IPVSNC-OUTPUT - [0:0]",
         ":IPVSNC-SERVICES - [0:0]",
         ":IPVSNC-DNAT - [0:0]",
+        ":IPVSNC-DNAT-07 - [0:0]",
+        ":IPVSNC-DNAT-0A - [0:0]",
         "-A IPVSNC-PREROUTING -s 10.244.1.0/24 -j IPVSNC-SERVICES",
         "-A IPVSNC-OUTPUT -m addrtype --src-type LOCAL -j IPVSNC-SERVICES",
         "-A IPVSNC-SERVICES -m addrtype ! --dst-type LOCAL -j RETURN",
@@ -50,8 +57,12 @@ describe("renderRuleset", () => {
         "-A IPVSNC-SERVICES -j MARK --set-xmark 0x4000/0x4000",
         "-A IPVSNC-SERVICES -j IPVSNC-DNAT",
         "-A IPVSNC-SERVICES -j MARK --set-xmark 0x0/0x4000",
-        '-A IPVSNC-DNAT -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -m comment --comment "default/web" -j DNAT --to-destination 10.96.0.10:80',
-        '-A IPVSNC-DNAT -d 192.0.2.10/32 -p udp -m udp --dport 53 -m comment --comment "default/dns" -j DNAT --to-destination 10.96.0.53:53',
+        // Buckets in the order of the address's last byte, not of the address.
+        "-A IPVSNC-DNAT -d 0.0.0.7/0.0.0.255 -g IPVSNC-DNAT-07",
+        "-A IPVSNC-DNAT -d 0.0.0.10/0.0.0.255 -g IPVSNC-DNAT-0A",
+        '-A IPVSNC-DNAT-07 -d 198.51.100.7/32 -p tcp -m tcp --dport 443 -m comment --comment "default/api" -j DNAT --to-destination 10.96.0.7:443',
+        '-A IPVSNC-DNAT-0A -d 192.0.2.10/32 -p tcp -m tcp --dport 80 -m comment --comment "default/web" -j DNAT --to-destination 10.96.0.10:80',
+        '-A IPVSNC-DNAT-0A -d 192.0.2.10/32 -p udp -m udp --dport 53 -m comment --comment "default/dns" -j DNAT --to-destination 10.96.0.53:53',
         "-I PREROUTING 1 -m comment --comment ipvs-node-controller -j IPVSNC-PREROUTING",
         "-I OUTPUT 1 -m comment --comment ipvs-node-controller -j IPVSNC-OUTPUT",
         "COMMIT",
@@ -62,6 +73,8 @@ describe("renderRuleset", () => {
         ":IPVSNC-OUTPUT - [0:0]",
         ":IPVSNC-SERVICES - [0:0]",
         ":IPVSNC-DNAT - [0:0]",
+        ":IPVSNC-DNAT-00 - [0:0]",
+        ":IPVSNC-DNAT-10 - [0:0]",
         "-A IPVSNC-PREROUTING -i cali+ -j IPVSNC-SERVICES",
         "-A IPVSNC-OUTPUT -m addrtype --src-type LOCAL -j IPVSNC-SERVICES",
         "-A IPVSNC-SERVICES -m addrtype ! --dst-type LOCAL -j RETURN",
@@ -70,7 +83,10 @@ describe("renderRuleset", () => {
         "-A IPVSNC-SERVICES -j MARK --set-xmark 0x4000/0x4000",
         "-A IPVSNC-SERVICES -j IPVSNC-DNAT",
         "-A IPVSNC-SERVICES -j MARK --set-xmark 0x0/0x4000",
-        '-A IPVSNC-DNAT -d 2001:db8::10/128 -p sctp -m sctp --dport 443 -m comment --comment "team-a/web" -j DNAT --to-destination [fd00:96::10]:443',
+        "-A IPVSNC-DNAT -d ::/::ff -g IPVSNC-DNAT-00",
+        "-A IPVSNC-DNAT -d ::10/::ff -g IPVSNC-DNAT-10",
+        '-A IPVSNC-DNAT-00 -d 2001:db8::100/128 -p tcp -m tcp --dport 80 -m comment --comment "default/zero" -j DNAT --to-destination [fd00:96::100]:80',
+        '-A IPVSNC-DNAT-10 -d 2001:db8::10/128 -p sctp -m sctp --dport 443 -m comment --comment "team-a/web" -j DNAT --to-destination [fd00:96::10]:443',
         "-I PREROUTING 1 -m comment --comment ipvs-node-controller -j IPVSNC-PREROUTING",
         "-I OUTPUT 1 -m comment --comment ipvs-node-controller -j IPVSNC-OUTPUT",
         "COMMIT",
@@ -80,12 +96,36 @@ describe("renderRuleset", () => {
   });
 
   it("keeps every chain name within iptables' 28 characters", () => {
-    for (const name of Object.values(CHAINS)) expect(name.length).toBeLessThanOrEqual(28);
+    const buckets = Array.from({ length: 256 }, (_, byte) =>
+      bucketChain(byte.toString(16).padStart(2, "0")),
+    );
+    expect(new Set(buckets).size).toBe(256);
+    for (const name of [...Object.values(CHAINS), ...buckets]) {
+      expect(name.length).toBeLessThanOrEqual(28);
+    }
+    // iptables-save lists chains by name: the buckets right after IPVSNC-DNAT, in bucket order.
+    expect([...buckets, CHAINS.dnat, CHAINS.output].sort()).toEqual([
+      CHAINS.dnat,
+      ...buckets,
+      CHAINS.output,
+    ]);
+  });
+
+  it.each([
+    ["ipv4", "00", "-d 0.0.0.0/0.0.0.255 -g IPVSNC-DNAT-00"],
+    ["ipv4", "0a", "-d 0.0.0.10/0.0.0.255 -g IPVSNC-DNAT-0A"],
+    ["ipv4", "ff", "-d 0.0.0.255/0.0.0.255 -g IPVSNC-DNAT-FF"],
+    ["ipv6", "00", "-d ::/::ff -g IPVSNC-DNAT-00"],
+    ["ipv6", "0a", "-d ::a/::ff -g IPVSNC-DNAT-0A"],
+    ["ipv6", "ff", "-d ::ff/::ff -g IPVSNC-DNAT-FF"],
+  ] as const)("writes the %s jump into bucket %s as iptables-save prints it", (f, bucket, spec) => {
+    expect(bucketJump(f, bucket)).toBe(spec);
   });
 
   it("renders an enabled family without mappings as chains with an empty DNAT list", () => {
     const target = familyTarget(family("ipv4", POD_CIDRS, []), 0x4000);
     expect(target.chains.get(CHAINS.dnat)).toEqual([]);
+    expect([...target.chains.keys()]).toEqual(Object.values(CHAINS));
     expect(target.chains.get(CHAINS.prerouting)).toHaveLength(1);
   });
 
@@ -229,22 +269,45 @@ describe("refusing values that could break the document", () => {
 const LINE_GRAMMAR = [
   /^# ipv[46]: ip6?tables-restore --noflush -w$/,
   /^\*nat$/,
-  /^:IPVSNC-[A-Z]+ - \[0:0\]$/,
+  /^:IPVSNC-(PREROUTING|OUTPUT|SERVICES|DNAT|DNAT-[0-9A-F]{2}) - \[0:0\]$/,
   /^-A IPVSNC-PREROUTING (-s [0-9a-f.:]+\/\d+ |-i [A-Za-z0-9_.-]+\+? )?-j IPVSNC-SERVICES$/,
   /^-A IPVSNC-OUTPUT -m addrtype --src-type LOCAL -j IPVSNC-SERVICES$/,
   /^-A IPVSNC-SERVICES (-m addrtype ! --dst-type LOCAL -j RETURN|-m mark --mark 0x[0-9a-f]+\/0x[0-9a-f]+ -j (IPVSNC-DNAT|RETURN)|-j MARK --set-xmark 0x[0-9a-f]+\/0x[0-9a-f]+|-j IPVSNC-DNAT)$/,
-  /^-A IPVSNC-DNAT -d [0-9a-f.:]+\/(32|128) -p (tcp|udp|sctp) -m (tcp|udp|sctp) --dport \d+ -m comment --comment "[a-z0-9-]+\/[a-z0-9-]+" -j DNAT --to-destination (\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]):\d+$/,
+  /^-A IPVSNC-DNAT -d (0\.0\.0\.\d{1,3}\/0\.0\.0\.255|::[0-9a-f]{0,2}\/::ff) -g IPVSNC-DNAT-[0-9A-F]{2}$/,
+  /^-A IPVSNC-DNAT-[0-9A-F]{2} -d [0-9a-f.:]+\/(32|128) -p (tcp|udp|sctp) -m (tcp|udp|sctp) --dport \d+ -m comment --comment "[a-z0-9-]+\/[a-z0-9-]+" -j DNAT --to-destination (\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]):\d+$/,
   /^-I (PREROUTING|OUTPUT) 1 -m comment --comment ipvs-node-controller -j IPVSNC-(PREROUTING|OUTPUT)$/,
   /^COMMIT$/,
   /^$/,
 ];
 
-/** Checks a rendered document line by line and returns its DNAT rules. */
+/**
+ * Checks a rendered document line by line and returns its DNAT rules. Also checks the buckets:
+ * each family's jumps go to distinct buckets in ascending order, each bucket chain is declared,
+ * jumped to and not empty, and each rule sits in the bucket of its address's last byte.
+ */
 function dnatLines(text: string): string[] {
   for (const line of text.split("\n")) {
     if (!LINE_GRAMMAR.some((re) => re.test(line))) throw new Error(`unexpected line: ${line}`);
   }
-  return text.split("\n").filter((line) => line.startsWith("-A IPVSNC-DNAT "));
+  const rules: string[] = [];
+  for (const document of text.split(/^# ipv[46]: .*$/m).slice(1)) {
+    const lines = document.split("\n");
+    const declared = lines.filter((l) => /^:IPVSNC-DNAT-/.test(l)).map((l) => l.slice(1, 15));
+    const jumps = lines.filter((l) => l.startsWith("-A IPVSNC-DNAT ")).map((l) => l.slice(-14));
+    expect(jumps).toEqual([...new Set(jumps)].sort());
+    expect(jumps).toEqual(declared);
+    const filled = new Set<string>();
+    for (const line of lines.filter((l) => l.startsWith("-A IPVSNC-DNAT-"))) {
+      const chain = line.slice(3, 17);
+      const parsed = parseIP(tokenize(line)[3]?.split("/")[0]);
+      expect(parsed.ok).toBe(true);
+      if (parsed.ok) expect(chain).toBe(bucketChain(parsed.value.sortKey.slice(-2)));
+      filled.add(chain);
+      rules.push(line);
+    }
+    expect([...filled].sort()).toEqual(jumps);
+  }
+  return rules;
 }
 
 describe("properties", () => {
@@ -455,6 +518,45 @@ describe("planTransition", () => {
     );
   });
 
+  it("removes bucket chains the target lacks and keeps those it has", () => {
+    const save = applied().replace(
+      "COMMIT",
+      [
+        ":IPVSNC-DNAT-07 - [0:0]",
+        "-A IPVSNC-DNAT -d 0.0.0.7/0.0.0.255 -g IPVSNC-DNAT-07",
+        "-A IPVSNC-DNAT-07 -d 192.0.2.7/32 -p tcp -m tcp --dport 80 -j DNAT --to-destination 10.96.0.7:80",
+        "COMMIT",
+      ].join("\n"),
+    );
+    const plan = planTransition(parseNatSave(save), target);
+    expect(plan.upToDate).toBe(false);
+    const lines = plan.document.split("\n");
+    // Declaring IPVSNC-DNAT flushes it, which removes the jump before the chain is deleted.
+    expect(lines.indexOf(":IPVSNC-DNAT - [0:0]")).toBeLessThan(lines.indexOf("-X IPVSNC-DNAT-07"));
+    expect(lines).toContain(":IPVSNC-DNAT-07 - [0:0]");
+    expect(lines.filter((line) => line.startsWith("-X "))).toEqual(["-X IPVSNC-DNAT-07"]);
+    expect(lines).toContain("-A IPVSNC-DNAT -d 0.0.0.1/0.0.0.255 -g IPVSNC-DNAT-01");
+  });
+
+  it("rewrites a DNAT list of the older layout, which held the translations itself", () => {
+    const rule = target.chains.get(bucketChain("01"))?.[0] as string;
+    const older = applied()
+      .split("\n")
+      .filter((line) => !line.includes("IPVSNC-DNAT-01"))
+      .join("\n")
+      .replace("COMMIT", `-A IPVSNC-DNAT ${rule}\nCOMMIT`);
+    const plan = planTransition(parseNatSave(older), target);
+    expect(plan.upToDate).toBe(false);
+    expect(plan.document.split("\n")).toEqual(
+      expect.arrayContaining([
+        ":IPVSNC-DNAT - [0:0]",
+        ":IPVSNC-DNAT-01 - [0:0]",
+        "-A IPVSNC-DNAT -d 0.0.0.1/0.0.0.255 -g IPVSNC-DNAT-01",
+        `-A IPVSNC-DNAT-01 ${rule}`,
+      ]),
+    );
+  });
+
   it("removes everything of ours and nothing else for the empty target", () => {
     const plan = planTransition(parseNatSave(KUBE_SAVE), EMPTY_TARGET);
     expect(plan.document).toBe(
@@ -486,7 +588,7 @@ describe("rulesetTargets", () => {
         family("ipv6", { kind: "sourceCIDRs", cidrs: [] }, [mapping("2001:db8::1", 80, "fd00::1")]),
       ]),
     );
-    expect(targets.get("ipv4")?.chains.get(CHAINS.dnat)?.[0]).toContain("10.96.0.1:80");
-    expect(targets.get("ipv6")?.chains.get(CHAINS.dnat)?.[0]).toContain("[fd00::1]:80");
+    expect(targets.get("ipv4")?.chains.get(bucketChain("01"))?.[0]).toContain("10.96.0.1:80");
+    expect(targets.get("ipv6")?.chains.get(bucketChain("01"))?.[0]).toContain("[fd00::1]:80");
   });
 });

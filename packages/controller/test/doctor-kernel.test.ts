@@ -212,11 +212,12 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)("doctor --backend %
           " ",
         );
       const iptables = async (...args: string[]) => ok("iptables", "-w", "-t", "nat", ...args);
-      const listed = await iptables("-S", "IPVSNC-DNAT");
+      // api's LB IP ends in 11: bucket 0B; web's in 10: bucket 0A.
+      const listed = await iptables("-S", "IPVSNC-DNAT-0B");
       const api = listed.split("\n").find((line) => line.includes("192.0.2.11/32"));
       expect(api).toBeDefined();
-      await iptables("-D", "IPVSNC-DNAT", String(listed.split("\n").indexOf(api as string)));
-      await iptables("-A", "IPVSNC-DNAT", ...rule("192.0.2.10", 8080));
+      await iptables("-D", "IPVSNC-DNAT-0B", String(listed.split("\n").indexOf(api as string)));
+      await iptables("-A", "IPVSNC-DNAT-0A", ...rule("192.0.2.10", 8080));
     }
     const drifted = await doctor(file("ipvs.json"));
     expect(drifted.code).toBe(1);

@@ -629,7 +629,7 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
       } else {
         expect(await logsOf(controller.container)).toContain("using iptables-legacy");
         expect(await list("iptables-legacy-save", "-t", "nat")).toContain(
-          `-A IPVSNC-DNAT -d ${LB_IP}/32 -p tcp -m tcp --dport 80`,
+          `-A IPVSNC-DNAT-0A -d ${LB_IP}/32 -p tcp -m tcp --dport 80`,
         );
       }
     }, 180_000);
