@@ -17,7 +17,7 @@ import {
   sameTranslation,
 } from "@ipvs-node-controller/core";
 import type { AppliedState, FamilyChange } from "./applied.js";
-import { byBucket, type DnatBuckets, type DnatOrder, dnatKey } from "./dnat-order.js";
+import { bucketOf, byBucket, type DnatBuckets, type DnatOrder, dnatKey } from "./dnat-order.js";
 import { bucketChain, bucketJump, CHAINS, dnatRule } from "./render.js";
 
 interface Keyed {
@@ -93,6 +93,22 @@ export function changedMappings(changes: readonly FamilyChange[]): number {
     count += keys.size;
   }
   return count;
+}
+
+/**
+ * How many rules iptables-nft decodes to find the rules that `change` deletes by spec: each `-D`
+ * reads its bucket's chain until the rule matches, so count the whole bucket for each. Buckets
+ * that empty are flushed instead and cost nothing here.
+ */
+export function deleteScanCost(change: FamilyChange, buckets: DnatBuckets): number {
+  let cost = 0;
+  const inserted = new Set(change.insertKeys.map(bucketOf));
+  for (const [bucket, keys] of byBucket(change.deleteKeys)) {
+    const size = buckets.sizeOf(bucket);
+    if (size === keys.length && !inserted.has(bucket)) continue;
+    cost += size * keys.length;
+  }
+  return cost;
 }
 
 /**

@@ -9,7 +9,7 @@ export {
   createIptablesBackend,
   type IptablesBackend,
   type IptablesBackendOptions,
-  MAX_INCREMENTAL_DELETES,
+  MAX_DELETE_SCAN_PER_RULE,
 } from "./backend.js";
 export { bucketOf, dnatKey } from "./dnat-order.js";
 export { LEGACY_TABLE_LISTS, legacyTables } from "./legacy-tables.js";

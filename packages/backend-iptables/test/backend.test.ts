@@ -17,7 +17,7 @@ import {
   detectIptablesVariant,
   dnatRule,
   LEGACY_TABLE_LISTS,
-  MAX_INCREMENTAL_DELETES,
+  MAX_DELETE_SCAN_PER_RULE,
   rulesetTargets,
   type TargetState,
   variantBinaries,
@@ -444,23 +444,41 @@ describe("changes", () => {
   });
 
   it("rewrites everything rather than delete more rules than a rewrite costs", async () => {
-    const many = Array.from({ length: MAX_INCREMENTAL_DELETES + 3 }, (_, i) =>
-      mapping(`192.0.2.${i + 1}`, 443, "10.96.0.1", { name: `svc-${i}` }),
+    const size = MAX_DELETE_SCAN_PER_RULE + 8;
+    const keep = (all: Mapping[], n: number) => v4(...all.slice(all.length - n));
+    // One bucket holds the whole family: each delete reads all of it.
+    const ports = Array.from({ length: size }, (_, i) =>
+      mapping("192.0.2.1", 1000 + i, "10.96.0.1", { name: `svc-${i}` }),
     );
     const { runner, calls } = accepting();
     const backend = createIptablesBackend({ mode: "nft", runner });
-    await backend.apply(v4(...many), { full: true });
+    await backend.apply(v4(...ports), { full: true });
     calls.length = 0;
-    const keep = (n: number) => v4(...many.slice(many.length - n));
-    expect(await backend.apply(keep(2))).toEqual({ mode: "full", changedMappings: 2 });
+    const tooMany = size - MAX_DELETE_SCAN_PER_RULE - 1;
+    expect(await backend.apply(keep(ports, tooMany))).toEqual({
+      mode: "full",
+      changedMappings: tooMany,
+    });
     expect(calls.map((c) => c.file)).toEqual(["iptables-nft-save", "iptables-nft-restore"]);
-    await backend.apply(v4(...many), { full: true });
+    await backend.apply(v4(...ports), { full: true });
     calls.length = 0;
-    expect(await backend.apply(keep(3))).toEqual({
+    expect(await backend.apply(keep(ports, tooMany + 1))).toEqual({
       mode: "incremental",
-      changedMappings: MAX_INCREMENTAL_DELETES,
+      changedMappings: MAX_DELETE_SCAN_PER_RULE,
     });
     expect(calls.map((c) => c.file)).toEqual(["iptables-nft-restore"]);
+
+    // One bucket per mapping: the buckets that empty are flushed, not read rule by rule.
+    const addresses = Array.from({ length: size }, (_, i) =>
+      mapping(`192.0.2.${i + 1}`, 443, "10.96.0.1", { name: `svc-${i}` }),
+    );
+    await backend.apply(v4(...addresses), { full: true });
+    calls.length = 0;
+    expect(await backend.apply(keep(addresses, 1))).toEqual({
+      mode: "incremental",
+      changedMappings: size - 1,
+    });
+    expect(calls.map((c) => c.input?.match(/^-[DFX] /gm)?.length)).toEqual([3 * (size - 1)]);
   });
 
   it("stops trusting what it applied once a verify found drift", async () => {

@@ -12,7 +12,7 @@ import {
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { AppliedState } from "../src/applied.js";
-import { changeDocument, inverseChange, planChanges } from "../src/changes.js";
+import { changeDocument, deleteScanCost, inverseChange, planChanges } from "../src/changes.js";
 import { dnatRule, rulesetPlans } from "../src/render.js";
 import { family, mapping, ruleset, rulesetArbitrary } from "./fixtures.js";
 
@@ -86,6 +86,22 @@ describe("change documents", () => {
         "-A IPVSNC-DNAT -d ::ff/::ff -g IPVSNC-DNAT-FF",
       ),
     ]);
+  });
+
+  it("counts the rules iptables-nft decodes to find the deleted ones, and none for a bucket that empties", () => {
+    const tls = mapping("192.0.2.10", 443, "10.96.0.10", { name: "tls" });
+    const from = ruleset([family("ipv4", POD_CIDRS, [web, tls, api, other])]);
+    const cost = (next: typeof from) => {
+      const state = stateOf(from);
+      const [change] = planChanges(state, diffRulesets(from, next));
+      return change ? deleteScanCost(change, state.buckets("ipv4")) : 0;
+    };
+    const moved = { ...other, externalIP: "192.0.2.21" };
+    // Two deletes from bucket 0A, which holds 3 rules; bucket 14 empties.
+    expect(cost(ruleset([family("ipv4", POD_CIDRS, [api, moved])]))).toBe(6);
+    // All of 0A goes, but a rule comes back into it: the chain stays, so each delete reads it.
+    expect(cost(ruleset([family("ipv4", POD_CIDRS, [{ ...web, port: 81 }, other])]))).toBe(9);
+    expect(cost(ruleset([family("ipv4", POD_CIDRS, [other])]))).toBe(0);
   });
 
   it("sends nothing for a change that the kernel already holds", () => {
