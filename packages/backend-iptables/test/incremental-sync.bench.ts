@@ -1,7 +1,9 @@
 /**
  * Cost of one changed Service (its LB IP moves: one rule out, one in) with 100 and 10,000 present,
  * one TCP port per LB IP, IPv4 only, for both variants, each in a fresh network namespace:
- * `pnpm exec vitest bench --run --project backend-iptables incremental`.
+ * `pnpm exec vitest bench --run --project backend-iptables incremental`. The LB IP moves either
+ * within its DNAT bucket (same last byte: one bucket chain edited) or to an address ending in .0,
+ * which no other Service uses (a bucket chain created with its jump, and removed on the way back).
  *
  * Besides vitest's table, each case prints one line: p50 and p99 of `applyChanges`, the mean time
  * spent inside the iptables programs and inside restores alone (process start included, as the
@@ -31,17 +33,26 @@ const SIZES = [100, 10_000];
 const VARIANTS: IptablesVariant[] = ["nft", "legacy"];
 const ITERATIONS = 40;
 
-/** Service `i`'s LB IP in 172.16.0.0/12; `moved` gives it one in 172.31.0.0/16 instead. */
-function serviceMapping(i: number, moved = false): Mapping {
+/** Where the moved Service's LB IP goes: its own bucket, or a new one. */
+type Move = "same bucket" | "new bucket";
+const MOVES: Move[] = ["same bucket", "new bucket"];
+
+/**
+ * Service `i`'s LB IP in 172.16.0.0/12, ending in .1 to .250; `moved` gives it one in
+ * 172.31.0.0/16 instead, with the same last byte or ending in .0.
+ */
+function serviceMapping(i: number, moved?: Move): Mapping {
   const hi = Math.floor(i / 250);
   const lo = (i % 250) + 1;
-  return mapping(moved ? `172.31.${hi}.${lo}` : `172.16.${hi}.${lo}`, 443, `10.96.${hi}.${lo}`, {
-    name: `svc-${i}`,
-  });
+  const ip =
+    moved === undefined ? `172.16.${hi}.${lo}` : `172.31.${hi}.${moved === "same bucket" ? lo : 0}`;
+  return mapping(ip, 443, `10.96.${hi}.${lo}`, { name: `svc-${i}` });
 }
 
-function services(count: number, movedIndex?: number): Ruleset {
-  const mappings = Array.from({ length: count }, (_, i) => serviceMapping(i, i === movedIndex));
+function services(count: number, move?: { index: number; to: Move }): Ruleset {
+  const mappings = Array.from({ length: count }, (_, i) =>
+    serviceMapping(i, i === move?.index ? move.to : undefined),
+  );
   mappings.sort((a, b) => {
     const key = (m: Mapping) => m.externalIP.split(".").map((part) => part.padStart(3, "0"));
     return key(a).join(".") < key(b).join(".") ? -1 : 1;
@@ -86,73 +97,75 @@ function addNamespace(): string {
 
 for (const variant of VARIANTS) {
   for (const size of SIZES) {
-    const namespace = enabled ? addNamespace() : "";
-    describe.skipIf(!enabled)(`iptables-${variant}, ${size} mappings`, () => {
-      const spent = new Map<string, number>();
-      const backend = createIptablesBackend({
-        mode: variant,
-        runner: timedRunner(enabled ? runnerIn(namespace) : hostRunner, spent),
-      });
-      const base = services(size);
-      const moved = services(size, Math.floor(size / 2));
-      const forth: RulesetDiff = diffRulesets(base, moved);
-      const back: RulesetDiff = diffRulesets(moved, base);
-      const applyMs: number[] = [];
-      const modes = new Map<string, number>();
-      let toolMs = 0;
-      let restoreMs = 0;
-      let cpuAtStart = 0;
-      let flip = false;
+    for (const to of MOVES) {
+      const namespace = enabled ? addNamespace() : "";
+      describe.skipIf(!enabled)(`iptables-${variant}, ${size} mappings, ${to}`, () => {
+        const spent = new Map<string, number>();
+        const backend = createIptablesBackend({
+          mode: variant,
+          runner: timedRunner(enabled ? runnerIn(namespace) : hostRunner, spent),
+        });
+        const base = services(size);
+        const moved = services(size, { index: Math.floor(size / 2), to });
+        const forth: RulesetDiff = diffRulesets(base, moved);
+        const back: RulesetDiff = diffRulesets(moved, base);
+        const applyMs: number[] = [];
+        const modes = new Map<string, number>();
+        let toolMs = 0;
+        let restoreMs = 0;
+        let cpuAtStart = 0;
+        let flip = false;
 
-      bench(
-        "one changed Service (its LB IP moves)",
-        async () => {
-          flip = !flip;
-          spent.clear();
-          const start = performance.now();
-          const result = await backend.applyChanges(flip ? forth : back);
-          applyMs.push(performance.now() - start);
-          toolMs += [...spent.values()].reduce((sum, ms) => sum + ms, 0);
-          restoreMs += [...spent].reduce(
-            (sum, [file, ms]) => (file.endsWith("-restore") ? sum + ms : sum),
-            0,
-          );
-          if (result.mode === "none") throw new Error("the change was not applied");
-          modes.set(result.mode, (modes.get(result.mode) ?? 0) + 1);
-        },
-        {
-          iterations: ITERATIONS,
-          warmupIterations: 0,
-          time: 0,
-          warmupTime: 0,
-          setup: async () => {
-            await backend.apply(base, { full: true });
-            flip = false;
-            applyMs.length = 0;
-            modes.clear();
-            toolMs = 0;
-            restoreMs = 0;
-            cpuAtStart = childCpuMs();
-          },
-          teardown: (_task, mode) => {
-            if (mode !== "run") return;
-            const total = applyMs.reduce((sum, ms) => sum + ms, 0);
-            const cpu = (childCpuMs() - cpuAtStart) / applyMs.length;
-            console.log(
-              `iptables-${variant} ${size} mappings, one changed Service, N=${applyMs.length}: ` +
-                `apply p50 ${percentile(applyMs, 50).toFixed(1)} ms, ` +
-                `p99 ${percentile(applyMs, 99).toFixed(1)} ms, ` +
-                `mean ${(total / applyMs.length).toFixed(1)} ms; ` +
-                `inside iptables programs ${(toolMs / applyMs.length).toFixed(1)} ms ` +
-                `(restore ${(restoreMs / applyMs.length).toFixed(1)} ms, CPU ${cpu.toFixed(1)} ms); ` +
-                `outside restore ${(((total - restoreMs) / total) * 100).toFixed(1)} %, ` +
-                `outside all programs ${(((total - toolMs) / total) * 100).toFixed(1)} %; ` +
-                `modes ${[...modes].map(([mode, n]) => `${mode} ${n}`).join(", ")}`,
+        bench(
+          `one changed Service (its LB IP moves to ${to === "same bucket" ? "the same" : "a new"} bucket)`,
+          async () => {
+            flip = !flip;
+            spent.clear();
+            const start = performance.now();
+            const result = await backend.applyChanges(flip ? forth : back);
+            applyMs.push(performance.now() - start);
+            toolMs += [...spent.values()].reduce((sum, ms) => sum + ms, 0);
+            restoreMs += [...spent].reduce(
+              (sum, [file, ms]) => (file.endsWith("-restore") ? sum + ms : sum),
+              0,
             );
-            spawnSync("ip", ["netns", "del", namespace]);
+            if (result.mode === "none") throw new Error("the change was not applied");
+            modes.set(result.mode, (modes.get(result.mode) ?? 0) + 1);
           },
-        },
-      );
-    });
+          {
+            iterations: ITERATIONS,
+            warmupIterations: 0,
+            time: 0,
+            warmupTime: 0,
+            setup: async () => {
+              await backend.apply(base, { full: true });
+              flip = false;
+              applyMs.length = 0;
+              modes.clear();
+              toolMs = 0;
+              restoreMs = 0;
+              cpuAtStart = childCpuMs();
+            },
+            teardown: (_task, mode) => {
+              if (mode !== "run") return;
+              const total = applyMs.reduce((sum, ms) => sum + ms, 0);
+              const cpu = (childCpuMs() - cpuAtStart) / applyMs.length;
+              console.log(
+                `iptables-${variant} ${size} mappings, one changed Service (${to}), N=${applyMs.length}: ` +
+                  `apply p50 ${percentile(applyMs, 50).toFixed(1)} ms, ` +
+                  `p99 ${percentile(applyMs, 99).toFixed(1)} ms, ` +
+                  `mean ${(total / applyMs.length).toFixed(1)} ms; ` +
+                  `inside iptables programs ${(toolMs / applyMs.length).toFixed(1)} ms ` +
+                  `(restore ${(restoreMs / applyMs.length).toFixed(1)} ms, CPU ${cpu.toFixed(1)} ms); ` +
+                  `outside restore ${(((total - restoreMs) / total) * 100).toFixed(1)} %, ` +
+                  `outside all programs ${(((total - toolMs) / total) * 100).toFixed(1)} %; ` +
+                  `modes ${[...modes].map(([mode, n]) => `${mode} ${n}`).join(", ")}`,
+              );
+              spawnSync("ip", ["netns", "del", namespace]);
+            },
+          },
+        );
+      });
+    }
   }
 }
