@@ -88,17 +88,25 @@ function childCpuMs(): number {
 }
 
 let counter = 0;
-function addNamespace(): string {
-  const namespace = `iptinc-${process.pid}-${++counter}`;
+/** A namespace name per case; the namespace itself is made when the case runs. */
+function namespaceName(): string {
+  return `iptinc-${process.pid}-${++counter}`;
+}
+
+/**
+ * Makes `namespace` unless it exists. Cases are set up only when they run, so a run filtered with
+ * `-t` leaves no namespace behind for the cases it skips.
+ */
+function addNamespace(namespace: string): void {
+  if (spawnSync("ip", ["netns", "pids", namespace]).status === 0) return;
   const added = spawnSync("ip", ["netns", "add", namespace]);
   if (added.status !== 0) throw new Error(`ip netns add: ${added.stderr}`);
-  return namespace;
 }
 
 for (const variant of VARIANTS) {
   for (const size of SIZES) {
     for (const to of MOVES) {
-      const namespace = enabled ? addNamespace() : "";
+      const namespace = namespaceName();
       describe.skipIf(!enabled)(`iptables-${variant}, ${size} mappings, ${to}`, () => {
         const spent = new Map<string, number>();
         const backend = createIptablesBackend({
@@ -138,6 +146,7 @@ for (const variant of VARIANTS) {
             time: 0,
             warmupTime: 0,
             setup: async () => {
+              addNamespace(namespace);
               await backend.apply(base, { full: true });
               flip = false;
               applyMs.length = 0;
