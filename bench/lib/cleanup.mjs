@@ -20,18 +20,27 @@ export function defer(action) {
   };
 }
 
-/** Runs every registered action, newest first; failures are reported and do not stop the rest. */
-export async function cleanUp() {
-  while (undo.length > 0) {
-    const entry = undo.pop();
-    if (entry.done) continue;
-    entry.done = true;
-    try {
-      await entry.action();
-    } catch (error) {
-      console.error(`cleanup: ${error instanceof Error ? error.message : error}`);
+let running;
+
+/**
+ * Runs every registered action, newest first; failures are reported and do not stop the rest.
+ * A second call while one runs (a signal during the normal cleanup) waits for the same one.
+ */
+export function cleanUp() {
+  running ??= (async () => {
+    while (undo.length > 0) {
+      const entry = undo.pop();
+      if (entry.done) continue;
+      entry.done = true;
+      try {
+        await entry.action();
+      } catch (error) {
+        console.error(`cleanup: ${error instanceof Error ? error.message : error}`);
+      }
     }
-  }
+    running = undefined;
+  })();
+  return running;
 }
 
 /**
@@ -48,6 +57,9 @@ export function cleanUpOnSignals() {
       if (stopping) process.exit(128 + number);
       stopping = true;
       console.error(`\n${signal}: cleaning up`);
+      // The interrupted work fails as its processes go away; that must not cut the cleanup short.
+      process.on("uncaughtException", () => {});
+      process.on("unhandledRejection", () => {});
       void cleanUp().finally(() => process.exit(128 + number));
     });
   }
