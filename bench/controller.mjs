@@ -23,19 +23,23 @@ import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { createIptablesBackend } from "@ipvs-node-controller/backend-iptables";
+import { RulesetEngine, trimNode } from "@ipvs-node-controller/core";
 import {
   ADDRESS_PLAN,
   createTopology,
+  runnerIn,
   startTestApiServer,
 } from "@ipvs-node-controller/test-support";
 import { defer, main, startProcess } from "./lib/cleanup.mjs";
 import { topGroups } from "./lib/heap-snapshot.mjs";
-import { legacyPoller, nftMonitor } from "./lib/kernel-watch.mjs";
+import { nftMonitor, rulePoller, syncChecker } from "./lib/kernel-watch.mjs";
 import { kubeClient } from "./lib/kube-rest.mjs";
 import { log, sleep } from "./lib/log.mjs";
 import { insideNamespace, namespaceContext, runInNamespace, tempDir } from "./lib/namespace.mjs";
 import { backendFlags, parseOptions } from "./lib/options.mjs";
 import {
+  apiService,
   changedIP,
   inBatches,
   lbIP,
@@ -120,7 +124,11 @@ async function measure({ options, namespaces }) {
     kube.jsonPatch(`${services}/${serviceName(i)}/status`, [
       { op: "replace", path: "/status/loadBalancer/ingress/0/ip", value: ip },
     ]);
-  const cluster = { api, namespaces, clusterIPs, patchIP, nextIP: 0 };
+  const incremental = {};
+  for (const variant of ["nft", "legacy"]) {
+    incremental[variant] = await appliesIncrementally(variant, namespaces.pod);
+  }
+  const cluster = { api, namespaces, clusterIPs, patchIP, nextIP: 0, incremental };
 
   let present = 0;
   const created = {};
@@ -159,7 +167,14 @@ async function measure({ options, namespaces }) {
   for (const sessions of Object.values(results)) {
     for (const result of Object.values(sessions)) delete result.heap;
   }
-  return { kubeApiserver: version, nodeOptions: daemonSetNodeOptions(), created, results, heap };
+  return {
+    kubeApiserver: version,
+    nodeOptions: daemonSetNodeOptions(),
+    iptablesAppliesIncrementally: incremental,
+    created,
+    results,
+    heap,
+  };
 }
 
 /** One controller process for `backend` with `n` Services; see the module comment. */
@@ -194,6 +209,7 @@ async function session(cluster, options, backend, n, snapshot) {
   const pid = controller.pid;
   // The controller's own account of each sync: `rules applied` with its mode and duration.
   const applies = [];
+  let watcher;
   const failures = [];
   createInterface({ input: controller.stdout }).on("line", (line) => {
     let entry;
@@ -202,7 +218,11 @@ async function session(cluster, options, backend, n, snapshot) {
     } catch {
       return;
     }
-    if (entry.msg === "rules applied") applies.push({ at: performance.now(), ...entry });
+    if (entry.msg === "rules applied") {
+      const at = performance.now();
+      applies.push({ at, ...entry });
+      watcher?.synced?.(at);
+    }
     if (entry.level >= 50) failures.push(entry.msg);
   });
   let stderr = "";
@@ -237,12 +257,16 @@ async function session(cluster, options, backend, n, snapshot) {
   const steady = median(samples.slice(samples.length >> 1));
   const startupPeak = memoryOf(pid).hwm;
 
-  // nft: the backend's transactions, and which changes each one carried (see kernel-watch.mjs).
+  // How the rule is seen (see kernel-watch.mjs). nft: the backend's transactions, and which
+  // changes each one carried.
   const byTransaction = backend === "nft";
-  const watcher =
-    backend === "iptables-legacy"
-      ? await legacyPoller(namespaces.node)
-      : await nftMonitor(namespaces.node);
+  const flags = backendFlags(backend);
+  watcher =
+    flags.backend === "nft" || (flags.mode === "nft" && cluster.incremental.nft)
+      ? await nftMonitor(namespaces.node)
+      : flags.mode === "nft"
+        ? syncChecker(namespaces.node, flags.mode)
+        : await rulePoller(namespaces.node, flags.mode);
   const mappingOf = (i, ip) => ({
     family: "ipv4",
     externalIP: ip,
@@ -379,6 +403,23 @@ async function session(cluster, options, backend, n, snapshot) {
     failures: failures.length,
     ...(heap ? { heap } : {}),
   };
+}
+
+/**
+ * Whether the iptables backend applies one change without rewriting every rule (it is being made
+ * to), tried in `namespace`, which the benchmark does not otherwise use.
+ */
+async function appliesIncrementally(variant, namespace) {
+  const backend = createIptablesBackend({ mode: variant, runner: runnerIn(namespace) });
+  const engine = new RulesetEngine();
+  engine.setNode(trimNode(nodeObject(ADDRESS_PLAN.podCIDR.ipv4)));
+  for (let i = 0; i < 3; i++) engine.setService(`${NAMESPACE}/${serviceName(i)}`, apiService(i));
+  await backend.apply(engine.result().ruleset, { full: true });
+  engine.takeChanges();
+  engine.setService(`${NAMESPACE}/${serviceName(0)}`, apiService(0, { ip: changedIP(0) }));
+  const { mode } = await backend.applyChanges(engine.takeChanges());
+  await backend.cleanup();
+  return mode === "incremental";
 }
 
 /** Mappings one change touches: the 3 ports of the old LB IP out, those of the new one in. */

@@ -136,10 +136,14 @@ function latencySection(report) {
     "`ipvs-node-controller run` in a node namespace against a real kube-apiserver + etcd (reached",
     "over a veth), started as the DaemonSet starts it. Each change is a JSON patch of",
     "`status.loadBalancer` moving one Service to a new LB IP, timed from the patch call's response to",
-    "the new rule being visible: `nft monitor` for iptables-nft's rules and for the nft backend's",
-    "transactions (nft 1.0.6's monitor cannot print the backend's map elements), `iptables -C` of the",
-    `one rule for iptables-legacy. ${p.changes} changes per cell, each after the previous one landed and`,
-    `\`--min-sync-period\` (${p.minSyncPeriod}) passed. p50 / p99 in ms.`,
+    `the new rule being in the kernel. ${p.changes} changes per cell, each after the previous one landed and`,
+    `\`--min-sync-period\` (${p.minSyncPeriod}) passed. p50 / p99 in ms. How the rule was seen (see`,
+    "bench/README.md for why):",
+    "",
+    ...Object.entries(data).map(
+      ([backend, bySize]) =>
+        `- ${backend}: ${bySize[large]?.watcher ?? "–"}${bySize[large]?.checkMs ? `; one check took ${ms(bySize[large].checkMs.p50)} ms (p50) at ${count(large)}` : ""}`,
+    ),
     "",
     table(
       [

@@ -12,7 +12,7 @@ const FULL = {
   sizes: [100, 1000, 10_000],
   // Single changes per backend and size, after `warmup` unmeasured ones.
   changes: 50,
-  warmup: 5,
+  warmup: 3,
   // Changes in one burst, spread over `burstWindowMs`.
   burst: 100,
   burstWindowMs: 900,
