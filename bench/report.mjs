@@ -6,6 +6,8 @@
 //
 // Flags and BENCH_* variables change the parameters (see lib/options.mjs), e.g.
 // `--parts incremental,connections`, `--backends nft`, `--sizes 100,1000`, `--changes 20`.
+// `--render bench/results/latest.json` writes its Markdown and the README's figures again from
+// the JSON alone, measuring nothing.
 
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { dirname } from "node:path";
@@ -62,8 +64,25 @@ function controllerSections(result, options) {
   return { programmingLatencyMs, rssMiB };
 }
 
+/** Writes the Markdown report next to the JSON one, and the README's figures when asked to. */
+function render(report, out, options) {
+  writeFileSync(`${out}.md`, renderMarkdown(report));
+  if (options.readme) {
+    updateReadme(renderReadmeFigures(report, "bench/results/latest.md"));
+    log("report", "updated the figures of README.md");
+  }
+}
+
 await main(async () => {
   const options = parseOptions(process.argv.slice(2));
+  if (options.render !== undefined) {
+    // Renders a report again from its JSON, measuring nothing.
+    const report = JSON.parse(readFileSync(options.render, "utf8"));
+    report.goals = evaluateGoals(report);
+    writeFileSync(options.render, `${JSON.stringify(report, null, 2)}\n`);
+    render(report, options.render.replace(/\.json$/, ""), options);
+    return;
+  }
   if (process.getuid?.() !== 0) {
     throw new Error("the benchmarks need root (network namespaces, nft, iptables)");
   }
@@ -101,15 +120,11 @@ await main(async () => {
   report.goals = evaluateGoals(report);
   mkdirSync(dirname(out), { recursive: true });
   writeFileSync(`${out}.json`, `${JSON.stringify(report, null, 2)}\n`);
-  writeFileSync(`${out}.md`, renderMarkdown(report));
+  render(report, out, options);
   log(
     "report",
     `wrote ${out}.json and ${out}.md in ${Math.round(report.durationSeconds / 60)} min`,
   );
-  if (options.readme) {
-    updateReadme(renderReadmeFigures(report, "bench/results/latest.md"));
-    log("report", "updated the figures of README.md");
-  }
   for (const goal of report.goals) {
     const verdict =
       goal.met === null ? "not measured" : goal.met ? "met" : `MISSED by ${goal.missedBy}`;

@@ -1,6 +1,8 @@
 // The report as Markdown: the full tables (bench/results/*.md) and the short table of the root
 // README, both generated from the JSON alone.
 
+import { runsOverlap } from "./goals.mjs";
+
 const count = (n) => Number(n).toLocaleString("en-US");
 const ms = (value) =>
   value === undefined || value === null || Number.isNaN(value)
@@ -51,7 +53,8 @@ function loadLine(report) {
 
 function verdict(goal) {
   if (goal.met === null) return "not measured";
-  return goal.met ? "met" : `**missed** by ${goal.missedBy}`;
+  const note = goal.note ? ` (${goal.note})` : "";
+  return `${goal.met ? "met" : `**missed** by ${goal.missedBy}`}${note}`;
 }
 
 function goalsSection(report) {
@@ -137,8 +140,8 @@ function latencySection(report) {
     "over a veth), started as the DaemonSet starts it. Each change is a JSON patch of",
     "`status.loadBalancer` moving one Service to a new LB IP, timed from the patch call's response to",
     `the new rule being in the kernel. ${p.changes} changes per cell, each after the previous one landed and`,
-    `\`--min-sync-period\` (${p.minSyncPeriod}) passed. p50 / p99 in ms. How the rule was seen (see`,
-    "bench/README.md for why):",
+    `\`--min-sync-period\` (${p.minSyncPeriod}) passed. p50 / p99 in ms (the p99 of ${p.changes} changes is the`,
+    "slowest one). How the rule was seen (see bench/README.md for why):",
     "",
     ...Object.entries(data).map(
       ([backend, bySize]) =>
@@ -189,6 +192,10 @@ function connectionSection(report) {
       value[n].runs.map(count).join(", "),
       String(value[1].errors + value[n].errors),
     ]);
+  const noisy = Object.entries(data)
+    .filter(([, value]) => typeof value === "object" && value?.[1])
+    .filter(([, value]) => runsOverlap(value[1].runs, value[n].runs))
+    .map(([backend]) => backend);
   return [
     "## Per packet: new TCP connections per second to the LB IP of the last Service",
     "",
@@ -209,6 +216,13 @@ function connectionSection(report) {
       ],
       rows,
     ),
+    ...(noisy.length > 0
+      ? [
+          "",
+          `For ${noisy.join(", ")}, the runs of the two cases overlap: the difference between them is within the`,
+          "noise of the machine, and the ratio says nothing either way.",
+        ]
+      : []),
   ].join("\n");
 }
 
@@ -429,9 +443,20 @@ export function renderReadmeFigures(report, reportPath) {
   ].join("\n");
 }
 
-/** "met", "missed" or "not measured" for the goals whose id starts with `prefix`. */
+/**
+ * "met", "missed" or "not measured" for the goals whose id starts with `prefix`; when some are
+ * met and some missed, which (by the rest of their ids, e.g. the backend).
+ */
 function statusOf(report, prefix) {
   const found = report.goals.filter((g) => g.id.startsWith(prefix) && g.met !== null);
   if (found.length === 0) return "not measured";
-  return found.every((g) => g.met) ? "met" : "missed";
+  const note = found.some((g) => g.note) ? " (within the noise)" : "";
+  if (found.every((g) => g.met)) return `met${note}`;
+  if (found.every((g) => !g.met)) return `missed${note}`;
+  const names = (met) =>
+    found
+      .filter((g) => g.met === met)
+      .map((g) => g.id.slice(prefix.length))
+      .join(", ");
+  return `met for ${names(true)}; missed for ${names(false)}`;
 }

@@ -46,7 +46,7 @@ const QUICK = {
 };
 
 const LISTS = new Set(["parts", "backends", "sizes", "originalSizes"]);
-const TEXT = new Set(["minSyncPeriod", "out"]);
+const TEXT = new Set(["minSyncPeriod", "out", "render"]);
 const FLAGS = new Set(["quick", "readme"]);
 
 const camel = (flag) => flag.replace(/-([a-z])/g, (_, letter) => letter.toUpperCase());
