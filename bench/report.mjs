@@ -1,7 +1,7 @@
 // The benchmark report: runs every benchmark of this directory, then writes
 // bench/results/latest.json, bench/results/latest.md and the figures of the root README.md.
 //
-//   pnpm bench:report              (root; after scripts/setup.sh; about 25 minutes on 2 cores)
+//   pnpm bench:report              (root; after scripts/setup.sh; under half an hour on 2 cores)
 //   pnpm bench:report --quick      (a smoke run in a few minutes: bench/results/quick.*, README untouched)
 //
 // Flags and BENCH_* variables change the parameters (see lib/options.mjs), e.g.
