@@ -1,0 +1,145 @@
+// The targets the figures are held to, checked against a report. Each check says what was
+// measured, the target, and when missed, by how much.
+
+const count = (n) => Number(n).toLocaleString("en-US");
+
+function check(id, goal, measured, target, unit, { atLeast = false } = {}) {
+  if (measured === undefined || Number.isNaN(measured)) {
+    return {
+      id,
+      goal,
+      target: `${atLeast ? "≥" : "≤"} ${target}${unit}`,
+      measured: null,
+      met: null,
+    };
+  }
+  const met = atLeast ? measured >= target : measured <= target;
+  const result = {
+    id,
+    goal,
+    measured: Number(measured.toFixed(unit === "×" || unit === "" ? 3 : 2)),
+    unit,
+    target: `${atLeast ? "≥" : "≤"} ${target}${unit}`,
+    met,
+  };
+  if (!met) {
+    const by = Math.abs(measured - target);
+    result.missedBy = `${Number(by.toFixed(2))}${unit} (${Math.round((by / target) * 100)} %)`;
+  }
+  return result;
+}
+
+/** Whether the ranges of two sets of runs overlap, i.e. their difference is within the noise. */
+export function runsOverlap(a, b) {
+  return Math.max(Math.min(...a), Math.min(...b)) <= Math.min(Math.max(...a), Math.max(...b));
+}
+
+/** Every goal that the report has figures for. */
+export function evaluateGoals(report) {
+  const goals = [];
+  const sizes = report.parameters.sizes;
+  const small = sizes[0];
+  const large = sizes.at(-1);
+
+  const incremental = report.incrementalSyncMs ?? {};
+  const nft = incremental.nft;
+  if (nft?.[large]) {
+    goals.push(
+      check(
+        "incremental-nft",
+        `One changed Service among ${count(large)}, nft: watch event → end of the transaction, p50`,
+        nft[large].p50,
+        15,
+        " ms",
+      ),
+      check(
+        "incremental-nft-growth",
+        `… the same at ${count(large)} over the same at ${count(small)} Services`,
+        nft[large].p50 / nft[small].p50,
+        1.5,
+        "×",
+      ),
+    );
+  }
+  for (const variant of ["iptables-nft", "iptables-legacy"]) {
+    const figures = incremental[variant];
+    if (!figures?.[large]) continue;
+    goals.push(
+      check(
+        `incremental-${variant}`,
+        `One changed Service among ${count(large)}, ${variant}: apply, p50`,
+        figures[large].applyMs.p50,
+        100,
+        " ms",
+      ),
+      check(
+        `incremental-${variant}-growth`,
+        `… the same at ${count(large)} over the same at ${count(small)} Services`,
+        figures[large].applyMs.p50 / figures[small].applyMs.p50,
+        2,
+        "×",
+      ),
+    );
+  }
+
+  const latency = report.programmingLatencyMs ?? {};
+  if (latency.nft?.[large]) {
+    goals.push(
+      check(
+        "latency-nft",
+        `Status patch → rule in the kernel, nft, ${count(large)} Services, p99`,
+        latency.nft[large].p99,
+        50,
+        " ms",
+      ),
+    );
+  }
+  for (const [backend, bySize] of Object.entries(latency)) {
+    const burst = bySize[large]?.burst;
+    if (!burst) continue;
+    goals.push(
+      check(
+        `burst-${backend}`,
+        `Burst of ${burst.changes} changes in 1 s, ${backend}, ${count(large)} Services: last patch → all landed, within --min-sync-period + one sync (${burst.boundMs} ms)`,
+        burst.lastPatchToAllLandedMs,
+        burst.boundMs,
+        " ms",
+      ),
+    );
+  }
+
+  const rate = report.connectionRate;
+  if (rate?.nft) {
+    const result = check(
+      "connections-nft",
+      `New connections/s, nft: ${count(rate.services)} Services over 1 Service`,
+      rate.nft.ratio,
+      0.95,
+      "",
+      { atLeast: true },
+    );
+    if (runsOverlap(rate.nft[1].runs, rate.nft[rate.services].runs)) {
+      result.note = "the runs of the two cases overlap: the difference is within the noise";
+    }
+    goals.push(result);
+  }
+
+  const memory = report.rssMiB;
+  for (const backend of Object.keys(latency)) {
+    const figures = memory?.[backend];
+    if (!figures) continue;
+    goals.push(
+      check(
+        `memory-${backend}`,
+        `Memory of run, ${backend}, ${count(memory.services)} Services: peak over steady`,
+        figures.peak / figures.steady,
+        1.2,
+        "×",
+      ),
+    );
+  }
+  if (memory?.heap) {
+    goals.push(check("heap", "Heap per Service", memory.heap.perServiceKiB, 1, " KiB"));
+  }
+  return goals;
+}

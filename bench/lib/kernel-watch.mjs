@@ -1,0 +1,204 @@
+// Watching the kernel of a namespace for the rules of new LB IPs, without listing our whole table
+// per check (at 10,000 Services a listing takes longer than the change it would time).
+//
+// - `nft monitor new rules` prints what every nftables transaction added as it commits.
+//   iptables-nft's rules are nftables rules naming the LB IP. The nft backend's mappings are map
+//   elements, but nft 1.0.6's monitor cannot print them: each incremental transaction of the
+//   backend rewrites its two rules, which reference the map, and the monitor then drops the map
+//   from its cache ("Received event for an unknown set"). Those rewritten rules do mark every
+//   transaction of the backend, though, with the time it committed: `transactions`.
+//   The monitor only keeps up with transactions of a few rules: one that rewrites 30,000 rules
+//   overflows its socket (events are lost) and slows the writer down by half.
+// - iptables-legacy has no notifications: a poller inside the namespace checks the one expected
+//   rule with `iptables-legacy -C`, back to back. With several rules expected at once (a burst)
+//   it lists the nat table once per round instead, as checking each one would take longer. A
+//   check copies the whole table out of the kernel (50 ms at 30,000 rules), so its duration is
+//   the resolution of the figure: `checkMs`.
+// - iptables-nft while the backend rewrites every rule per change: the monitor would overflow
+//   and an `iptables-nft -C` reads the whole table (0.65 s at 30,000 rules), each slowing down the
+//   very sync it times by 2-3 times. The controller logs "rules applied" as its transaction ends;
+//   each such line is confirmed in the kernel by one check (or one listing for a burst) after
+//   the sync, and the line's arrival is the time.
+
+import { createInterface } from "node:readline";
+import { CHAINS, dnatRule, tokenize } from "@ipvs-node-controller/backend-iptables";
+import { runnerIn } from "@ipvs-node-controller/test-support";
+import { startProcess } from "./cleanup.mjs";
+import { sleep } from "./log.mjs";
+import { CHANGED_IPS } from "./services.mjs";
+
+/** Resolves with `performance.now()` when `ip`'s rules appear; see {@link Watcher.expect}. */
+class Pending {
+  constructor() {
+    this.waiting = new Map();
+  }
+  add(key) {
+    let resolve;
+    const seen = new Promise((done) => {
+      resolve = done;
+    });
+    this.waiting.set(key, resolve);
+    return seen;
+  }
+  see(key, at) {
+    const resolve = this.waiting.get(key);
+    if (resolve === undefined) return;
+    this.waiting.delete(key);
+    resolve(at);
+  }
+}
+
+/** The first rule every transaction of the nft backend adds (see the module comment). */
+const NFT_BACKEND_TRANSACTION = /^add rule inet ipvs-node-controller prerouting /;
+
+/**
+ * `nft monitor new rules` in `namespace`: `expect(ip)` resolves when a rule naming `ip` is added;
+ * `transactions` holds the commit time of each transaction of the nft backend.
+ */
+export async function nftMonitor(namespace) {
+  const monitor = startProcess("ip", [
+    "netns",
+    "exec",
+    namespace,
+    "nft",
+    "monitor",
+    "new",
+    "rules",
+  ]);
+  const pending = new Pending();
+  const transactions = [];
+  createInterface({ input: monitor.stdout }).on("line", (line) => {
+    const at = performance.now();
+    if (NFT_BACKEND_TRANSACTION.test(line)) {
+      transactions.push(at);
+      pending.see(transactions.length - 1, at);
+    }
+    for (const ip of line.match(CHANGED_IPS) ?? []) pending.see(ip, at);
+  });
+  // nft subscribes to the kernel's notifications as it starts; it prints nothing until then.
+  await sleep(500);
+  return {
+    kind: "nft monitor new rules",
+    expect: (ip) => pending.add(ip),
+    transactions,
+    /** Resolves with the commit time of transaction `index` (counting from 0) once it happened. */
+    transaction: (index) =>
+      index < transactions.length ? Promise.resolve(transactions[index]) : pending.add(index),
+    stop: () => monitor.stop(),
+  };
+}
+
+// Runs inside the namespace. Reads one JSON line per expected rule ({ ip, check, line }) and
+// prints { ip, checkMs } when that rule is in the kernel.
+const POLLER = `
+const [iptables, save] = JSON.parse(process.argv[1]);
+const { execFile } = require("node:child_process");
+const { createInterface } = require("node:readline");
+const run = (file, args) => new Promise((done) =>
+  execFile(file, args, { maxBuffer: 1 << 30 }, (error, stdout) => done({ ok: !error, stdout })));
+const pending = new Map();
+let wake = () => {};
+createInterface({ input: process.stdin }).on("line", (text) => {
+  const rule = JSON.parse(text);
+  pending.set(rule.ip, rule);
+  wake();
+});
+const found = (ip, checkMs) => {
+  pending.delete(ip);
+  process.stdout.write(JSON.stringify({ ip, checkMs }) + "\\n");
+};
+(async () => {
+  for (;;) {
+    if (pending.size === 0) await new Promise((done) => { wake = done; });
+    const started = performance.now();
+    if (pending.size === 1) {
+      const [rule] = pending.values();
+      const { ok } = await run(iptables, ["-t", "nat", "-C", ...rule.check]);
+      if (ok) found(rule.ip, performance.now() - started);
+    } else {
+      const { stdout } = await run(save, ["-t", "nat"]);
+      for (const rule of [...pending.values()]) {
+        if (stdout.includes(rule.line)) found(rule.ip, performance.now() - started);
+      }
+    }
+  }
+})();
+`;
+
+/**
+ * The poller of `variant` (`legacy` or `nft`) in `namespace`; `expect(ip, mapping)` resolves
+ * when the DNAT rule of `mapping` is in the nat table.
+ */
+export async function rulePoller(namespace, variant) {
+  const tools = [`iptables-${variant}`, `iptables-${variant}-save`];
+  const poller = startProcess(
+    "ip",
+    ["netns", "exec", namespace, process.execPath, "-e", POLLER, JSON.stringify(tools)],
+    { stdio: ["pipe", "pipe", "pipe"] },
+  );
+  const pending = new Pending();
+  const checkMs = [];
+  createInterface({ input: poller.stdout }).on("line", (line) => {
+    const found = JSON.parse(line);
+    checkMs.push(found.checkMs);
+    pending.see(found.ip, performance.now());
+  });
+  return {
+    kind: `iptables-${variant} -C of the one rule (a listing per round when several are expected)`,
+    expect(ip, mapping) {
+      const seen = pending.add(ip);
+      const rule = dnatRule(mapping);
+      poller.stdin.write(
+        `${JSON.stringify({ ip, check: [CHAINS.dnat, ...tokenize(rule)], line: `-A ${CHAINS.dnat} ${rule}` })}\n`,
+      );
+      return seen;
+    },
+    /** How long the checks that found the rules took: the resolution of the figures. */
+    checkMs: () => checkMs,
+    stop: () => poller.stop(),
+  };
+}
+
+/**
+ * Times rules by the controller's "rules applied" lines (the session calls `synced(at)` for each),
+ * each confirmed in the kernel of `namespace` with iptables-`variant` once the sync is over.
+ */
+export function syncChecker(namespace, variant) {
+  const run = runnerIn(namespace);
+  const pending = new Map();
+  let checks = Promise.resolve();
+  const confirm = async (at) => {
+    const rules = [...pending.values()];
+    if (rules.length === 0) return;
+    const present =
+      rules.length === 1
+        ? (await run(`iptables-${variant}`, ["-t", "nat", "-C", ...rules[0].check])).exitCode === 0
+          ? rules
+          : []
+        : await run(`iptables-${variant}-save`, ["-t", "nat"]).then(({ stdout }) =>
+            rules.filter((rule) => stdout.includes(rule.line)),
+          );
+    for (const rule of present) {
+      pending.delete(rule.ip);
+      rule.resolve(at);
+    }
+  };
+  return {
+    kind: `the controller's "rules applied", each confirmed by iptables-${variant} -C (or a listing)`,
+    expect(ip, mapping) {
+      const rule = dnatRule(mapping);
+      return new Promise((resolve) => {
+        pending.set(ip, {
+          ip,
+          resolve,
+          check: [CHAINS.dnat, ...tokenize(rule)],
+          line: `-A ${CHAINS.dnat} ${rule}`,
+        });
+      });
+    },
+    synced(at) {
+      checks = checks.then(() => confirm(at)).catch(() => {});
+    },
+    stop: async () => {},
+  };
+}

@@ -1,0 +1,462 @@
+// The report as Markdown: the full tables (bench/results/*.md) and the short table of the root
+// README, both generated from the JSON alone.
+
+import { runsOverlap } from "./goals.mjs";
+
+const count = (n) => Number(n).toLocaleString("en-US");
+const ms = (value) =>
+  value === undefined || value === null || Number.isNaN(value)
+    ? "–"
+    : value >= 100
+      ? Math.round(value).toLocaleString("en-US")
+      : value.toFixed(1);
+const pair = (summary) => (summary?.n ? `${ms(summary.p50)} / ${ms(summary.p99)}` : "–");
+const percent = (ratio) => `${(ratio * 100).toFixed(1)} %`;
+
+/** A table with its columns padded to one width, as the formatter (Biome) writes them. */
+function table(header, rows) {
+  const width = (text) => [...text].length;
+  const widths = header.map((_, column) =>
+    Math.max(3, ...[header, ...rows].map((cells) => width(cells[column]))),
+  );
+  const line = (cells) =>
+    `| ${cells.map((cell, column) => cell + " ".repeat(widths[column] - width(cell))).join(" | ")} |`;
+  return [line(header), line(widths.map((w) => "-".repeat(w))), ...rows.map(line)].join("\n");
+}
+
+/** One line naming the machine, its software and its load. */
+export function machineLine(report) {
+  const m = report.machine;
+  const parts = [
+    `${m.cpu} × ${m.cpus}`,
+    `${m.memoryGiB} GiB`,
+    m.kernel,
+    `Node.js ${m.node}`,
+    m.nft,
+    m.iptablesNft,
+    m.iptablesLegacy,
+    m.kubeApiserver && `kube-apiserver ${m.kubeApiserver}`,
+  ].filter(Boolean);
+  return parts.join(", ");
+}
+
+function loadLine(report) {
+  const { before, after } = report.loadAverage;
+  const busy = Math.max(before[0], after[0]) > report.machine.cpus;
+  return (
+    `load average (1/5/15 min) ${before.join(" / ")} before, ${after.join(" / ")} after` +
+    (busy
+      ? `: the machine was busy with other work (load above its ${report.machine.cpus} CPUs), so times are pessimistic and rates low`
+      : "")
+  );
+}
+
+function verdict(goal) {
+  if (goal.met === null) return "not measured";
+  const note = goal.note ? ` (${goal.note})` : "";
+  return `${goal.met ? "met" : `**missed** by ${goal.missedBy}`}${note}`;
+}
+
+function goalsSection(report) {
+  const rows = report.goals.map((goal) => [
+    goal.goal,
+    goal.measured === null ? "–" : `${goal.measured}${goal.unit}`,
+    goal.target,
+    verdict(goal),
+  ]);
+  return table(["goal", "measured", "target", ""], rows);
+}
+
+function incrementalSection(report) {
+  const data = report.incrementalSyncMs;
+  const sizes = report.parameters.sizes;
+  const rows = Object.entries(data).map(([backend, bySize]) => [
+    backend,
+    ...sizes.map((n) => pair(bySize[n])),
+    ...sizes.map((n) => pair(bySize[n]?.applyMs)),
+    Object.keys(bySize[sizes.at(-1)]?.applyModes ?? {}).join(", "),
+    bySize[sizes.at(-1)]?.outsideRestoreShare === undefined
+      ? "–"
+      : percent(bySize[sizes.at(-1)].outsideRestoreShare),
+    sizes.map((n) => ms(bySize[n]?.fullSyncMs)).join(" / "),
+  ]);
+  return [
+    "## One changed Service: watch event → end of the kernel transaction",
+    "",
+    "In the controller's process, inside a node namespace: `trimService` + `engine.setService` +",
+    "`engine.takeChanges` + `backend.applyChanges`, for a status change that moves one Service (3",
+    `ports) to a new LB IP; ${report.parameters.changes} changes per cell after ${report.parameters.warmup} unmeasured ones. p50 / p99 in ms.`,
+    "",
+    table(
+      [
+        "backend",
+        ...sizes.map((n) => `${count(n)} Services`),
+        ...sizes.map((n) => `apply only, ${count(n)}`),
+        "apply mode",
+        `outside iptables-restore, ${count(sizes.at(-1))}`,
+        `full sync (ms), ${sizes.map(count).join(" / ")}`,
+      ],
+      rows,
+    ),
+    "",
+    "`apply mode` is what `applyChanges` did: `incremental` sends only the changed mappings, `full`",
+    "rewrites all of them (the iptables backend reads its chains back and restores them whole).",
+  ].join("\n");
+}
+
+function latencySection(report) {
+  const data = report.programmingLatencyMs;
+  const sizes = report.parameters.sizes;
+  const large = sizes.at(-1);
+  const rows = Object.entries(data).map(([backend, bySize]) => [
+    backend,
+    ...sizes.map((n) => pair(bySize[n])),
+    pair(bySize[large]?.controllerSyncMs),
+    ms(bySize[large]?.readySeconds * 1000),
+  ]);
+  const bursts = [];
+  for (const [backend, bySize] of Object.entries(data)) {
+    for (const n of sizes) {
+      const burst = bySize[n]?.burst;
+      if (!burst) continue;
+      bursts.push([
+        backend,
+        count(n),
+        `${burst.landed} of ${burst.changes} in ${ms(burst.patchWindowMs)} ms`,
+        String(burst.syncs),
+        burst.syncMs.map(ms).join(", "),
+        ms(burst.lastPatchToAllLandedMs),
+        ms(burst.boundMs),
+        burst.withinBound ? "yes" : "**no**",
+        ms(burst.latencyMs.max),
+      ]);
+    }
+  }
+  const p = report.parameters;
+  return [
+    "## Network programming latency: status patch accepted → rule in the kernel",
+    "",
+    "`ipvs-node-controller run` in a node namespace against a real kube-apiserver + etcd (reached",
+    "over a veth), started as the DaemonSet starts it. Each change is a JSON patch of",
+    "`status.loadBalancer` moving one Service to a new LB IP, timed from the patch call's response to",
+    `the new rule being in the kernel. ${p.changes} changes per cell, each after the previous one landed and`,
+    `\`--min-sync-period\` (${p.minSyncPeriod}) passed. p50 / p99 in ms (the p99 of ${p.changes} changes is the`,
+    "slowest one). How the rule was seen (see bench/README.md for why):",
+    "",
+    ...Object.entries(data).map(
+      ([backend, bySize]) =>
+        `- ${backend}: ${bySize[large]?.watcher ?? "–"}${bySize[large]?.checkMs ? `; one check took ${ms(bySize[large].checkMs.p50)} ms (p50) at ${count(large)}` : ""}`,
+    ),
+    "",
+    table(
+      [
+        "backend",
+        ...sizes.map((n) => `${count(n)} Services`),
+        `controller's own sync, ${count(large)}`,
+        `start → all rules in (ms), ${count(large)}`,
+      ],
+      rows,
+    ),
+    "",
+    `Bursts: ${p.burst} changes to distinct Services patched evenly over ${p.burstWindowMs} ms. The bound is`,
+    "`--min-sync-period` plus the longest sync of the burst; the last change must land within it.",
+    "",
+    table(
+      [
+        "backend",
+        "Services",
+        "patched",
+        "syncs",
+        "sync durations (ms)",
+        "last patch → all landed (ms)",
+        "bound (ms)",
+        "within",
+        "slowest change (ms)",
+      ],
+      bursts,
+    ),
+  ].join("\n");
+}
+
+function connectionSection(report) {
+  const data = report.connectionRate;
+  const n = data.services;
+  const rows = Object.entries(data)
+    .filter(([, value]) => typeof value === "object" && value?.[1])
+    .map(([backend, value]) => [
+      backend,
+      count(value[1].perSecond),
+      count(value[n].perSecond),
+      percent(value.ratio),
+      value[1].runs.map(count).join(", "),
+      value[n].runs.map(count).join(", "),
+      String(value[1].errors + value[n].errors),
+    ]);
+  const noisy = Object.entries(data)
+    .filter(([, value]) => typeof value === "object" && value?.[1])
+    .filter(([, value]) => runsOverlap(value[1].runs, value[n].runs))
+    .map(([backend]) => backend);
+  return [
+    "## Per packet: new TCP connections per second to the LB IP of the last Service",
+    "",
+    "From a pod namespace to the LB IP of the last of the Services (the last rule of an iptables",
+    "chain), DNAT to a listener on its cluster IP in the node namespace; rules applied by the",
+    `backend itself. ${data.concurrency} connections in flight, each reset by the client once`,
+    `established; ${data.runs} runs of ${data.seconds} s per case, the two cases alternating; the median run.`,
+    "",
+    table(
+      [
+        "backend",
+        "1 Service",
+        `${count(n)} Services`,
+        "ratio",
+        "runs, 1",
+        `runs, ${count(n)}`,
+        "errors",
+      ],
+      rows,
+    ),
+    ...(noisy.length > 0
+      ? [
+          "",
+          `For ${noisy.join(", ")}, the runs of the two cases overlap: the difference between them is within the`,
+          "noise of the machine, and the ratio says nothing either way.",
+        ]
+      : []),
+  ].join("\n");
+}
+
+function memorySection(report) {
+  const data = report.rssMiB;
+  const backends = Object.keys(data.bySize ?? {});
+  const rows = [];
+  for (const backend of backends) {
+    for (const [n, memory] of Object.entries(data.bySize[backend])) {
+      rows.push([
+        backend,
+        count(n),
+        String(memory.steadyMiB),
+        String(memory.startupPeakMiB),
+        `${memory.peakOverChangesMiB} (${memory.changes} changes)`,
+        String(memory.heapUsedMiB),
+      ]);
+    }
+  }
+  const heap = data.heap;
+  const lines = [
+    "## Memory of `run`",
+    "",
+    `Resident memory of the controller's process (\`NODE_OPTIONS=${data.nodeOptions}\` as in the`,
+    "DaemonSet, no memory limit), from /proc/PID/status: steady is VmRSS once settled, the start-up",
+    "peak is VmHWM up to then; VmHWM is then reset and read again after the changes. MiB.",
+    "",
+    table(
+      [
+        "backend",
+        "Services",
+        "steady",
+        "peak at start-up",
+        "peak over changes",
+        "V8 heap used at the end",
+      ],
+      rows,
+    ),
+  ];
+  if (heap) {
+    const [small, large] = Object.keys(heap.heapMiB);
+    lines.push(
+      "",
+      `Live V8 heap (from heap snapshots, nft): ${heap.heapMiB[small]} MiB at ${count(small)} Services, ` +
+        `${heap.heapMiB[large]} MiB at ${count(large)}: **${heap.perServiceKiB} KiB per Service**. ` +
+        "Where the difference goes (self size by constructor, the 10 largest):",
+      "",
+      table(
+        ["constructor", "objects", "KiB", "bytes per Service"],
+        heap.topGrowth.map((g) => [
+          `\`${g.name}\``,
+          count(g.count),
+          count(g.kib),
+          count(g.perServiceBytes),
+        ]),
+      ),
+      "",
+      `The whole heap at ${count(large)} Services, the 10 largest:`,
+      "",
+      table(
+        ["constructor", "objects", "KiB"],
+        heap.top.map((g) => [`\`${g.name}\``, count(g.count), count(g.kib)]),
+      ),
+    );
+  }
+  return lines.join("\n");
+}
+
+function originalSection(report) {
+  const data = report.originalMethod;
+  const backends = Object.keys(Object.values(data)[0]?.oursSeconds ?? {});
+  const rows = Object.values(data).map((entry) => [
+    count(entry.services),
+    String(entry.originalSeconds),
+    count(entry.originalProcesses),
+    ...backends.map((b) => `${entry.oursSeconds[b]} s (${entry.speedUp[b]}×)`),
+  ]);
+  const tool = Object.values(data)[0]?.iptables ?? "iptables";
+  return [
+    "## The original method, emulated, against ours",
+    "",
+    "Per Service (one TCP port), a MARK and a DNAT rule in each of two chains, each checked and then",
+    `appended with one \`iptables\` process per step (${tool}), one after the other; ours: the same`,
+    "Services through the engine and one full sync. Each in a fresh namespace; seconds until every",
+    "rule is in, and our speed-up.",
+    "",
+    table(
+      ["Services", "original (s)", "iptables processes", ...backends.map((b) => `ours, ${b}`)],
+      rows,
+    ),
+  ].join("\n");
+}
+
+/** The full report. */
+export function renderMarkdown(report) {
+  const sections = [
+    `# Benchmark report${report.parameters.quick ? " (quick run: small sizes, few samples)" : ""}`,
+    "",
+    `Generated by \`${report.command}\` on ${report.date} in ${Math.round(report.durationSeconds / 60)} min, ` +
+      `commit ${report.commit ?? "unknown"}.`,
+    "",
+    `Machine: ${machineLine(report)}; ${loadLine(report)}.`,
+    "",
+    "## Goals",
+    "",
+    goalsSection(report),
+  ];
+  if (report.incrementalSyncMs) sections.push("", incrementalSection(report));
+  if (report.programmingLatencyMs) sections.push("", latencySection(report));
+  if (report.connectionRate) sections.push("", connectionSection(report));
+  if (report.rssMiB) sections.push("", memorySection(report));
+  if (report.originalMethod) sections.push("", originalSection(report));
+  return `${sections.join("\n")}\n`;
+}
+
+/** The README's figures: a few lines of the report, with where the rest is. */
+export function renderReadmeFigures(report, reportPath) {
+  const sizes = report.parameters.sizes;
+  const large = sizes.at(-1);
+  const across = (bySize, pick) => sizes.map((n) => ms(pick(bySize?.[n]))).join(" / ");
+  const rows = [];
+  const inc = report.incrementalSyncMs ?? {};
+  const lat = report.programmingLatencyMs ?? {};
+  const n = `${sizes.map(count).join(" / ")} Services`;
+  if (inc.nft) {
+    rows.push([
+      `one changed Service, watch event → end of the nft transaction, p50 (p99), ${n}`,
+      `${across(inc.nft, (x) => x?.p50)} ms (${across(inc.nft, (x) => x?.p99)})`,
+      `≤ 15 ms, ≤ 1.5× at ${count(sizes[0])}: ${statusOf(report, "incremental-nft")}`,
+    ]);
+  }
+  for (const variant of ["iptables-nft", "iptables-legacy"]) {
+    if (!inc[variant]) continue;
+    rows.push([
+      `the same with ${variant}, p50 (its apply mode: ${Object.keys(inc[variant][large]?.applyModes ?? {}).join(", ")})`,
+      `${across(inc[variant], (x) => x?.p50)} ms`,
+      `apply ≤ 100 ms, ≤ 2× at ${count(sizes[0])}: ${statusOf(report, `incremental-${variant}`)}`,
+    ]);
+  }
+  for (const [backend, bySize] of Object.entries(lat)) {
+    rows.push([
+      `status patch accepted → rule in the kernel, ${backend}, p50 (p99)`,
+      `${across(bySize, (x) => x?.p50)} ms (${across(bySize, (x) => x?.p99)})`,
+      backend === "nft" ? `p99 ≤ 50 ms: ${statusOf(report, "latency-nft")}` : "",
+    ]);
+  }
+  const bursts = Object.entries(lat).filter(([, bySize]) => bySize[large]?.burst);
+  if (bursts.length > 0) {
+    const { changes } = bursts[0][1][large].burst;
+    rows.push([
+      `burst of ${changes} changes in 1 s at ${count(large)} Services: last patch → all landed`,
+      `${bursts.map(([backend, bySize]) => `${backend} ${ms(bySize[large].burst.lastPatchToAllLandedMs)}`).join(", ")} ms`,
+      `within \`--min-sync-period\` + one sync: ${statusOf(report, "burst-")}`,
+    ]);
+  }
+  const full = Object.entries(inc)
+    .map(([backend, bySize]) => `${backend} ${ms(bySize[large]?.fullSyncMs)}`)
+    .join(", ");
+  if (full) rows.push([`full sync of ${count(large)} Services`, `${full} ms`, ""]);
+  const rate = report.connectionRate;
+  if (rate) {
+    rows.push([
+      `new connections/s to the last LB IP, ${count(rate.services)} Services over 1 Service`,
+      Object.entries(rate)
+        .filter(([, value]) => typeof value === "object" && value?.ratio !== undefined)
+        .map(([backend, value]) => `${backend} ${percent(value.ratio)}`)
+        .join(", "),
+      `nft ≥ 95 %: ${statusOf(report, "connections-nft")}`,
+    ]);
+  }
+  const memory = report.rssMiB;
+  if (memory) {
+    const byBackend = Object.keys(memory.bySize ?? {})
+      .filter((backend) => memory[backend])
+      .map((backend) => `${backend} ${memory[backend].steady} / ${memory[backend].peak}`)
+      .join(", ");
+    rows.push([
+      `resident memory of \`run\` at ${count(memory.services)} Services, steady / peak (MiB)`,
+      byBackend,
+      `peak ≤ 1.2× steady: ${statusOf(report, "memory-")}`,
+    ]);
+    const changes = Object.keys(memory.bySize ?? {})
+      .filter((backend) => memory[backend])
+      .map((backend) => `${backend} ${memory[backend].peakOverChanges}`)
+      .join(", ");
+    rows.push([
+      `peak resident memory over ${memory[Object.keys(memory.bySize)[0]]?.changes} changes at ${count(memory.services)} Services, no limit (MiB)`,
+      changes,
+      "",
+    ]);
+    if (memory.heap) {
+      rows.push([
+        "V8 heap per Service",
+        `${memory.heap.perServiceKiB} KiB`,
+        `≤ 1 KiB: ${statusOf(report, "heap")}`,
+      ]);
+    }
+  }
+  const original = report.originalMethod;
+  if (original) {
+    const largest = Object.values(original).at(-1);
+    rows.push([
+      `programming ${count(largest.services)} Services: the original method vs ours`,
+      `${largest.originalSeconds} s vs ${Object.entries(largest.oursSeconds)
+        .map(([backend, s]) => `${backend} ${s} s`)
+        .join(", ")} (${Object.values(largest.speedUp)
+        .map((x) => `${x}×`)
+        .join(", ")} faster)`,
+      "",
+    ]);
+  }
+  return [
+    `Generated by \`${report.command}\` on ${report.date.slice(0, 10)}: ${machineLine(report)}; ${loadLine(report)}.`,
+    `Services are LoadBalancer Services of 3 ports each; every figure, how it is measured and the`,
+    `goals met or missed are in [${reportPath}](${reportPath}).`,
+    "",
+    table(["what", "figure", "goal"], rows),
+  ].join("\n");
+}
+
+/**
+ * "met", "missed" or "not measured" for the goals whose id starts with `prefix`; when some are
+ * met and some missed, which (by the rest of their ids, e.g. the backend).
+ */
+function statusOf(report, prefix) {
+  const found = report.goals.filter((g) => g.id.startsWith(prefix) && g.met !== null);
+  if (found.length === 0) return "not measured";
+  const note = found.some((g) => g.note) ? " (within the noise)" : "";
+  if (found.every((g) => g.met)) return `met${note}`;
+  if (found.every((g) => !g.met)) return `missed${note}`;
+  const names = (met) =>
+    found
+      .filter((g) => g.met === met)
+      .map((g) => g.id.slice(prefix.length))
+      .join(", ");
+  return `met for ${names(true)}; missed for ${names(false)}`;
+}

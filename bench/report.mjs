@@ -1,0 +1,133 @@
+// The benchmark report: runs every benchmark of this directory, then writes
+// bench/results/latest.json, bench/results/latest.md and the figures of the root README.md.
+//
+//   pnpm bench:report              (root; after scripts/setup.sh; under half an hour on 2 cores)
+//   pnpm bench:report --quick      (a smoke run in a few minutes: bench/results/quick.*, README untouched)
+//
+// Flags and BENCH_* variables change the parameters (see lib/options.mjs), e.g.
+// `--parts incremental,connections`, `--backends nft`, `--sizes 100,1000`, `--changes 20`.
+// `--render bench/results/latest.json` writes its Markdown and the README's figures again from
+// the JSON alone, measuring nothing.
+
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { dirname } from "node:path";
+import { fileURLToPath } from "node:url";
+import { measureConnectionRate } from "./connection-rate.mjs";
+import { measureController } from "./controller.mjs";
+import { measureIncrementalSync } from "./incremental-sync.mjs";
+import { main } from "./lib/cleanup.mjs";
+import { evaluateGoals } from "./lib/goals.mjs";
+import { log } from "./lib/log.mjs";
+import { commitOf, loadAverage, machineInfo } from "./lib/machine.mjs";
+import { renderMarkdown, renderReadmeFigures } from "./lib/markdown.mjs";
+import { parseOptions } from "./lib/options.mjs";
+import { measureOriginalMethod } from "./original-method.mjs";
+
+const ROOT = fileURLToPath(new URL("../", import.meta.url));
+const README = `${ROOT}README.md`;
+const START = "<!-- figures:start -->";
+const END = "<!-- figures:end -->";
+
+/** Replaces what lies between the README's figure markers. */
+function updateReadme(figures) {
+  const text = readFileSync(README, "utf8");
+  const start = text.indexOf(START);
+  const end = text.indexOf(END);
+  if (start < 0 || end < start) throw new Error(`README.md lacks ${START} … ${END}`);
+  writeFileSync(README, `${text.slice(0, start + START.length)}\n${figures}\n${text.slice(end)}`);
+}
+
+/** Moves the controller benchmark's sessions into the report's sections. */
+function controllerSections(result, options) {
+  const large = options.sizes.at(-1);
+  const programmingLatencyMs = {};
+  const rssMiB = { services: large, nodeOptions: result.nodeOptions, bySize: {} };
+  for (const [backend, sessions] of Object.entries(result.results)) {
+    programmingLatencyMs[backend] = {};
+    rssMiB.bySize[backend] = {};
+    for (const [n, session] of Object.entries(sessions)) {
+      const { memory, latencyMs, ...rest } = session;
+      programmingLatencyMs[backend][n] = { ...latencyMs, ...rest };
+      rssMiB.bySize[backend][n] = memory;
+    }
+    const memory = sessions[large]?.memory;
+    if (memory) {
+      rssMiB[backend] = {
+        steady: memory.steadyMiB,
+        peak: memory.startupPeakMiB,
+        changes: memory.changes,
+        peakOverChanges: memory.peakOverChangesMiB,
+      };
+    }
+  }
+  if (result.heap) rssMiB.heap = result.heap;
+  return { programmingLatencyMs, rssMiB };
+}
+
+/** Writes the Markdown report next to the JSON one, and the README's figures when asked to. */
+function render(report, out, options) {
+  writeFileSync(`${out}.md`, renderMarkdown(report));
+  if (options.readme) {
+    updateReadme(renderReadmeFigures(report, "bench/results/latest.md"));
+    log("report", "updated the figures of README.md");
+  }
+}
+
+await main(async () => {
+  const options = parseOptions(process.argv.slice(2));
+  if (options.render !== undefined) {
+    // Renders a report again from its JSON, measuring nothing.
+    const report = JSON.parse(readFileSync(options.render, "utf8"));
+    report.goals = evaluateGoals(report);
+    writeFileSync(options.render, `${JSON.stringify(report, null, 2)}\n`);
+    render(report, options.render.replace(/\.json$/, ""), options);
+    return;
+  }
+  if (process.getuid?.() !== 0) {
+    throw new Error("the benchmarks need root (network namespaces, nft, iptables)");
+  }
+  const out =
+    options.out ?? `${ROOT}bench/results/${options.quick ? "quick" : "latest"}`.replace(/\/$/, "");
+  const started = Date.now();
+  const report = {
+    command: `pnpm bench:report${process.argv.length > 2 ? ` ${process.argv.slice(2).join(" ")}` : ""}`,
+    date: new Date(started).toISOString().replace(/\.\d+Z$/, "Z"),
+    commit: await commitOf(ROOT),
+    machine: await machineInfo(),
+    loadAverage: { before: loadAverage() },
+    parameters: options,
+  };
+  log("report", `parts: ${options.parts.join(", ")}; load average ${report.loadAverage.before}`);
+
+  // Cheap and kernel-only first; the API server's part is the longest.
+  if (options.parts.includes("incremental")) {
+    report.incrementalSyncMs = await measureIncrementalSync(options);
+  }
+  if (options.parts.includes("connections")) {
+    report.connectionRate = await measureConnectionRate(options);
+  }
+  if (options.parts.includes("controller")) {
+    const result = await measureController(options);
+    report.machine.kubeApiserver = result.kubeApiserver;
+    Object.assign(report, controllerSections(result, options));
+  }
+  if (options.parts.includes("original")) {
+    report.originalMethod = await measureOriginalMethod(options);
+  }
+
+  report.loadAverage.after = loadAverage();
+  report.durationSeconds = Math.round((Date.now() - started) / 1000);
+  report.goals = evaluateGoals(report);
+  mkdirSync(dirname(out), { recursive: true });
+  writeFileSync(`${out}.json`, `${JSON.stringify(report, null, 2)}\n`);
+  render(report, out, options);
+  log(
+    "report",
+    `wrote ${out}.json and ${out}.md in ${Math.round(report.durationSeconds / 60)} min`,
+  );
+  for (const goal of report.goals) {
+    const verdict =
+      goal.met === null ? "not measured" : goal.met ? "met" : `MISSED by ${goal.missedBy}`;
+    log("report", `${goal.goal}: ${goal.measured}${goal.unit ?? ""} (${goal.target}) ${verdict}`);
+  }
+});
