@@ -41,6 +41,11 @@ const TABLE_NAME = /^[A-Za-z][A-Za-z0-9_-]{0,63}$/;
 interface Applied {
   readonly table: MappingTable;
   settings: RulesetSettings;
+  /**
+   * False once `verify` found the kernel elsewhere (someone flushed our rules): changes are then
+   * not applied element by element on top of what is no longer there, the next one is a full sync.
+   */
+  trusted: boolean;
 }
 
 const mappingCount = (diff: RulesetDiff) =>
@@ -87,13 +92,14 @@ class NftBackend implements Backend {
     return this.queue.run(async () => {
       validateRuleset(ruleset);
       const listing = await this.nft.listTable(this.table);
-      if (listing === undefined) return false;
+      let matches = false;
       try {
-        return tableMatches(parseListing(listing), ruleset);
+        matches = listing !== undefined && tableMatches(parseListing(listing), ruleset);
       } catch {
         // A listing we cannot make sense of is not the table we wrote.
-        return false;
       }
+      if (!matches && this.applied) this.applied.trusted = false;
+      return matches;
     });
   }
 
@@ -112,7 +118,9 @@ class NftBackend implements Backend {
    */
   private async change(diff: RulesetDiff, next: () => Ruleset): Promise<ApplyResult> {
     const applied = this.applied;
-    if (applied === undefined || diff.settingsChanged) return this.fullSync(next());
+    if (applied === undefined || !applied.trusted || diff.settingsChanged) {
+      return this.fullSync(next());
+    }
     if (isEmptyDiff(diff)) return { mode: "none", changedMappings: 0 };
     const refused = await this.nft.transact(incrementalDocument(diff, this.table));
     // The kernel disagreed with our idea of its state (drift, e.g. a vanished element or table):
@@ -131,7 +139,7 @@ class NftBackend implements Backend {
       });
     }
     const table = MappingTable.of(ruleset);
-    this.applied = { table, settings: settingsOf(ruleset) };
+    this.applied = { table, settings: settingsOf(ruleset), trusted: true };
     return { mode: "full", changedMappings: table.size };
   }
 }

@@ -319,18 +319,15 @@ export function fullSyncJson(ruleset: Ruleset, table: string): string {
 }
 
 /**
- * An incremental sync: element changes only, plus the few rules rewritten (flush + add), which
- * repairs tampered rules cheaply and, because `flush chain` fails on a missing table or chain,
- * turns a vanished table into an error the caller answers with a full sync. Deleting an element
- * that is gone fails the same way. Its size follows the change, not the ruleset.
+ * An incremental sync: element changes only, so that its cost follows the change. (Rewriting the
+ * chains' rules too would make nft fetch every element of the maps they reference: 41 ms instead
+ * of 23 ms at 10,000 Services.) Deleting an element that is gone, or adding one to a map that is
+ * gone, fails the whole transaction, which the caller answers with a full sync; rules that someone
+ * flushed are found by `verify`.
  */
 export function incrementalDocument(diff: RulesetDiff, table: string): NftDocument {
   const base = { family: "inet", table };
-  const commands: NftObject[] = [
-    { flush: { chain: { ...base, name: CHAINS.prerouting } } },
-    { flush: { chain: { ...base, name: CHAINS.output } } },
-    ...ruleCommands(diff.settings, table),
-  ];
+  const commands: NftObject[] = [];
   const deletions = [...diff.removed, ...diff.changed.map(({ before }) => before)];
   const additions = [...diff.added, ...diff.changed.map(({ after }) => after)];
   for (const family of ["ipv4", "ipv6"] as const) {
