@@ -45,7 +45,6 @@ import {
   lbIP,
   NAMESPACE,
   nodeObject,
-  PORTS,
   serviceName,
   serviceSpec,
 } from "./lib/services.mjs";
@@ -257,9 +256,7 @@ async function session(cluster, options, backend, n, snapshot) {
   const steady = median(samples.slice(samples.length >> 1));
   const startupPeak = memoryOf(pid).hwm;
 
-  // How the rule is seen (see kernel-watch.mjs). nft: the backend's transactions, and which
-  // changes each one carried.
-  const byTransaction = backend === "nft";
+  // How the rule is seen (see kernel-watch.mjs).
   const flags = backendFlags(backend);
   watcher =
     flags.backend === "nft" || (flags.mode === "nft" && cluster.incremental.nft)
@@ -278,23 +275,14 @@ async function session(cluster, options, backend, n, snapshot) {
   /** Moves Service `i` to a new LB IP; resolves when the patch is accepted. */
   const patch = async (i) => {
     const ip = changedIP(++cluster.nextIP);
-    const seen = byTransaction ? undefined : watcher.expect(ip, mappingOf(i, ip));
-    const transaction = watcher.transactions?.length;
-    const response = await patchIP(i, ip);
-    const accepted = performance.now();
-    return {
-      accepted,
-      seen,
-      transaction,
-      resourceVersion: Number(response.metadata?.resourceVersion),
-    };
+    const seen = watcher.expect(ip, mappingOf(i, ip));
+    await patchIP(i, ip);
+    return { accepted: performance.now(), seen };
   };
   /** One change, alone: milliseconds from the patch accepted to its rule in the kernel. */
   const single = async (i) => {
     const patched = await patch(i);
-    // Nothing else writes the table: the first transaction after the patch carries it.
-    const seen = byTransaction ? watcher.transaction(patched.transaction) : patched.seen;
-    const at = await within(seen, 60_000);
+    const at = await within(patched.seen, 60_000);
     return at === undefined ? undefined : at - patched.accepted;
   };
 
@@ -331,7 +319,6 @@ async function session(cluster, options, backend, n, snapshot) {
   const size = Math.min(options.burst, n);
   const stride = [97, 89, 83, 1].find((s) => n % s !== 0);
   const firstBurst = applies.length;
-  const firstTransaction = watcher.transactions?.length;
   const burstStart = performance.now();
   const patched = await Promise.all(
     Array.from({ length: size }, async (_, j) => {
@@ -339,9 +326,7 @@ async function session(cluster, options, backend, n, snapshot) {
       return patch((j * stride + 13) % n);
     }),
   );
-  const seenAt = byTransaction
-    ? await carriedBy(patched, applies, firstBurst, watcher.transactions, firstTransaction)
-    : await Promise.all(patched.map((entry) => within(entry.seen, 60_000)));
+  const seenAt = await Promise.all(patched.map((entry) => within(entry.seen, 60_000)));
   const burst = patched.map((entry, j) => ({
     accepted: entry.accepted,
     at: seenAt[j],
@@ -420,37 +405,6 @@ async function appliesIncrementally(variant, namespace) {
   const { mode } = await backend.applyChanges(engine.takeChanges());
   await backend.cleanup();
   return mode === "incremental";
-}
-
-/** Mappings one change touches: the 3 ports of the old LB IP out, those of the new one in. */
-const MAPPINGS_PER_CHANGE = 2 * PORTS.length;
-
-/**
- * When each change of a burst reached the kernel, with the nft backend (whose transactions the
- * monitor sees, but not what they carry): the controller logs each sync with the number of
- * mappings it changed, in the order of its transactions, and takes the changes in the order of
- * the watch, i.e. of their resourceVersions. So the first sync carried the first k changes, and
- * so on. Waits until the syncs account for every change (at most a minute).
- */
-async function carriedBy(patched, applies, firstApply, transactions, firstTransaction) {
-  const wanted = patched.length * MAPPINGS_PER_CHANGE;
-  const covered = () =>
-    applies.slice(firstApply).reduce((sum, entry) => sum + entry.changedMappings, 0);
-  const deadline = performance.now() + 60_000;
-  while (covered() < wanted && performance.now() < deadline) await sleep(10);
-  // The monitor's line for the last transaction may trail the controller's log line.
-  await sleep(100);
-  const order = patched
-    .map((_, j) => j)
-    .sort((a, b) => patched[a].resourceVersion - patched[b].resourceVersion);
-  const seenAt = new Array(patched.length).fill(undefined);
-  let next = 0;
-  applies.slice(firstApply).forEach((entry, k) => {
-    const committed = transactions[firstTransaction + k] ?? entry.at;
-    const carried = Math.round(entry.changedMappings / MAPPINGS_PER_CHANGE);
-    for (let c = 0; c < carried && next < order.length; c++) seenAt[order[next++]] = committed;
-  });
-  return seenAt;
 }
 
 /** Has V8 write a heap snapshot, and summarises it (the snapshot is removed afterwards). */

@@ -1,13 +1,9 @@
 // Watching the kernel of a namespace for the rules of new LB IPs, without listing our whole table
 // per check (at 10,000 Services a listing takes longer than the change it would time).
 //
-// - `nft monitor new rules` prints what every nftables transaction added as it commits.
-//   iptables-nft's rules are nftables rules naming the LB IP. The nft backend's mappings are map
-//   elements, but nft 1.0.6's monitor cannot print them: each incremental transaction of the
-//   backend rewrites its two rules, which reference the map, and the monitor then drops the map
-//   from its cache ("Received event for an unknown set"). Those rewritten rules do mark every
-//   transaction of the backend, though, with the time it committed: `transactions`.
-//   The monitor only keeps up with transactions of a few rules: one that rewrites 30,000 rules
+// - `nft monitor` prints what every nftables transaction added as it commits: the nft backend's
+//   map elements, and iptables-nft's rules (nftables rules naming the LB IP).
+//   The monitor only keeps up with transactions of a few objects: one that rewrites 30,000 rules
 //   overflows its socket (events are lost) and slows the writer down by half.
 // - iptables-legacy has no notifications: a poller inside the namespace checks the one expected
 //   rule with `iptables-legacy -C`, back to back. With several rules expected at once (a burst)
@@ -48,42 +44,24 @@ class Pending {
   }
 }
 
-/** The first rule every transaction of the nft backend adds (see the module comment). */
-const NFT_BACKEND_TRANSACTION = /^add rule inet ipvs-node-controller prerouting /;
-
 /**
- * `nft monitor new rules` in `namespace`: `expect(ip)` resolves when a rule naming `ip` is added;
- * `transactions` holds the commit time of each transaction of the nft backend.
+ * `nft monitor` in `namespace`: `expect(ip)` resolves when an element or a rule naming `ip` is
+ * added.
  */
 export async function nftMonitor(namespace) {
-  const monitor = startProcess("ip", [
-    "netns",
-    "exec",
-    namespace,
-    "nft",
-    "monitor",
-    "new",
-    "rules",
-  ]);
+  const monitor = startProcess("ip", ["netns", "exec", namespace, "nft", "monitor"]);
   const pending = new Pending();
-  const transactions = [];
   createInterface({ input: monitor.stdout }).on("line", (line) => {
     const at = performance.now();
-    if (NFT_BACKEND_TRANSACTION.test(line)) {
-      transactions.push(at);
-      pending.see(transactions.length - 1, at);
-    }
+    // Only additions: a deletion names the LB IP a Service moves away from.
+    if (!line.startsWith("add ")) return;
     for (const ip of line.match(CHANGED_IPS) ?? []) pending.see(ip, at);
   });
   // nft subscribes to the kernel's notifications as it starts; it prints nothing until then.
   await sleep(500);
   return {
-    kind: "nft monitor new rules",
+    kind: "nft monitor",
     expect: (ip) => pending.add(ip),
-    transactions,
-    /** Resolves with the commit time of transaction `index` (counting from 0) once it happened. */
-    transaction: (index) =>
-      index < transactions.length ? Promise.resolve(transactions[index]) : pending.add(index),
     stop: () => monitor.stop(),
   };
 }
