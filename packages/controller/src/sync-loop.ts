@@ -118,16 +118,17 @@ export class SyncLoop {
     if (!this.options.state.ready()) return { ok: true };
     const now = this.clock.now();
     const limit = this.healthTimeoutMs;
+    // Whole milliseconds in the reasons: the clock may be fractional, and people read them.
     if (this.pendingSince !== undefined && now - this.pendingSince > limit) {
       return {
         ok: false,
-        reason: `a change has waited ${now - this.pendingSince} ms (limit ${limit} ms)`,
+        reason: `a change has waited ${Math.round(now - this.pendingSince)} ms (limit ${limit} ms)`,
       };
     }
     if (this.busySince !== undefined && now - this.busySince > limit) {
       return {
         ok: false,
-        reason: `a sync has run for ${now - this.busySince} ms (limit ${limit} ms)`,
+        reason: `a sync has run for ${Math.round(now - this.busySince)} ms (limit ${limit} ms)`,
       };
     }
     return { ok: true };
