@@ -72,15 +72,17 @@ export async function createNodeFixture(
         spec: { podCIDR: "10.244.1.0/24", podCIDRs: ["10.244.1.0/24"] },
       }),
     });
-    await topology.addNodeAddresses(options.services.flatMap((s) => [s.lbIP, s.clusterIP]));
-    await topology.listen(
-      options.services.map((s) => ({
-        ip: s.clusterIP,
-        port: s.port ?? 80,
-        protocol: "tcp" as const,
-        reply: s.name,
-      })),
-    );
+    if (options.services.length > 0) {
+      await topology.addNodeAddresses(options.services.flatMap((s) => [s.lbIP, s.clusterIP]));
+      await topology.listen(
+        options.services.map((s) => ({
+          ip: s.clusterIP,
+          port: s.port ?? 80,
+          protocol: "tcp" as const,
+          reply: s.name,
+        })),
+      );
+    }
   } catch (error) {
     await bridge?.stop();
     await topology.destroy();
