@@ -23,6 +23,7 @@ import { type Backoff, backoffDelay } from "./backoff.js";
 import { type Clock, systemClock } from "./clock.js";
 import type { HealthState as Health } from "./http-server.js";
 import type { ControllerMetrics } from "./metrics.js";
+import { groupSkips } from "./skip-report.js";
 
 /** Where the desired state comes from: the rule engine, fed by the caches. */
 export interface DesiredState {
@@ -243,17 +244,28 @@ export class SyncLoop {
     return applied !== undefined && applied.mode !== "none";
   }
 
-  /** Logs each skip and warning once, when it appears, and when a skip goes away. */
+  /**
+   * Logs each skip and warning once, when it appears, and when a skip goes away: one line per
+   * Service, however many of its addresses and ports are bad (see `groupSkips`).
+   */
   private report(changes: RulesetChanges): void {
     const { log } = this.options;
-    for (const entry of changes.skipsAppeared) {
+    for (const group of groupSkips(changes.skipsAppeared)) {
+      const many =
+        group.count > 1
+          ? { reasons: group.reasons, details: group.details, entries: group.count }
+          : {};
       log.warn(
-        { service: entry.service, reason: entry.reason, detail: entry.detail },
+        { service: group.service, reason: group.reasons[0], detail: group.details[0], ...many },
         "service skipped",
       );
     }
-    for (const entry of changes.skipsDisappeared) {
-      log.info({ service: entry.service, reason: entry.reason }, "service no longer skipped");
+    for (const group of groupSkips(changes.skipsDisappeared)) {
+      const many = group.count > 1 ? { reasons: group.reasons, entries: group.count } : {};
+      log.info(
+        { service: group.service, reason: group.reasons[0], ...many },
+        "service no longer skipped",
+      );
     }
     for (const warning of changes.warningsAppeared) log.warn({ warning }, "node configuration");
   }
