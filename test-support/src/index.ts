@@ -2,6 +2,7 @@ export * from "./envtest.js";
 export * from "./eventually.js";
 export * from "./heap.js";
 export * from "./helm.js";
+export * from "./hostile-services.js";
 export * from "./http.js";
 export * from "./kube-proxy.js";
 export * from "./netns.js";
