@@ -211,16 +211,17 @@ export class SyncLoop {
     const started = this.clock.now();
     const changes = state.takeChanges();
     this.report(changes);
-    let result: RulesetResult | undefined;
+    // Taken together with the changes, before anything is awaited: events that arrive while they
+    // are applied belong to the next sync, and a verify against a state that already holds them
+    // would take them for drift.
+    const result: RulesetResult | undefined = how.full || how.verify ? state.result() : undefined;
     let applied: ApplyResult | undefined;
-    if (how.full) {
-      result = state.result();
+    if (how.full && result !== undefined) {
       applied = await backend.apply(result.ruleset, { full: true });
     } else if (!isEmptyDiff(changes)) {
       applied = await backend.applyChanges(changes);
     }
-    if (how.verify && !how.full) {
-      result = state.result();
+    if (how.verify && !how.full && result !== undefined) {
       if (!(await backend.verify(result.ruleset))) {
         log.warn("the kernel rules drifted from the desired state; repairing with a full sync");
         applied = await backend.apply(result.ruleset, { full: true });
