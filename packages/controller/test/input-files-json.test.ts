@@ -24,9 +24,12 @@ describe("readServicesFile with JSON", () => {
     const text = `\n  ${JSON.stringify({ apiVersion: "v1", kind: "List", items: services }, null, 1)}\n`;
     const file = join(dir, "list.json");
     await writeFile(file, text);
-    const viaYaml = (parseAllDocuments(text)[0]?.toJS() as { items: unknown[] }).items.filter(
+    const [document] = parseAllDocuments(text);
+    const listed = document?.toJS() as { items: unknown[] } | undefined;
+    const viaYaml = (listed?.items ?? []).filter(
       (item) => item !== null && typeof item === "object",
     );
+    expect(viaYaml).toHaveLength(services.length);
     expect(await readServicesFile(file)).toEqual(viaYaml);
   });
 
