@@ -13,6 +13,9 @@ export function packageProject(name: string): UserWorkspaceConfig {
     test: {
       name,
       include: ["test/**/*.test.ts"],
+      // Kernel and API-server tests start processes and probe real traffic: on a busy 2-core
+      // machine one test can take several seconds. A limit, never a measurement.
+      testTimeout: 30_000,
       benchmark: { include: ["test/**/*.bench.ts"] },
     },
   });

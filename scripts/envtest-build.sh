@@ -26,21 +26,10 @@ readonly ETCD_VERSION="${ENVTEST_ETCD_VERSION:-v3.6.16}"
 readonly BINARIES=(kube-apiserver etcd kubectl kube-proxy)
 readonly EXIT_NOT_BUILT=3
 
-check_only=false
-case "${1:-}" in
-  "") ;;
-  --check) check_only=true ;;
-  *)
-    printf 'usage: %s [--check]\n' "$0" >&2
-    exit 2
-    ;;
-esac
-
-log() { printf 'envtest-build: %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+readonly SCRIPT_NAME=envtest-build
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+parse_check_flag "$@"
 
 # Succeeds when every binary is present and executable in directory $1.
 has_binaries() {
@@ -88,24 +77,12 @@ if [[ "${check_only}" == true ]]; then
   exit "${EXIT_NOT_BUILT}"
 fi
 
-command -v go >/dev/null 2>&1 || die "go is not on PATH; install Go or set ENVTEST_ASSETS"
-
-mkdir -p "${CACHE_ROOT}"
-# Test files start in parallel and may all ask for the binaries: one builds, the others wait.
-exec 9>"${CACHE_ROOT}/.build.lock"
-flock 9
+lock_cache "${CACHE_ROOT}"
 if has_binaries "${ASSETS_DIR}"; then
   printf '%s\n' "${ASSETS_DIR}"
   exit 0
 fi
-
-WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/envtest-build.XXXXXX")"
-readonly WORK_DIR
-trap 'rm -rf "${WORK_DIR}"' EXIT
-
-# Never fetch another Go toolchain: a go.mod that needs a newer one should fail loudly.
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
-readonly STARTED_AT="${SECONDS}"
+start_go_build "install Go or set ENVTEST_ASSETS"
 
 # The k8s.io/kubernetes commands to build: those missing from the cache entry.
 kubernetes_targets=()
@@ -182,22 +159,8 @@ while IFS= read -r bin; do
   built+=("${bin}")
 done < <(missing_binaries "${ASSETS_DIR}")
 
-if [[ -d "${ASSETS_DIR}" ]]; then
-  # Complete an existing entry binary by binary. Each rename is atomic (same file system), so a
-  # reader sees a binary whole or not at all, and an interrupted build leaves an entry that
-  # has_binaries rejects and the next run completes.
-  for bin in "${built[@]}"; do
-    cp "${WORK_DIR}/out/${bin}" "${ASSETS_DIR}/.incoming.${bin}"
-    chmod 755 "${ASSETS_DIR}/.incoming.${bin}"
-    mv -f "${ASSETS_DIR}/.incoming.${bin}" "${ASSETS_DIR}/${bin}"
-  done
-else
-  # Publish a new entry at once, so an interrupted build never leaves a half-filled one.
-  staging_dir="$(mktemp -d "${CACHE_ROOT}/.incoming.XXXXXX")"
-  mv "${WORK_DIR}/out/"* "${staging_dir}/"
-  chmod 755 "${staging_dir}"
-  mv "${staging_dir}" "${ASSETS_DIR}"
-fi
+# An interrupted completion leaves an entry that has_binaries rejects and the next run completes.
+publish_into "${WORK_DIR}/out" "${ASSETS_DIR}" "${CACHE_ROOT}"
 
-log "built ${built[*]} in $((SECONDS - STARTED_AT)) s"
+log "built ${built[*]} in $((SECONDS - BUILD_STARTED_AT)) s"
 printf '%s\n' "${ASSETS_DIR}"

@@ -19,21 +19,10 @@ set -euo pipefail
 readonly HELM_VERSION="${HELM_BUILD_VERSION:-v4.3.2}"
 readonly EXIT_NOT_BUILT=3
 
-check_only=false
-case "${1:-}" in
-  "") ;;
-  --check) check_only=true ;;
-  *)
-    printf 'usage: %s [--check]\n' "$0" >&2
-    exit 2
-    ;;
-esac
-
-log() { printf 'helm-build: %s\n' "$*" >&2; }
-die() {
-  log "error: $*"
-  exit 1
-}
+readonly SCRIPT_NAME=helm-build
+# shellcheck source=lib/common.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
+parse_check_flag "$@"
 
 if [[ -n "${HELM_BINARY:-}" ]]; then
   [[ -x "${HELM_BINARY}" ]] || die "HELM_BINARY=${HELM_BINARY} is not an executable file"
@@ -59,24 +48,12 @@ if [[ "${check_only}" == true ]]; then
   exit "${EXIT_NOT_BUILT}"
 fi
 
-command -v go >/dev/null 2>&1 || die "go is not on PATH; install Go or set HELM_BINARY"
-
-mkdir -p "${CACHE_ROOT}"
-# Test files start in parallel and may all ask for the binary: one builds, the others wait.
-exec 9>"${CACHE_ROOT}/.build.lock"
-flock 9
+lock_cache "${CACHE_ROOT}"
 if [[ -x "${HELM_BIN}" ]]; then
   printf '%s\n' "${HELM_BIN}"
   exit 0
 fi
-
-WORK_DIR="$(mktemp -d "${TMPDIR:-/tmp}/helm-build.XXXXXX")"
-readonly WORK_DIR
-trap 'rm -rf "${WORK_DIR}"' EXIT
-
-# Never fetch another Go toolchain: a go.mod that needs a newer one should fail loudly.
-export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false
-readonly STARTED_AT="${SECONDS}"
+start_go_build "install Go or set HELM_BINARY"
 
 # A throwaway module that requires Helm: Helm's go.mod has no replace directives, so its
 # dependencies resolve exactly as in its own build.
@@ -98,13 +75,7 @@ reported="$("${WORK_DIR}/out/helm" version --template '{{ .Version }}')"
 [[ "${reported}" == "${HELM_VERSION}" ]] ||
   die "the built helm reports version '${reported}', expected '${HELM_VERSION}'"
 
-# Publish the finished binary in one rename, so an interrupted build never leaves a broken
-# cache entry.
-staging_dir="$(mktemp -d "${CACHE_ROOT}/.incoming.XXXXXX")"
-mv "${WORK_DIR}/out/helm" "${staging_dir}/helm"
-chmod 755 "${staging_dir}"
-rm -rf "${HELM_DIR}"
-mv "${staging_dir}" "${HELM_DIR}"
+publish_into "${WORK_DIR}/out" "${HELM_DIR}" "${CACHE_ROOT}"
 
-log "built in $((SECONDS - STARTED_AT)) s"
+log "built in $((SECONDS - BUILD_STARTED_AT)) s"
 printf '%s\n' "${HELM_BIN}"

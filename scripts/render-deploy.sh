@@ -10,15 +10,10 @@ repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 readonly repo_root
 readonly manifest="${repo_root}/deploy/ipvs-node-controller.yaml"
 
-check_only=false
-case "${1:-}" in
-  "") ;;
-  --check) check_only=true ;;
-  *)
-    printf 'usage: %s [--check]\n' "$0" >&2
-    exit 2
-    ;;
-esac
+readonly SCRIPT_NAME=render-deploy
+# shellcheck source=lib/common.sh
+source "${repo_root}/scripts/lib/common.sh"
+parse_check_flag "$@"
 
 assets_dir="$("${repo_root}/scripts/envtest-build.sh" | tail -n 1)"
 rendered="$(mktemp)"
@@ -27,10 +22,9 @@ trap 'rm -f "${rendered}"' EXIT
 
 if [[ "${check_only}" == true ]]; then
   if ! diff -u "${manifest}" "${rendered}"; then
-    printf 'deploy/ipvs-node-controller.yaml is stale: run scripts/render-deploy.sh\n' >&2
-    exit 1
+    die "deploy/ipvs-node-controller.yaml is stale: run scripts/render-deploy.sh"
   fi
   exit 0
 fi
 cp "${rendered}" "${manifest}"
-printf 'wrote %s\n' "deploy/ipvs-node-controller.yaml" >&2
+log "wrote deploy/ipvs-node-controller.yaml"

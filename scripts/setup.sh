@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a fresh Debian or Ubuntu machine for ipvs-node-controller and builds it:
-#   - the kernel tools the backends drive and the tests use: nftables, iptables (legacy + nft), iproute2
+#   - the kernel tools the backends drive and the tests use: nftables, iptables (legacy + nft), iproute2,
+#     conntrack (deletes the conntrack entries of UDP flows that a change made stale)
 #   - openssl (the test API server's service-account key)
 #   - pnpm at the version package.json pins, the workspace's dependencies, and the build.
 # Safe to run again: it installs only what is missing.
@@ -21,6 +22,7 @@ missing=()
 command -v nft >/dev/null 2>&1 || missing+=(nftables)
 { command -v iptables-legacy-restore && command -v iptables-nft-restore; } >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+command -v conntrack >/dev/null 2>&1 || missing+=(conntrack)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 if ((${#missing[@]} > 0)); then
   if [[ "$(id -u)" != 0 ]]; then

@@ -22,9 +22,9 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { request } from "node:https";
 import { createServer, isIPv6 } from "node:net";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { execa, type ResultPromise } from "execa";
+import { builtBinaryGate, repositoryScript, runBuildScript } from "./built-binary.js";
 
 /**
  * The binaries of the API-server tests, all in one directory: what a test API server needs, and
@@ -32,16 +32,7 @@ import { execa, type ResultPromise } from "execa";
  */
 export const ENVTEST_BINARIES = ["kube-apiserver", "etcd", "kubectl", "kube-proxy"] as const;
 
-/** Exit status of `envtest-build.sh --check` when the binaries have not been built yet. */
-const EXIT_NOT_BUILT = 3;
-
-const BUILD_SCRIPT = resolve(
-  dirname(fileURLToPath(import.meta.url)),
-  "..",
-  "..",
-  "scripts",
-  "envtest-build.sh",
-);
+const BUILD_SCRIPT = repositoryScript("envtest-build.sh");
 
 /** Thrown when the envtest binaries cannot be found or built. */
 export class EnvtestUnavailableError extends Error {
@@ -77,19 +68,7 @@ export async function locateEnvtestAssets(
     }
     return fromEnv;
   }
-  const result = await execa("bash", build ? [BUILD_SCRIPT] : [BUILD_SCRIPT, "--check"], {
-    reject: false,
-    stdin: "ignore",
-  });
-  if (!build && result.exitCode === EXIT_NOT_BUILT) return undefined;
-  const lines = result.stdout.trim().split("\n");
-  const dir = lines[lines.length - 1];
-  if (result.exitCode !== 0 || !dir) {
-    throw new EnvtestUnavailableError(
-      `scripts/envtest-build.sh failed (exit ${result.exitCode}): ${tail(result.stderr, 20)}`,
-    );
-  }
-  return dir;
+  return runBuildScript(BUILD_SCRIPT, { build }, (message) => new EnvtestUnavailableError(message));
 }
 
 /** Options of {@link startTestApiServer}. */
@@ -494,14 +473,11 @@ function tail(text: string, lines: number): string {
  * const assets = await envtestTestsEnabled("controller e2e tests");
  * describe.skipIf(!assets)("against a real API server", () => { ... });
  */
-export async function envtestTestsEnabled(suite: string): Promise<string | undefined> {
-  const assetsDir = await locateEnvtestAssets({ build: process.env.CI === "true" });
-  if (assetsDir) return assetsDir;
-  if (process.env.CI === "true") {
-    throw new EnvtestUnavailableError(`${suite} cannot run and CI=true forbids skipping`);
-  }
-  console.warn(
-    `\n!!! SKIPPING ${suite}: no envtest binaries (run scripts/envtest-build.sh or set ENVTEST_ASSETS) !!!\n`,
+export function envtestTestsEnabled(suite: string): Promise<string | undefined> {
+  return builtBinaryGate(
+    suite,
+    (build) => locateEnvtestAssets({ build }),
+    "no envtest binaries (run scripts/envtest-build.sh or set ENVTEST_ASSETS)",
+    (message) => new EnvtestUnavailableError(message),
   );
-  return undefined;
 }

@@ -18,20 +18,11 @@
  */
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+import { join } from "node:path";
 import { execa } from "execa";
+import { builtBinaryGate, repositoryScript, runBuildScript } from "./built-binary.js";
 
-/** Exit status of `helm-build.sh --check` when the binary has not been built yet. */
-const EXIT_NOT_BUILT = 3;
-
-const BUILD_SCRIPT = resolve(
-  dirname(fileURLToPath(import.meta.url)),
-  "..",
-  "..",
-  "scripts",
-  "helm-build.sh",
-);
+const BUILD_SCRIPT = repositoryScript("helm-build.sh");
 
 /** Thrown when helm cannot be found or built. */
 export class HelmUnavailableError extends Error {
@@ -46,20 +37,11 @@ export class HelmUnavailableError extends Error {
  * @throws HelmUnavailableError when `HELM_BINARY` is unusable or the build fails.
  */
 export async function locateHelm(options: { build?: boolean } = {}): Promise<string | undefined> {
-  const build = options.build ?? true;
-  const result = await execa("bash", build ? [BUILD_SCRIPT] : [BUILD_SCRIPT, "--check"], {
-    reject: false,
-    stdin: "ignore",
-  });
-  if (!build && result.exitCode === EXIT_NOT_BUILT) return undefined;
-  const binary = result.stdout.trim().split("\n").at(-1);
-  if (result.exitCode !== 0 || !binary) {
-    const stderr = result.stderr.trim().split("\n").slice(-20).join("\n");
-    throw new HelmUnavailableError(
-      `scripts/helm-build.sh failed (exit ${result.exitCode}): ${stderr}`,
-    );
-  }
-  return binary;
+  return runBuildScript(
+    BUILD_SCRIPT,
+    { build: options.build ?? true },
+    (message) => new HelmUnavailableError(message),
+  );
 }
 
 /**
@@ -67,16 +49,13 @@ export async function locateHelm(options: { build?: boolean } = {}): Promise<str
  * if need be, and a failure throws); elsewhere a missing build skips the suite with a loud
  * warning. Returns the binary's path, or undefined to skip.
  */
-export async function helmTestsEnabled(suite: string): Promise<string | undefined> {
-  const binary = await locateHelm({ build: process.env.CI === "true" });
-  if (binary) return binary;
-  if (process.env.CI === "true") {
-    throw new HelmUnavailableError(`${suite} cannot run and CI=true forbids skipping`);
-  }
-  console.warn(
-    `\n!!! SKIPPING ${suite}: no helm binary (run scripts/helm-build.sh or set HELM_BINARY) !!!\n`,
+export function helmTestsEnabled(suite: string): Promise<string | undefined> {
+  return builtBinaryGate(
+    suite,
+    (build) => locateHelm({ build }),
+    "no helm binary (run scripts/helm-build.sh or set HELM_BINARY)",
+    (message) => new HelmUnavailableError(message),
   );
-  return undefined;
 }
 
 /** Outcome of a {@link Helm.run} call. */

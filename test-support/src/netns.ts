@@ -257,10 +257,22 @@ if (protocol === "tcp") {
 }
 `;
 
+/** Options of {@link createTopology}. */
+export interface TopologyOptions {
+  /** Start of the namespaces' names; default `inc`. */
+  readonly prefix?: string;
+  /**
+   * A process whose network namespace becomes the node, e.g. a container's first process
+   * (`docker inspect -f '{{.State.Pid}}'`), instead of a new namespace. It is given a name
+   * (`ip netns attach`), so that runners and `ip -n` reach it; {@link Topology.destroy} removes
+   * that name and the pod and remote namespaces, while the node's namespace lives on with the
+   * process.
+   */
+  readonly nodePid?: number;
+}
+
 /** Builds the topology. Throws with a clear reason when it cannot (not root, no `ip`). */
-export async function createTopology(
-  options: { readonly prefix?: string } = {},
-): Promise<Topology> {
+export async function createTopology(options: TopologyOptions = {}): Promise<Topology> {
   const support = await netnsSupport();
   if (!support.ok) throw new Error(`cannot create network namespaces: ${support.reason}`);
 
@@ -292,8 +304,12 @@ export async function createTopology(
 
   const P = ADDRESS_PLAN;
   try {
-    for (const namespace of Object.values(namespaces)) {
-      await ip(["netns", "add", namespace]);
+    for (const [host, namespace] of Object.entries(namespaces)) {
+      if (host === "node" && options.nodePid !== undefined) {
+        await ip(["netns", "attach", namespace, String(options.nodePid)]);
+      } else {
+        await ip(["netns", "add", namespace]);
+      }
       tracked.namespaces.push(namespace);
     }
     await ipBatch(namespaces.node, [

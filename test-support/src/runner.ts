@@ -16,12 +16,13 @@ export const hostRunner: CommandRunner = runTool;
 export function runnerIn(namespace: string): CommandRunner {
   return async (file, args, options) => {
     const result = await runTool("ip", ["netns", "exec", namespace, file, ...args], options);
-    // `ip netns exec` exits 255 with this message when execvp() fails.
-    const failed = /exec of ".*" failed: (.*)$/m.exec(result.stderr);
-    if (result.exitCode === 255 && failed) {
+    // `ip netns exec` prints this when execvp() fails, and exits 255 or, in newer iproute2
+    // releases, 1; the program's name in it tells the message from one the program printed.
+    const failed = /^exec of "(.*)" failed: (.*)$/m.exec(result.stderr);
+    if (result.exitCode !== 0 && failed && failed[1] === file) {
       throw new ToolNotStartedError(
         file,
-        /No such file/.test(failed[1] ?? "") ? "ENOENT" : (failed[1] ?? ""),
+        /No such file/.test(failed[2] ?? "") ? "ENOENT" : (failed[2] ?? ""),
       );
     }
     return result;

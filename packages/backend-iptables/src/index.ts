@@ -1,7 +1,7 @@
 /**
  * iptables backend of ipvs-node-controller: compiles a core Ruleset to `iptables-restore
  * --noflush` documents and applies them atomically per IP family, with iptables-legacy or
- * iptables-nft.
+ * iptables-nft; a change sends only the DNAT rules that change.
  *
  * @packageDocumentation
  */
@@ -9,7 +9,11 @@ export {
   createIptablesBackend,
   type IptablesBackend,
   type IptablesBackendOptions,
+  MAX_INCREMENTAL_DELETES,
 } from "./backend.js";
+export { dnatKey } from "./dnat-order.js";
+export { LEGACY_TABLE_LISTS, legacyTables } from "./legacy-tables.js";
+export * from "./live.js";
 export {
   CHAINS,
   dnatRule,

@@ -28,6 +28,7 @@ import {
   type Ruleset,
   validateRuleset,
 } from "@ipvs-node-controller/core";
+import { canonicalOrder } from "./dnat-order.js";
 import { CHAIN_PREFIX, EMPTY_STATE, type LiveState, normalizeSpec } from "./state.js";
 
 /** The chains this backend owns in the nat table of each family. All names are <= 28 characters. */
@@ -97,9 +98,26 @@ export function dnatRule(mapping: Mapping): string {
   );
 }
 
-/** The chains and jumps one family needs, from a validated family ruleset. */
+/** What a full sync of one family writes, and the keys of its DNAT rules in chain order. */
+export interface FamilyPlan {
+  readonly target: TargetState;
+  /** See `dnatKey`: the order that incremental changes keep. */
+  readonly dnatKeys: readonly string[];
+}
+
+/**
+ * The chains and jumps one family needs, from a validated family ruleset. The DNAT list is in
+ * core's canonical order whatever the order of `family.mappings`, so that incremental changes,
+ * which insert by that order, always agree with a full sync.
+ */
 export function familyTarget(family: FamilyRuleset, masqueradeMark: number): TargetState {
+  return familyPlan(family, masqueradeMark).target;
+}
+
+/** {@link familyTarget}, with the DNAT keys it sorted by. */
+export function familyPlan(family: FamilyRuleset, masqueradeMark: number): FamilyPlan {
   const mark = hex(masqueradeMark);
+  const dnat = canonicalOrder(family.mappings);
   const toServices = `-j ${CHAINS.services}`;
   const localPods = family.localPods;
   const prerouting =
@@ -117,25 +135,31 @@ export function familyTarget(family: FamilyRuleset, masqueradeMark: number): Tar
     `-j ${CHAINS.dnat}`,
     `-j MARK --set-xmark 0x0/${mark}`,
   ];
-  return {
+  const target: TargetState = {
     chains: new Map([
       [CHAINS.prerouting, prerouting],
       [CHAINS.output, [`-m addrtype --src-type LOCAL ${toServices}`]],
       [CHAINS.services, services],
-      [CHAINS.dnat, family.mappings.map(dnatRule)],
+      [CHAINS.dnat, dnat.mappings.map(dnatRule)],
     ]),
     jumps: [
       { chain: "PREROUTING", spec: `-m comment --comment ${JUMP_COMMENT} -j ${CHAINS.prerouting}` },
       { chain: "OUTPUT", spec: `-m comment --comment ${JUMP_COMMENT} -j ${CHAINS.output}` },
     ],
   };
+  return { target, dnatKeys: dnat.keys };
 }
 
 /** Validates a whole ruleset (core's canonical check) and returns the per-family targets. */
 export function rulesetTargets(ruleset: Ruleset): Map<IpFamily, TargetState> {
+  return new Map([...rulesetPlans(ruleset)].map(([family, plan]) => [family, plan.target]));
+}
+
+/** Validates a whole ruleset (core's canonical check) and returns the per-family plans. */
+export function rulesetPlans(ruleset: Ruleset): Map<IpFamily, FamilyPlan> {
   validateRuleset(ruleset);
   return new Map(
-    ruleset.families.map((family) => [family.family, familyTarget(family, ruleset.masqueradeMark)]),
+    ruleset.families.map((family) => [family.family, familyPlan(family, ruleset.masqueradeMark)]),
   );
 }
 

@@ -7,6 +7,7 @@
  */
 import { join } from "node:path";
 import { type CommandRunner, ToolNotStartedError } from "@ipvs-node-controller/core";
+import { legacyTables } from "./legacy-tables.js";
 
 /** The two implementations of the iptables tools. */
 export type IptablesVariant = "legacy" | "nft";
@@ -47,13 +48,21 @@ export function variantBinaries(variant: IptablesVariant, binDir?: string): Ipta
 /** Hint chains the kubelet creates in the mangle table of the iptables it uses. */
 const HINT_CHAINS = [":KUBE-IPTABLES-HINT ", ":KUBE-KUBELET-CANARY "];
 
+/** Which save runs started, and which of them could not. */
+interface Attempts {
+  started: number;
+  readonly unstartable: string[];
+}
+
 /** Output of one save run, or undefined when the program failed or could not be started. */
 async function trySave(
   runner: CommandRunner,
   file: string,
   args: readonly string[],
-  unstartable: string[],
+  attempts: Attempts,
 ): Promise<string | undefined> {
+  attempts.started++;
+  const { unstartable } = attempts;
   try {
     const result = await runner(file, args);
     if (result.exitCode === 0) return result.stdout;
@@ -80,26 +89,50 @@ function countRules(outputs: readonly (string | undefined)[]): number {
  * (nft checked first), that one; otherwise the variant whose save tools report more rules over
  * both families; nft on a tie, including when neither sees anything, as current distributions
  * default to it. Throws a BackendError when none of the save tools can be started.
+ *
+ * iptables-legacy is only asked about tables that exist (see `legacyTables`): naming a table it
+ * does not have would create it, and a node that never used legacy iptables would from then on
+ * carry empty legacy tables that make every iptables-nft command warn.
  */
 export async function detectIptablesVariant(
   runner: CommandRunner,
   binDir?: string,
 ): Promise<VariantDetection> {
-  const unstartable: string[] = [];
+  const attempts: Attempts = { started: 0, unstartable: [] };
   const nft = variantBinaries("nft", binDir);
   const legacy = variantBinaries("legacy", binDir);
-  const evidence = async (b: IptablesBinaries) => {
-    const mangle = await trySave(runner, b.iptablesSave, ["-t", "mangle"], unstartable);
-    const all4 = await trySave(runner, b.iptablesSave, [], unstartable);
-    const all6 = await trySave(runner, b.ip6tablesSave, [], unstartable);
+  /** `exists(table)` says whether a save naming that table (or, for "*", any) may run. */
+  const evidence = async (
+    b: IptablesBinaries,
+    exists: (family: "ipv4" | "ipv6", table: string) => boolean,
+  ) => {
+    const mangle = exists("ipv4", "mangle")
+      ? await trySave(runner, b.iptablesSave, ["-t", "mangle"], attempts)
+      : undefined;
+    const all4 = exists("ipv4", "*")
+      ? await trySave(runner, b.iptablesSave, [], attempts)
+      : undefined;
+    const all6 = exists("ipv6", "*")
+      ? await trySave(runner, b.ip6tablesSave, [], attempts)
+      : undefined;
     return {
       hinted: HINT_CHAINS.some((chain) => mangle?.includes(chain) ?? false),
       rules: countRules([all4, all6]),
     };
   };
-  const nftEvidence = await evidence(nft);
-  const legacyEvidence = await evidence(legacy);
-  if (unstartable.length === 6) {
+  const nftEvidence = await evidence(nft, () => true);
+  const legacyTablesOf = {
+    ipv4: await legacyTables(runner, "ipv4"),
+    ipv6: await legacyTables(runner, "ipv6"),
+  };
+  const legacyEvidence = await evidence(legacy, (family, table) => {
+    const tables = legacyTablesOf[family];
+    // Unknown (the list could not be read): ask the tools, as without the list.
+    if (tables === undefined) return true;
+    return table === "*" ? tables.size > 0 : tables.has(table);
+  });
+  const { unstartable } = attempts;
+  if (unstartable.length === attempts.started) {
     throw new ToolNotStartedError(
       nft.iptablesSave,
       `cannot detect the iptables variant: none of ${[...new Set(unstartable)].join(", ")} could be started`,

@@ -5,12 +5,23 @@ import {
   type CommandResult,
   type CommandRunner,
   ConfigError,
+  diffRulesets,
   InvalidRulesetError,
+  type Mapping,
   ToolNotStartedError,
   ToolRefusedError,
 } from "@ipvs-node-controller/core";
 import { describe, expect, it } from "vitest";
-import { createIptablesBackend, detectIptablesVariant, variantBinaries } from "../src/index.js";
+import {
+  createIptablesBackend,
+  detectIptablesVariant,
+  dnatRule,
+  LEGACY_TABLE_LISTS,
+  MAX_INCREMENTAL_DELETES,
+  rulesetTargets,
+  type TargetState,
+  variantBinaries,
+} from "../src/index.js";
 import { family, mapping, ruleset } from "./fixtures.js";
 
 const EMPTY_NAT = "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
@@ -172,6 +183,68 @@ describe("createIptablesBackend", () => {
     );
   });
 
+  describe("a restore that reports a failure", () => {
+    const dual = ruleset([
+      family("ipv4", { kind: "sourceCIDRs", cidrs: ["10.244.1.0/24"] }, [
+        mapping("192.0.2.1", 80, "10.96.0.1"),
+      ]),
+      family("ipv6", { kind: "sourceCIDRs", cidrs: ["fd00:10:244:1::/64"] }, [
+        mapping("2001:db8::1", 80, "fd00:10:96::1"),
+      ]),
+    ]);
+    /** What iptables-save prints once `target` is in an otherwise empty nat table. */
+    const saveOf = (target: TargetState) =>
+      [
+        "*nat",
+        ":PREROUTING ACCEPT [0:0]",
+        ":OUTPUT ACCEPT [0:0]",
+        ...[...target.chains.keys()].map((name) => `:${name} - [0:0]`),
+        ...target.jumps.map((jump) => `-A ${jump.chain} ${jump.spec}`),
+        ...[...target.chains].flatMap(([name, rules]) => rules.map((spec) => `-A ${name} ${spec}`)),
+        "COMMIT",
+        "",
+      ].join("\n");
+
+    /** A kernel of two nat tables; the IPv6 restore exits 137 after `committing` or not. */
+    function killedIpv6Restore(committed: boolean) {
+      const targets = rulesetTargets(dual);
+      const state = { ipv4: EMPTY_NAT, ipv6: EMPTY_NAT };
+      const { runner, calls } = scripted({
+        "iptables-nft-save": () => ok(state.ipv4),
+        "ip6tables-nft-save": () => ok(state.ipv6),
+        "iptables-nft-restore": (_args, input) => {
+          // The backend's first restore installs the rules, a second one is the roll-back.
+          state.ipv4 = input?.includes("-I PREROUTING")
+            ? saveOf(targets.get("ipv4") as TargetState)
+            : EMPTY_NAT;
+          return ok();
+        },
+        "ip6tables-nft-restore": () => {
+          if (committed) state.ipv6 = saveOf(targets.get("ipv6") as TargetState);
+          return { stdout: "", stderr: "", exitCode: 137 };
+        },
+      });
+      return { runner, calls, state };
+    }
+
+    it("rolls the other family back when it changed nothing", async () => {
+      const { runner, state } = killedIpv6Restore(false);
+      await expect(createIptablesBackend({ mode: "nft", runner }).apply(dual)).rejects.toThrow(
+        ToolRefusedError,
+      );
+      expect(state).toEqual({ ipv4: EMPTY_NAT, ipv6: EMPTY_NAT });
+    });
+
+    it("keeps both families when its rules went in before it died", async () => {
+      const { runner, state } = killedIpv6Restore(true);
+      const backend = createIptablesBackend({ mode: "nft", runner });
+      expect((await backend.apply(dual)).mode).toBe("full");
+      expect(state.ipv4).not.toBe(EMPTY_NAT);
+      expect(state.ipv6).not.toBe(EMPTY_NAT);
+      expect(await backend.verify(dual)).toBe(true);
+    });
+  });
+
   it("fails on a failing save of an enabled family", async () => {
     const { runner } = scripted({
       "iptables-nft-save": () => ({ stdout: "", stderr: "permission denied", exitCode: 4 }),
@@ -252,5 +325,273 @@ describe("the production runner", () => {
     await expect(backend.apply(simple)).rejects.toThrow(
       "/nonexistent/iptables-nft-save could not be started: ENOENT",
     );
+  });
+});
+
+describe("changes", () => {
+  const POD_CIDRS = { kind: "sourceCIDRs", cidrs: ["10.244.1.0/24"] } as const;
+  const POD_CIDRS_V6 = { kind: "sourceCIDRs", cidrs: ["fd00:10:244:1::/64"] } as const;
+  const v4 = (...mappings: Mapping[]) => ruleset([family("ipv4", POD_CIDRS, mappings)]);
+  const web = mapping("192.0.2.1", 80, "10.96.0.1");
+  const api = mapping("192.0.2.2", 80, "10.96.0.2", { name: "api" });
+  const web6 = mapping("2001:db8::1", 80, "fd00::1");
+  const dual = (m4: Mapping[], m6: Mapping[]) =>
+    ruleset([family("ipv4", POD_CIDRS, m4), family("ipv6", POD_CIDRS_V6, m6)]);
+  const doc = (...lines: string[]) => ["*nat", ...lines, "COMMIT", ""].join("\n");
+
+  /** A kernel whose nat tables are always empty and whose restores accept everything. */
+  const accepting = () =>
+    scripted({
+      "iptables-nft-save": () => ok(EMPTY_NAT),
+      "ip6tables-nft-save": () => ok(EMPTY_NAT),
+      "iptables-nft-restore": () => ok(),
+      "ip6tables-nft-restore": () => ok(),
+    });
+
+  it("sends only the rules that change, and reads nothing back", async () => {
+    const { runner, calls } = accepting();
+    const backend = createIptablesBackend({ mode: "nft", runner });
+    await backend.apply(v4(web), { full: true });
+    calls.length = 0;
+    expect(await backend.applyChanges(diffRulesets(v4(web), v4(web, api)))).toEqual({
+      mode: "incremental",
+      changedMappings: 1,
+    });
+    expect(calls).toEqual([
+      {
+        file: "iptables-nft-restore",
+        args: ["--noflush", "-w"],
+        input: doc(`-A IPVSNC-DNAT ${dnatRule(api)}`),
+      },
+    ]);
+    // apply() without `full` diffs against the applied state in memory, and sends the change.
+    calls.length = 0;
+    expect(await backend.apply(v4(api))).toEqual({ mode: "incremental", changedMappings: 1 });
+    expect(calls.map((c) => c.input)).toEqual([doc(`-D IPVSNC-DNAT ${dnatRule(web)}`)]);
+    calls.length = 0;
+    expect(await backend.apply(v4(api))).toEqual({ mode: "none", changedMappings: 0 });
+    expect(calls).toEqual([]);
+  });
+
+  it("reads back a family that is not enabled only while it may hold rules of ours", async () => {
+    const { runner, calls } = accepting();
+    const backend = createIptablesBackend({ mode: "nft", runner });
+    const saves = () => calls.filter((c) => c.file.endsWith("-save")).map((c) => c.file);
+    // The first sync of an instance looks everywhere: an earlier process may have enabled IPv6.
+    await backend.apply(v4(web));
+    expect(saves()).toEqual(["iptables-nft-save", "ip6tables-nft-save"]);
+    calls.length = 0;
+    await backend.apply(v4(web), { full: true });
+    await backend.verify(v4(web));
+    expect(saves()).toEqual(["iptables-nft-save", "iptables-nft-save"]);
+    // Enabling IPv6 is a settings change: a full sync of both.
+    calls.length = 0;
+    expect((await backend.apply(dual([web], [web6]))).mode).toBe("full");
+    expect(saves()).toEqual(["iptables-nft-save", "ip6tables-nft-save"]);
+    // Disabling it again must look there to remove ours.
+    calls.length = 0;
+    expect((await backend.apply(v4(web))).mode).toBe("full");
+    expect(saves()).toEqual(["iptables-nft-save", "ip6tables-nft-save"]);
+  });
+
+  it("rewrites everything when the kernel refuses a change", async () => {
+    const messages: string[] = [];
+    const { runner, calls } = scripted({
+      "iptables-nft-save": () => ok(EMPTY_NAT),
+      "iptables-nft-restore": (_args, input) =>
+        input?.startsWith("*nat\n-D")
+          ? { stdout: "", stderr: "iptables-nft-restore: line 2 failed\n", exitCode: 1 }
+          : ok(),
+      "ip6tables-nft-save": () => ok(EMPTY_NAT),
+    });
+    const backend = createIptablesBackend({ mode: "nft", runner, log: (m) => messages.push(m) });
+    await backend.apply(v4(web, api), { full: true });
+    calls.length = 0;
+    expect(await backend.applyChanges(diffRulesets(v4(web, api), v4(api)))).toEqual({
+      mode: "full",
+      changedMappings: 1,
+    });
+    expect(calls.map((c) => c.file)).toEqual([
+      "iptables-nft-restore",
+      "iptables-nft-save",
+      "iptables-nft-restore",
+    ]);
+    expect(calls[2]?.input).toBe(backend.render(v4(api)).split("\n").slice(1).join("\n"));
+    expect(messages).toEqual([
+      expect.stringMatching(
+        /^incremental change refused, rewriting our chains: .*\(line 2: -D IPVSNC-DNAT -d 192\.0\.2\.1\/32 /,
+      ),
+    ]);
+    // From the rewritten state, changes are incremental again.
+    expect((await backend.applyChanges(diffRulesets(v4(api), v4(api, web)))).mode).toBe(
+      "incremental",
+    );
+  });
+
+  it("rewrites everything when the settings change", async () => {
+    const { runner, calls } = accepting();
+    const backend = createIptablesBackend({ mode: "nft", runner });
+    await backend.apply(v4(web), { full: true });
+    calls.length = 0;
+    const marked = { ...v4(web), masqueradeMark: 0x8000 };
+    expect(await backend.applyChanges(diffRulesets(v4(web), marked))).toEqual({
+      mode: "full",
+      changedMappings: 1,
+    });
+    expect(calls.map((c) => c.file)).toEqual(["iptables-nft-save", "iptables-nft-restore"]);
+    expect(calls[1]?.input).toContain("--set-xmark 0x8000/0x8000");
+  });
+
+  it("rewrites everything rather than delete more rules than a rewrite costs", async () => {
+    const many = Array.from({ length: MAX_INCREMENTAL_DELETES + 3 }, (_, i) =>
+      mapping(`192.0.2.${i + 1}`, 443, "10.96.0.1", { name: `svc-${i}` }),
+    );
+    const { runner, calls } = accepting();
+    const backend = createIptablesBackend({ mode: "nft", runner });
+    await backend.apply(v4(...many), { full: true });
+    calls.length = 0;
+    const keep = (n: number) => v4(...many.slice(many.length - n));
+    expect(await backend.apply(keep(2))).toEqual({ mode: "full", changedMappings: 2 });
+    expect(calls.map((c) => c.file)).toEqual(["iptables-nft-save", "iptables-nft-restore"]);
+    await backend.apply(v4(...many), { full: true });
+    calls.length = 0;
+    expect(await backend.apply(keep(3))).toEqual({
+      mode: "incremental",
+      changedMappings: MAX_INCREMENTAL_DELETES,
+    });
+    expect(calls.map((c) => c.file)).toEqual(["iptables-nft-restore"]);
+  });
+
+  it("stops trusting what it applied once a verify found drift", async () => {
+    const { runner, calls } = accepting();
+    const backend = createIptablesBackend({ mode: "nft", runner });
+    await backend.apply(v4(web), { full: true });
+    // The scripted kernel never holds anything: every verify finds drift.
+    expect(await backend.verify(v4(web))).toBe(false);
+    calls.length = 0;
+    expect((await backend.applyChanges(diffRulesets(v4(web), v4(web, api)))).mode).toBe("full");
+    expect(calls.map((c) => c.file)).toEqual(["iptables-nft-save", "iptables-nft-restore"]);
+  });
+
+  it("undoes the IPv4 part of a change when the IPv6 program cannot run, then rewrites", async () => {
+    let ip6Missing = false;
+    const { runner, calls } = scripted({
+      "iptables-nft-save": () => ok(EMPTY_NAT),
+      "ip6tables-nft-save": () => ok(EMPTY_NAT),
+      "iptables-nft-restore": () => ok(),
+      "ip6tables-nft-restore": () => {
+        if (ip6Missing) throw new ToolNotStartedError("ip6tables-nft-restore", "ENOENT");
+        return ok();
+      },
+    });
+    const messages: string[] = [];
+    const backend = createIptablesBackend({ mode: "nft", runner, log: (m) => messages.push(m) });
+    const before = dual([web], [web6]);
+    const after = dual([web, api], []);
+    await backend.apply(before, { full: true });
+    calls.length = 0;
+    ip6Missing = true;
+    await expect(backend.applyChanges(diffRulesets(before, after))).rejects.toThrow(
+      ToolNotStartedError,
+    );
+    expect(calls.map((c) => [c.file, c.input])).toEqual([
+      ["iptables-nft-restore", doc(`-A IPVSNC-DNAT ${dnatRule(api)}`)],
+      ["ip6tables-nft-restore", doc(`-D IPVSNC-DNAT ${dnatRule(web6)}`)],
+      ["iptables-nft-restore", doc(`-D IPVSNC-DNAT ${dnatRule(api)}`)],
+    ]);
+    expect(messages).toEqual(["rolled ipv4 back to its previous rules"]);
+    calls.length = 0;
+    ip6Missing = false;
+    expect((await backend.applyChanges(diffRulesets(before, after))).mode).toBe("full");
+    expect(calls.map((c) => c.file)).toEqual([
+      "iptables-nft-save",
+      "ip6tables-nft-save",
+      "iptables-nft-restore",
+      "ip6tables-nft-restore",
+    ]);
+  });
+});
+
+describe("looking before touching iptables-legacy", () => {
+  const missing = (file: string): CommandResult => ({
+    stdout: "",
+    stderr: `cat: ${file}: No such file or directory\n`,
+    exitCode: 1,
+  });
+  /** `cat` of the two table lists: a string is the file's content, undefined a missing file. */
+  const tableLists =
+    (ipv4: string | undefined, ipv6: string | undefined) => (args: readonly string[]) => {
+      const content = args[0] === LEGACY_TABLE_LISTS.ipv4 ? ipv4 : ipv6;
+      return content === undefined ? missing(args[0] as string) : ok(content);
+    };
+  const legacyCalls = (calls: { file: string; args: readonly string[] }[]) =>
+    calls.filter((c) => c.file.includes("legacy")).map((c) => [c.file, ...c.args].join(" "));
+
+  it.each([
+    { name: "no legacy table at all", ipv4: "", ipv6: undefined, expected: [] },
+    {
+      name: "an IPv4 filter table only",
+      ipv4: "filter\n",
+      ipv6: "",
+      expected: ["iptables-legacy-save"],
+    },
+    {
+      name: "mangle and nat in IPv4, filter in IPv6",
+      ipv4: "mangle\nnat\n",
+      ipv6: "filter\n",
+      expected: ["iptables-legacy-save -t mangle", "iptables-legacy-save", "ip6tables-legacy-save"],
+    },
+  ])("detection asks iptables-legacy only about existing tables: $name", async (c) => {
+    const { runner, calls } = scripted({
+      cat: tableLists(c.ipv4, c.ipv6),
+      "iptables-nft-save": () => ok(""),
+      "ip6tables-nft-save": () => ok(""),
+      "iptables-legacy-save": () => ok(""),
+      "ip6tables-legacy-save": () => ok(""),
+    });
+    expect((await detectIptablesVariant(runner)).variant).toBe("nft");
+    expect(legacyCalls(calls)).toEqual(c.expected);
+  });
+
+  it("detection asks every tool when the table lists cannot be read", async () => {
+    const { runner, calls } = scripted({
+      "iptables-nft-save": () => ok(""),
+      "ip6tables-nft-save": () => ok(""),
+      "iptables-legacy-save": () => ok(""),
+      "ip6tables-legacy-save": () => ok(""),
+    });
+    await detectIptablesVariant(runner);
+    expect(legacyCalls(calls)).toEqual([
+      "iptables-legacy-save -t mangle",
+      "iptables-legacy-save",
+      "ip6tables-legacy-save",
+    ]);
+  });
+
+  it("cleans up in legacy mode without creating a nat table that does not exist", async () => {
+    const { runner, calls } = scripted({ cat: tableLists("filter\n", undefined) });
+    const backend = createIptablesBackend({ mode: "legacy", runner });
+    expect(await backend.cleanup()).toBe(false);
+    expect(await backend.verify(ruleset([]))).toBe(true);
+    expect(legacyCalls(calls)).toEqual([]);
+  });
+
+  it("reads a legacy nat table that exists, and stops looking once it has seen it", async () => {
+    const { runner, calls } = scripted({
+      cat: tableLists("nat\n", ""),
+      "iptables-legacy-save": () => ok(EMPTY_NAT),
+      "iptables-legacy-restore": () => ok(),
+    });
+    const backend = createIptablesBackend({ mode: "legacy", runner });
+    await backend.apply(ruleset([family("ipv4", { kind: "inputInterface", name: "cni0" }, [])]));
+    await backend.cleanup();
+    expect(calls.map((c) => [c.file, ...c.args].join(" "))).toEqual([
+      `cat ${LEGACY_TABLE_LISTS.ipv4}`,
+      "iptables-legacy-save -t nat",
+      `cat ${LEGACY_TABLE_LISTS.ipv6}`,
+      "iptables-legacy-restore --noflush -w",
+      "iptables-legacy-save -t nat",
+      `cat ${LEGACY_TABLE_LISTS.ipv6}`,
+    ]);
   });
 });

@@ -1,14 +1,16 @@
 /**
  * Hand-made rulesets and Service generators shared by this package's tests.
  */
-import type {
-  FamilyRuleset,
-  IpFamily,
-  L4Protocol,
-  LocalPodMatch,
-  Mapping,
-  Ruleset,
-  ServiceInput,
+import {
+  type FamilyRuleset,
+  type IpFamily,
+  type L4Protocol,
+  type LocalPodMatch,
+  type Mapping,
+  mappingKey,
+  type Ruleset,
+  type ServiceInput,
+  sortMappings,
 } from "@ipvs-node-controller/core";
 import fc from "fast-check";
 
@@ -125,3 +127,62 @@ export const serviceArbitrary: fc.Arbitrary<Service> = fc
       status: { loadBalancer: { ingress: s.ingress.map((ip) => ({ ip })) } },
     }),
   );
+
+/**
+ * External IPs whose text order differs from their numeric order (`192.0.2.10` < `192.0.2.9` as
+ * text), so that an order kept by text rather than by address shows.
+ */
+const EXTERNAL_IPS = {
+  ipv4: ["192.0.2.9", "192.0.2.10", "192.0.2.100", "198.51.100.1"],
+  ipv6: ["2001:db8::9", "2001:db8::a", "2001:db8::10", "2001:db8:1::1"],
+} as const;
+const CLUSTER_IPS = {
+  ipv4: ["10.96.0.1", "10.96.0.2", "10.96.0.3"],
+  ipv6: ["fd00:96::1", "fd00:96::2", "fd00:96::3"],
+} as const;
+
+/**
+ * A small dual-stack ruleset in canonical form (both families enabled with pod CIDRs, mark 0x4000)
+ * whose mappings come from a pool of 96 keys per family, so that two of them share many keys and
+ * differ in a few, some only in their cluster IP or owner.
+ */
+export const rulesetArbitrary: fc.Arbitrary<Ruleset> = fc
+  .array(
+    fc.record({
+      family: fc.constantFrom<IpFamily>("ipv4", "ipv6"),
+      ip: fc.nat(3),
+      protocol: fc.constantFrom<L4Protocol>("tcp", "udp", "sctp"),
+      port: fc.constantFrom(53, 80, 443, 8080),
+      cluster: fc.nat(2),
+      name: fc.constantFrom("web", "api"),
+    }),
+    { maxLength: 12 },
+  )
+  .map((entries) => {
+    const byKey = new Map<string, Mapping>();
+    for (const e of entries) {
+      const m = mapping(
+        EXTERNAL_IPS[e.family][e.ip] as string,
+        e.port,
+        CLUSTER_IPS[e.family][e.cluster] as string,
+        {
+          protocol: e.protocol,
+          name: e.name,
+        },
+      );
+      byKey.set(mappingKey(m), m);
+    }
+    const sorted = sortMappings([...byKey.values()]);
+    return ruleset([
+      family(
+        "ipv4",
+        { kind: "sourceCIDRs", cidrs: ["10.244.1.0/24"] },
+        sorted.filter((m) => m.family === "ipv4"),
+      ),
+      family(
+        "ipv6",
+        { kind: "sourceCIDRs", cidrs: ["fd00:10:244:1::/64"] },
+        sorted.filter((m) => m.family === "ipv6"),
+      ),
+    ]);
+  });

@@ -12,6 +12,7 @@ import { join } from "node:path";
 import {
   type CommandRunner,
   computeRuleset,
+  diffRulesets,
   type Ruleset,
   ToolRefusedError,
 } from "@ipvs-node-controller/core";
@@ -26,7 +27,7 @@ import {
 import fc from "fast-check";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createIptablesBackend, type IptablesVariant, renderRuleset } from "../src/index.js";
-import { family, mapping, ruleset, serviceArbitrary } from "./fixtures.js";
+import { family, mapping, ruleset, rulesetArbitrary, serviceArbitrary } from "./fixtures.js";
 
 const LB4 = "192.0.2.10";
 const LB6 = "2001:db8::10";
@@ -466,6 +467,136 @@ export async function defineKernelSuite(variant: IptablesVariant): Promise<void>
       await expectRefused("node", LB6, 80, "tcp");
       expect(await backend().cleanup()).toBe(false);
     });
+
+    it("applies a change incrementally, and traffic follows it", async () => {
+      const instance = backend();
+      expect(await instance.apply(dualStack(), { full: true })).toMatchObject({ mode: "full" });
+      const edited = dualStack({ apiCluster: "10.96.0.81", withDns: false });
+      expect(await instance.applyChanges(diffRulesets(dualStack(), edited))).toEqual({
+        mode: "incremental",
+        changedMappings: 2,
+      });
+      await expectReply("pod", LB4, 8080, "tcp", "api-2");
+      await expectReply("node", LB4, 8080, "tcp", "api-2");
+      await expectRefused("pod", LB4, 53, "udp");
+      await expectReply("pod", LB4, 80, "tcp", "web-v4");
+      await expectReply("pod", LB6, 53, "udp", "dns-v6");
+      expect(await backend().verify(edited)).toBe(true);
+      // The same change through apply(): diffed against the applied state, sent as a change.
+      expect(await instance.apply(dualStack())).toEqual({
+        mode: "incremental",
+        changedMappings: 2,
+      });
+      await expectReply("pod", LB4, 8080, "tcp", "api");
+      await expectReply("pod", LB4, 53, "udp", "dns");
+      expect(await backend().verify(dualStack())).toBe(true);
+    });
+
+    it("rewrites everything when the kernel refuses a change because a rule drifted", async () => {
+      const messages: string[] = [];
+      const instance = createIptablesBackend({
+        mode: variant,
+        runner: node,
+        log: (m) => messages.push(m),
+      });
+      await instance.apply(dualStack(), { full: true });
+      // Someone deletes the rule that the next change replaces.
+      const api = /^-A (IPVSNC-DNAT .*default\/api.*)$/m.exec(
+        await nodeRun(tools.save4, ["-t", "nat"]),
+      )?.[1];
+      expect(api).toBeDefined();
+      await nodeRun(tools.restore4, ["--noflush", "-w"], `*nat\n-D ${api}\nCOMMIT\n`);
+      await expectRefused("pod", LB4, 8080, "tcp");
+
+      const edited = dualStack({ apiCluster: "10.96.0.81" });
+      expect(await instance.applyChanges(diffRulesets(dualStack(), edited))).toEqual({
+        mode: "full",
+        changedMappings: 6,
+      });
+      expect(messages.some((m) => m.startsWith("incremental change refused"))).toBe(true);
+      await expectReply("pod", LB4, 8080, "tcp", "api-2");
+      expect(await backend().verify(edited)).toBe(true);
+      // Back to incremental from the rewritten state.
+      expect((await instance.apply(dualStack())).mode).toBe("incremental");
+      expect(await backend().verify(dualStack())).toBe(true);
+    });
+
+    it("puts IPv4 back when the IPv6 part of a change is refused", async () => {
+      const messages: string[] = [];
+      let refuseIPv6 = false;
+      const runner: CommandRunner = (file, args, options) =>
+        refuseIPv6 && file === tools.restore6
+          ? node(file, args, { input: "*nat\n-A NO-SUCH-CHAIN -j RETURN\nCOMMIT\n" })
+          : node(file, args, options);
+      const instance = createIptablesBackend({
+        mode: variant,
+        runner,
+        log: (m) => messages.push(m),
+      });
+      const before = dualStack();
+      await instance.apply(before, { full: true });
+      // A change in each family: the API's cluster IP (IPv4), IPv6 DNS removed.
+      const [v4] = dualStack({ apiCluster: "10.96.0.81" }).families;
+      const [, v6] = before.families;
+      const after = ruleset([
+        v4 as Ruleset["families"][number],
+        family("ipv6", POD_CIDRS.ipv6, (v6 as Ruleset["families"][number]).mappings.slice(0, 1)),
+      ]);
+      refuseIPv6 = true;
+      // Refused as a change, then refused again as a full rewrite: the error reaches the caller.
+      await expect(instance.apply(after)).rejects.toThrow(ToolRefusedError);
+      expect(messages.filter((m) => m === "rolled ipv4 back to its previous rules")).toHaveLength(
+        2,
+      );
+      await expectReply("pod", LB4, 8080, "tcp", "api");
+      await expectReply("pod", LB6, 53, "udp", "dns-v6");
+      expect(await backend().verify(before)).toBe(true);
+      refuseIPv6 = false;
+      expect((await instance.apply(after)).mode).toBe("full");
+      await expectReply("pod", LB4, 8080, "tcp", "api-2");
+      await expectRefused("pod", LB6, 53, "udp");
+      expect(await backend().verify(after)).toBe(true);
+      await backend().apply(before);
+    });
+
+    it("leaves our chains byte for byte where one full sync would, after any sequence of changes", async () => {
+      const ours = async () =>
+        (await saveAll())
+          .split("\n")
+          .filter((line) => line.includes("IPVSNC-"))
+          .join("\n");
+      let incremental = 0;
+      await fc.assert(
+        fc.asyncProperty(
+          rulesetArbitrary,
+          fc.array(fc.tuple(rulesetArbitrary, fc.boolean()), { minLength: 1, maxLength: 4 }),
+          async (first, steps) => {
+            const instance = backend();
+            await instance.apply(first, { full: true });
+            let previous = first;
+            for (const [next, throughApply] of steps) {
+              const result = throughApply
+                ? await instance.apply(next)
+                : await instance.applyChanges(diffRulesets(previous, next));
+              const diff = diffRulesets(previous, next);
+              const empty = diff.added.length + diff.removed.length + diff.changed.length === 0;
+              // Never a fallback to a full sync: that would prove nothing about changes.
+              expect(result.mode).toBe(empty ? "none" : "incremental");
+              if (!empty) incremental++;
+              previous = next;
+            }
+            const afterChanges = await ours();
+            expect(await backend().verify(previous)).toBe(true);
+            await backend().apply(previous, { full: true });
+            expect(afterChanges).toBe(await ours());
+          },
+        ),
+        { numRuns: 12 },
+      );
+      expect(incremental).toBeGreaterThan(12);
+      await backend().cleanup();
+      expect(await saveAll()).toBe(baseline);
+    }, 120_000);
 
     it("names a missing binary in its error", async () => {
       const missing = createIptablesBackend({

@@ -4,7 +4,7 @@
  */
 import { hostRunner, kernelTestsEnabled, runnerIn } from "@ipvs-node-controller/test-support";
 import { afterAll, describe, expect, it } from "vitest";
-import { createIptablesBackend, detectIptablesVariant } from "../src/index.js";
+import { createIptablesBackend, detectIptablesVariant, LEGACY_TABLE_LISTS } from "../src/index.js";
 import { family, mapping, ruleset } from "./fixtures.js";
 
 const enabled = await kernelTestsEnabled("iptables variant detection kernel tests");
@@ -85,5 +85,34 @@ describe.skipIf(!enabled)("iptables variant detection on the kernel", () => {
     );
     expect((await runner("iptables-nft-save", ["-t", "nat"])).stdout).not.toContain("IPVSNC");
     expect(await backend.cleanup()).toBe(true);
+  });
+
+  it("creates no iptables-legacy table where none existed", async () => {
+    const runner = await namespaceWith({});
+    const legacyTables = async () => {
+      const lists = [];
+      for (const file of Object.values(LEGACY_TABLE_LISTS)) {
+        lists.push((await runner("cat", [file])).stdout);
+      }
+      return lists.join("");
+    };
+    expect(await legacyTables()).toBe("");
+    expect((await detectIptablesVariant(runner)).variant).toBe("nft");
+    const auto = createIptablesBackend({ runner });
+    await auto.apply(
+      ruleset([
+        family("ipv4", { kind: "inputInterface", name: "cni0" }, [
+          mapping("192.0.2.1", 80, "10.96.0.1"),
+        ]),
+      ]),
+    );
+    expect(await auto.cleanup()).toBe(true);
+    // Forced legacy, with nothing to do: looks, and touches nothing.
+    const legacy = createIptablesBackend({ mode: "legacy", runner });
+    expect(await legacy.cleanup()).toBe(false);
+    expect(await legacy.verify(ruleset([]))).toBe(true);
+    expect(await legacyTables()).toBe("");
+    const save = await runner("iptables-nft-save", []);
+    expect(`${save.stdout}${save.stderr}`).not.toMatch(/legacy/);
   });
 });

@@ -18,7 +18,7 @@ import {
   validateRuleset,
 } from "@ipvs-node-controller/core";
 import { runTool, SerialQueue } from "@ipvs-node-controller/exec";
-import { formatJson, fullSyncDocument, incrementalDocument } from "./compile.js";
+import { formatJson, fullSyncDocument, fullSyncJson, incrementalDocument } from "./compile.js";
 import { parseListing, tableMatches } from "./live.js";
 import { NftTool } from "./nft-tool.js";
 
@@ -123,7 +123,7 @@ class NftBackend implements Backend {
   }
 
   private async fullSync(ruleset: Ruleset): Promise<ApplyResult> {
-    const refused = await this.nft.transact(fullSyncDocument(ruleset, this.table));
+    const refused = await this.nft.transact(fullSyncJson(ruleset, this.table));
     if (refused !== undefined) {
       throw this.nft.refused(`nft rejected the full sync of table inet ${this.table}`, {
         exitCode: 1,

@@ -21,13 +21,15 @@
  * the cluster IP off the node. The route lookup comes after the map lookup, so a packet to any
  * other destination still costs one hash lookup.
  */
-import type {
-  IpFamily,
-  LocalPodMatch,
-  Mapping,
-  Ruleset,
-  RulesetDiff,
-  RulesetSettings,
+import {
+  cidrRange,
+  type FamilyRuleset,
+  type IpFamily,
+  type LocalPodMatch,
+  type Mapping,
+  type Ruleset,
+  type RulesetDiff,
+  type RulesetSettings,
 } from "@ipvs-node-controller/core";
 
 /** One libnftables JSON command or object; the schema is nft's, see libnftables-json(5). */
@@ -154,33 +156,17 @@ export function chainRules(settings: RulesetSettings): Record<keyof typeof CHAIN
   };
 }
 
-/** IPv4/IPv6 address as an unsigned integer, for interval arithmetic on CIDRs. */
-export function addressToBigInt(address: string): bigint {
-  if (!address.includes(":")) {
-    return address.split(".").reduce((value, octet) => (value << 8n) | BigInt(Number(octet)), 0n);
-  }
-  const [head = "", tail] = address.split("::");
-  const groups = (text: string) => (text === "" ? [] : text.split(":"));
-  const left = groups(head);
-  const right = tail === undefined ? [] : groups(tail);
-  const missing = 8 - left.length - right.length;
-  const all = [...left, ...Array<string>(tail === undefined ? 0 : missing).fill("0"), ...right];
-  return all.reduce((value, group) => (value << 16n) | BigInt(Number.parseInt(group, 16)), 0n);
-}
-
 /** A closed interval of addresses. */
 export interface AddressInterval {
   readonly first: bigint;
   readonly last: bigint;
 }
 
-/** The address interval covered by a canonical CIDR. */
+/** The address interval covered by a canonical CIDR (validated by the core before it gets here). */
 export function cidrInterval(cidr: string): AddressInterval {
-  const [address = "", prefixText = ""] = cidr.split("/");
-  const bits = address.includes(":") ? 128n : 32n;
-  const hostBits = bits - BigInt(Number(prefixText));
-  const first = addressToBigInt(address);
-  return { first, last: first + (1n << hostBits) - 1n };
+  const range = cidrRange(cidr);
+  if (range === undefined) throw new RangeError(`not a CIDR: ${JSON.stringify(cidr)}`);
+  return range;
 }
 
 /** Sorts intervals and merges overlapping or adjacent ones: a canonical form of a set of addresses. */
@@ -228,10 +214,14 @@ function cidrElement(cidr: string): NftObject {
 }
 
 /**
- * The definitions of everything inside the table: sets, maps (with their elements), chains, rules.
- * The caller wraps them into a table replacement (full sync).
+ * The definitions of everything inside the table. `elements` turns a family's mappings into the
+ * map's `elem` value: the elements themselves, or a placeholder that {@link fullSyncJson} fills.
  */
-function tableContents(ruleset: Ruleset, table: string): NftObject[] {
+function tableContents(
+  ruleset: Ruleset,
+  table: string,
+  elements: (family: FamilyRuleset) => unknown = (family) => family.mappings.map(mapElement),
+): NftObject[] {
   const base = { family: "inet", table };
   const commands: NftObject[] = [];
   for (const family of ruleset.families) {
@@ -257,7 +247,7 @@ function tableContents(ruleset: Ruleset, table: string): NftObject[] {
           name: mapName(family.family),
           type: [addressType, "inet_proto", "inet_service"],
           map: addressType,
-          ...(family.mappings.length > 0 ? { elem: family.mappings.map(mapElement) } : {}),
+          ...(family.mappings.length > 0 ? { elem: elements(family) } : {}),
         },
       },
     });
@@ -287,16 +277,45 @@ function ruleCommands(settings: RulesetSettings, table: string): NftObject[] {
  * The full sync: one transaction that creates the table if missing, deletes it with everything in it,
  * and builds it again. Atomic: the kernel switches from the old table to the new one in one step.
  */
-export function fullSyncDocument(ruleset: Ruleset, table: string): NftDocument {
+export function fullSyncDocument(
+  ruleset: Ruleset,
+  table: string,
+  elements?: (family: FamilyRuleset) => unknown,
+): NftDocument {
   const tableObject = { table: { family: "inet", name: table } };
   return {
     nftables: [
       { add: tableObject },
       { delete: tableObject },
       { add: tableObject },
-      ...tableContents(ruleset, table),
+      ...tableContents(ruleset, table, elements),
     ],
   };
+}
+
+/** Stands in for a map's elements until they are serialised; JSON escapes U+0000, so no value can. */
+const ELEMENTS_PLACEHOLDER = (family: string) => `\u0000elements-${family}`;
+
+/**
+ * `JSON.stringify(fullSyncDocument(ruleset, table))`, built one map element at a time: the whole
+ * tree of objects for 30,000 elements (about 9 MB at 10,000 Services) never exists at once, which
+ * keeps the controller's memory flat through a full sync.
+ */
+export function fullSyncJson(ruleset: Ruleset, table: string): string {
+  const skeleton = JSON.stringify(
+    fullSyncDocument(ruleset, table, (family) => ELEMENTS_PLACEHOLDER(family.family)),
+  );
+  let text = skeleton;
+  for (const family of ruleset.families) {
+    if (family.mappings.length === 0) continue;
+    const parts: string[] = [];
+    for (const mapping of family.mappings) parts.push(JSON.stringify(mapElement(mapping)));
+    text = text.replace(
+      JSON.stringify(ELEMENTS_PLACEHOLDER(family.family)),
+      () => `[${parts.join(",")}]`,
+    );
+  }
+  return text;
 }
 
 /**

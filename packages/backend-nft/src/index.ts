@@ -8,9 +8,11 @@ export {
   CHAIN_PRIORITY,
   elementComment,
   fullSyncDocument,
+  fullSyncJson,
   incrementalDocument,
   mapName,
   type NftDocument,
   type NftObject,
   podSetName,
 } from "./compile.js";
+export { type NftReadBackOptions, nftLiveRules, readNftLiveRules } from "./read-back.js";

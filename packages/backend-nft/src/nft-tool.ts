@@ -18,11 +18,12 @@ export class NftTool {
   ) {}
 
   /**
-   * Runs one atomic transaction. Returns undefined when nft applied it, its stderr when it refused
+   * Runs one atomic transaction (a document, or its JSON text). Returns undefined when nft applied it, its stderr when it refused
    * (nothing of the transaction is then in force). A tool that cannot start still throws.
    */
-  async transact(document: NftDocument): Promise<string | undefined> {
-    const result = await this.run(["-j", "-f", "-"], JSON.stringify(document));
+  async transact(document: NftDocument | string): Promise<string | undefined> {
+    const text = typeof document === "string" ? document : JSON.stringify(document);
+    const result = await this.run(["-j", "-f", "-"], text);
     return result.exitCode === 0 ? undefined : result.stderr.trim();
   }
 

@@ -6,12 +6,19 @@ import {
 } from "@ipvs-node-controller/core";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { fullSyncDocument, incrementalDocument, type NftObject } from "../src/compile.js";
+import {
+  fullSyncDocument,
+  fullSyncJson,
+  incrementalDocument,
+  type NftObject,
+} from "../src/compile.js";
 import { createNftBackend } from "../src/index.js";
 import { parseListing, tableMatches } from "../src/live.js";
 import { arbitraryRuleset } from "./arbitraries.js";
 
 const TABLE = "ipvs-node-controller";
+/** Hundreds of generated rulesets per property: generous on a busy machine, never a measurement. */
+const PROPERTY_TIMEOUT_MS = 60_000;
 const backend = createNftBackend({
   runner: async () => {
     throw new Error("render never runs a program");
@@ -58,91 +65,119 @@ function listingOf(ruleset: Ruleset): string {
 const SAFE = /^[A-Za-z0-9_.:/*@|=-]*$/;
 
 describe("render (properties)", () => {
-  it("is valid JSON holding every mapping exactly once, or refuses a hostile owner", () => {
-    const dnsLabel = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
-    fc.assert(
-      fc.property(arbitraryRuleset(), (ruleset) => {
-        const hostile = ruleset.families.some((family) =>
-          family.mappings.some(
-            ({ service }) => !dnsLabel.test(service.namespace) || !dnsLabel.test(service.name),
-          ),
-        );
-        if (hostile) {
-          expect(() => backend.render(ruleset)).toThrow(InvalidRulesetError);
-          return;
-        }
-        const document = JSON.parse(backend.render(ruleset)) as { nftables: NftObject[] };
-        expect(mapElementKeys(document).sort()).toEqual(allKeys(ruleset).sort());
-        const sets = ruleset.families.filter(
-          (family) => family.localPods.kind === "sourceCIDRs",
-        ).length;
-        // 3 table commands, sets, one map per family, 2 chains, one rule per family in each chain.
-        expect(document.nftables).toHaveLength(
-          3 + sets + ruleset.families.length + 2 + 2 * ruleset.families.length,
-        );
-        for (const text of strings(document)) expect(text).toMatch(SAFE);
-      }),
-      { numRuns: 300 },
-    );
-  });
-
-  it("incremental documents delete and add exactly the keys that changed", () => {
-    fc.assert(
-      fc.property(
-        arbitraryRuleset({ hostileNames: false }),
-        arbitraryRuleset({ hostileNames: false }),
-        (before, other) => {
-          // Same settings, other mappings: what an incremental sync handles.
-          const after: Ruleset = {
-            ...before,
-            families: before.families.map((family) => ({
-              ...family,
-              mappings:
-                other.families.find((o) => o.family === family.family)?.mappings ?? family.mappings,
-            })),
-          };
-          const diff = diffRulesets(before, after);
-          const document = incrementalDocument(diff, TABLE);
-          const deleted = document.nftables.flatMap((command) => {
-            const element = (command.delete as NftObject | undefined)?.element as
-              | { name: string; elem: { concat: unknown[] }[] }
-              | undefined;
-            return (element?.elem ?? []).map((key) =>
-              [element?.name.slice(9), ...key.concat].join("|"),
-            );
-          });
-          const added = document.nftables.flatMap((command) => {
-            const element = (command.add as NftObject | undefined)?.element as
-              | { name: string; elem: [{ elem: { val: { concat: unknown[] } } }, string][] }
-              | undefined;
-            return (element?.elem ?? []).map(([key]) =>
-              [element?.name.slice(9), ...key.elem.val.concat].join("|"),
-            );
-          });
-          const changed = diff.changed.map(({ after: mapping }) => mappingKey(mapping));
-          expect(deleted.sort()).toEqual([...diff.removed.map(mappingKey), ...changed].sort());
-          expect(added.sort()).toEqual([...diff.added.map(mappingKey), ...changed].sort());
+  it(
+    "is valid JSON holding every mapping exactly once, or refuses a hostile owner",
+    () => {
+      const dnsLabel = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+      fc.assert(
+        fc.property(arbitraryRuleset(), (ruleset) => {
+          const hostile = ruleset.families.some((family) =>
+            family.mappings.some(
+              ({ service }) => !dnsLabel.test(service.namespace) || !dnsLabel.test(service.name),
+            ),
+          );
+          if (hostile) {
+            expect(() => backend.render(ruleset)).toThrow(InvalidRulesetError);
+            return;
+          }
+          const document = JSON.parse(backend.render(ruleset)) as { nftables: NftObject[] };
+          expect(mapElementKeys(document).sort()).toEqual(allKeys(ruleset).sort());
+          const sets = ruleset.families.filter(
+            (family) => family.localPods.kind === "sourceCIDRs",
+          ).length;
+          // 3 table commands, sets, one map per family, 2 chains, one rule per family in each chain.
+          expect(document.nftables).toHaveLength(
+            3 + sets + ruleset.families.length + 2 + 2 * ruleset.families.length,
+          );
           for (const text of strings(document)) expect(text).toMatch(SAFE);
-        },
-      ),
-      { numRuns: 200 },
-    );
-  });
+        }),
+        { numRuns: 300 },
+      );
+    },
+    PROPERTY_TIMEOUT_MS,
+  );
 
-  it("verify accepts the listing of a full sync of the same ruleset and rejects any other", () => {
-    fc.assert(
-      fc.property(
-        arbitraryRuleset({ maxMappings: 5, hostileNames: false }),
-        arbitraryRuleset({ maxMappings: 5, hostileNames: false }),
-        (ruleset, other) => {
-          expect(tableMatches(parseListing(listingOf(ruleset)), ruleset)).toBe(true);
-          const same =
-            JSON.stringify(fullSyncDocument(ruleset, TABLE)) ===
-            JSON.stringify(fullSyncDocument(other, TABLE));
-          expect(tableMatches(parseListing(listingOf(other)), ruleset)).toBe(same);
-        },
-      ),
-      { numRuns: 300 },
-    );
-  });
+  it(
+    "serialises a full sync element by element to exactly the document's JSON",
+    () => {
+      fc.assert(
+        fc.property(arbitraryRuleset({ hostileNames: false }), (ruleset) => {
+          expect(fullSyncJson(ruleset, TABLE)).toBe(
+            JSON.stringify(fullSyncDocument(ruleset, TABLE)),
+          );
+        }),
+        { numRuns: 200 },
+      );
+    },
+    PROPERTY_TIMEOUT_MS,
+  );
+
+  it(
+    "incremental documents delete and add exactly the keys that changed",
+    () => {
+      fc.assert(
+        fc.property(
+          arbitraryRuleset({ hostileNames: false }),
+          arbitraryRuleset({ hostileNames: false }),
+          (before, other) => {
+            // Same settings, other mappings: what an incremental sync handles.
+            const after: Ruleset = {
+              ...before,
+              families: before.families.map((family) => ({
+                ...family,
+                mappings:
+                  other.families.find((o) => o.family === family.family)?.mappings ??
+                  family.mappings,
+              })),
+            };
+            const diff = diffRulesets(before, after);
+            const document = incrementalDocument(diff, TABLE);
+            const deleted = document.nftables.flatMap((command) => {
+              const element = (command.delete as NftObject | undefined)?.element as
+                | { name: string; elem: { concat: unknown[] }[] }
+                | undefined;
+              return (element?.elem ?? []).map((key) =>
+                [element?.name.slice(9), ...key.concat].join("|"),
+              );
+            });
+            const added = document.nftables.flatMap((command) => {
+              const element = (command.add as NftObject | undefined)?.element as
+                | { name: string; elem: [{ elem: { val: { concat: unknown[] } } }, string][] }
+                | undefined;
+              return (element?.elem ?? []).map(([key]) =>
+                [element?.name.slice(9), ...key.elem.val.concat].join("|"),
+              );
+            });
+            const changed = diff.changed.map(({ after: mapping }) => mappingKey(mapping));
+            expect(deleted.sort()).toEqual([...diff.removed.map(mappingKey), ...changed].sort());
+            expect(added.sort()).toEqual([...diff.added.map(mappingKey), ...changed].sort());
+            for (const text of strings(document)) expect(text).toMatch(SAFE);
+          },
+        ),
+        { numRuns: 200 },
+      );
+    },
+    PROPERTY_TIMEOUT_MS,
+  );
+
+  it(
+    "verify accepts the listing of a full sync of the same ruleset and rejects any other",
+    () => {
+      fc.assert(
+        fc.property(
+          arbitraryRuleset({ maxMappings: 5, hostileNames: false }),
+          arbitraryRuleset({ maxMappings: 5, hostileNames: false }),
+          (ruleset, other) => {
+            expect(tableMatches(parseListing(listingOf(ruleset)), ruleset)).toBe(true);
+            const same =
+              JSON.stringify(fullSyncDocument(ruleset, TABLE)) ===
+              JSON.stringify(fullSyncDocument(other, TABLE));
+            expect(tableMatches(parseListing(listingOf(other)), ruleset)).toBe(same);
+          },
+        ),
+        { numRuns: 300 },
+      );
+    },
+    PROPERTY_TIMEOUT_MS,
+  );
 });

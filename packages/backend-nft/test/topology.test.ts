@@ -1,6 +1,7 @@
 import {
   ADDRESS_PLAN,
   createTopology,
+  eventually,
   hostRunner,
   kernelTestsEnabled,
   netnsSupport,
@@ -87,6 +88,42 @@ describe.skipIf(!kernel)("test topology reproduces the IPVS Local-policy hole", 
     const listed = await hostRunner("ip", ["netns", "list"]);
     for (const name of Object.values(extra.namespaces)) expect(listed.stdout).not.toContain(name);
   });
+
+  it("builds the node around a process's own namespace, which outlives destroy", async () => {
+    const { spawn } = await import("node:child_process");
+    const { readlinkSync } = await import("node:fs");
+    // A process with a network namespace of its own, as a container's first process has.
+    const holder = spawn("unshare", ["--net", "sleep", "60"], { stdio: "ignore" });
+    const exited = new Promise((resolve) => holder.once("exit", resolve));
+    const pid = String(holder.pid);
+    try {
+      await eventually(
+        "the process is in its own namespace",
+        () => readlinkSync(`/proc/${pid}/ns/net`) !== readlinkSync("/proc/self/ns/net"),
+      );
+      const around = await createTopology({ prefix: "fixture", nodePid: holder.pid });
+      await around.addNodeAddresses([cluster.ipv4]);
+      await around.listen([{ ip: cluster.ipv4, port: 80, protocol: "tcp", reply: "held" }]);
+      expect(await around.connect("pod", cluster.ipv4, 80, "tcp")).toEqual({
+        ok: true,
+        reply: "held",
+      });
+      const inHolder = (...args: string[]) =>
+        hostRunner("nsenter", ["-t", pid, "-n", "ip", ...args]);
+      expect((await inHolder("-o", "link")).stdout).toContain(ADDRESS_PLAN.podInterface);
+
+      await around.destroy();
+      const listed = await hostRunner("ip", ["netns", "list"]);
+      for (const name of Object.values(around.namespaces)) {
+        expect(listed.stdout).not.toContain(name);
+      }
+      // Only the name went: the process's namespace keeps what was bound in it.
+      expect((await inHolder("-o", "addr")).stdout).toContain(cluster.ipv4);
+    } finally {
+      holder.kill("SIGKILL");
+      await exited;
+    }
+  }, 30_000);
 });
 
 describe("kernel test gate without root", () => {

@@ -1,12 +1,14 @@
 /**
  * The `ipvs-node-controller` command line.
  *
- * Exit codes: 0 done, 1 the work failed (a kernel tool refused, a file was unreadable), 2 bad usage.
+ * Exit codes: 0 done, 1 the work failed (a kernel tool refused, a file was unreadable) or `doctor`
+ * found a problem, 2 bad usage.
  */
 import { createRequire } from "node:module";
 import { ConfigError } from "@ipvs-node-controller/core";
 import { Command, CommanderError, Option } from "commander";
 import pino from "pino";
+import { type DoctorFlags, doctorCommand } from "./doctor/command.js";
 import { parseBindAddress } from "./http-server.js";
 import {
   type Console,
@@ -41,7 +43,12 @@ interface RunFlags extends RuleFlags, BackendFlags {
   logLevel: string;
 }
 
-function buildProgram(io: Console, signals: NodeJS.EventEmitter): Command {
+/** What an action reports back besides success or an exception: `doctor`'s verdict. */
+interface Outcome {
+  exitCode: number;
+}
+
+function buildProgram(io: Console, signals: NodeJS.EventEmitter, outcome: Outcome): Command {
   const program = new Command("ipvs-node-controller")
     .description(
       "Lets pods and host-network processes reach LoadBalancer and external IPs of their own cluster under kube-proxy's IPVS mode.",
@@ -79,6 +86,43 @@ function buildProgram(io: Console, signals: NodeJS.EventEmitter): Command {
     program.command("cleanup").description("remove every rule the controller created"),
     ["nft", "iptables", "all"],
   ).action((flags: BackendFlags) => cleanupCommand(flags, io));
+
+  addBackendOptions(
+    addRuleOptions(
+      program
+        .command("doctor")
+        .description(
+          "explain this node: is it affected, and is every translation it needs in the kernel? (exit 1 when not)",
+        ),
+    ),
+  )
+    .option(
+      "--services <file>",
+      "read Services from this file (`kubectl get svc -A -o yaml|json`) instead of the API",
+    )
+    .option("--node <file>", "with --services: a Node object whose spec.podCIDRs are this node's")
+    .option("--kubeconfig <file>", "kubeconfig to use (default: in-cluster config)")
+    .addOption(
+      new Option("--node-name <name>", "name of this node (required with the API)").env(
+        "NODE_NAME",
+      ),
+    )
+    .option("--probe", "connect from this host to every TCP external IP:port", false)
+    .option("--probe-timeout <duration>", "time limit of each probe", "1s")
+    .addOption(
+      new Option("--output <format>", "report format").choices(["text", "json"]).default("text"),
+    )
+    .action(async (flags: DoctorFlags) => {
+      if (flags.services === undefined) {
+        if (flags.node !== undefined) throw new UsageError("--node needs --services");
+        if (!flags.nodeName) {
+          throw new UsageError("--node-name (or NODE_NAME) is required to read from the API");
+        }
+      } else if (flags.kubeconfig !== undefined) {
+        throw new UsageError("--services and --kubeconfig exclude each other");
+      }
+      outcome.exitCode = await doctorCommand(flags, io);
+    });
 
   addBackendOptions(
     addRuleOptions(
@@ -166,10 +210,11 @@ export async function main(
   },
   signals: NodeJS.EventEmitter = process,
 ): Promise<number> {
-  const program = buildProgram(io, signals);
+  const outcome: Outcome = { exitCode: 0 };
+  const program = buildProgram(io, signals, outcome);
   try {
     await program.parseAsync([...argv], { from: "user" });
-    return 0;
+    return outcome.exitCode;
   } catch (error) {
     if (error instanceof CommanderError) {
       if (error.exitCode === 0) return 0; // --help, --version

@@ -6,6 +6,28 @@
  */
 export { main } from "./cli.js";
 export { type Clock, systemClock } from "./clock.js";
+export {
+  type ConntrackCleaner,
+  type ConntrackCleanerOptions,
+  createConntrackCleaner,
+  destinationsWithFlows,
+} from "./conntrack.js";
+export { type DoctorInput, type DoctorOptions, runDoctor } from "./doctor/gather.js";
+export {
+  buildDoctorReport,
+  DOCTOR_REPORT_VERSION,
+  type DoctorFacts,
+  type DoctorReport,
+  type DoctorSource,
+  type DoctorVerdict,
+  type Finding,
+  type FindingCode,
+  type MappingStatus,
+  type ProbeOutcome,
+  type ServiceStatus,
+  type StaleRule,
+} from "./doctor/report.js";
+export { formatDoctorReport } from "./doctor/text.js";
 export { parseDuration } from "./duration.js";
 export type { HealthSource, HealthState } from "./http-server.js";
 export { InputFileError, readNode, readServicesFile } from "./input-files.js";

@@ -10,14 +10,13 @@ import {
   RulesetEngine,
   type RulesetResult,
   type ServiceInput,
-  sameNodeInput,
-  sameServiceInput,
   ToolNotStartedError,
   trimNode,
   trimService,
 } from "@ipvs-node-controller/core";
 import { CoreV1Api, KubeConfig, Watch } from "@kubernetes/client-node";
 import type { Logger } from "pino";
+import { createConntrackCleaner } from "./conntrack.js";
 import {
   closeServer,
   type HealthSource,
@@ -29,6 +28,7 @@ import { Reflector, type ReflectorEvent } from "./kube/reflector.js";
 import { ControllerMetrics } from "./metrics.js";
 import { describeLocality, inspectNodeNetwork, localityOf } from "./node-network.js";
 import { type BackendFlags, type BackendName, createBackend, createRunner } from "./options.js";
+import { OtherBackendJanitor } from "./other-backend.js";
 import { SyncLoop } from "./sync-loop.js";
 
 /** Everything `run` needs, already validated. */
@@ -58,7 +58,8 @@ export interface RunningController {
   stop(): Promise<void>;
 }
 
-function loadKubeConfig(path: string | undefined): KubeConfig {
+/** The kubeconfig at `path`; default: in-cluster config, else `KUBECONFIG` / `~/.kube/config`. */
+export function loadKubeConfig(path: string | undefined): KubeConfig {
   const kubeConfig = new KubeConfig();
   if (path !== undefined) kubeConfig.loadFromFile(path);
   else if (process.env.KUBERNETES_SERVICE_HOST) kubeConfig.loadFromCluster();
@@ -66,11 +67,20 @@ function loadKubeConfig(path: string | undefined): KubeConfig {
   return kubeConfig;
 }
 
-/** Removes whatever the other backend left behind, so switching `--backend` is safe. */
-async function removeOtherBackend(options: RunOptions, runner: CommandRunner): Promise<void> {
-  const other: BackendName = options.backend === "nft" ? "iptables" : "nft";
+/** The backend that `--backend` did not choose. */
+function otherBackendName(options: RunOptions): BackendName {
+  return options.backend === "nft" ? "iptables" : "nft";
+}
+
+/**
+ * Removes whatever the other backend left behind, so switching `--backend` is safe. Called by
+ * the {@link OtherBackendJanitor} once our rules are in place and no instance of the other
+ * backend runs.
+ */
+async function removeOtherBackend(options: RunOptions, otherBackend: Backend): Promise<void> {
+  const other = otherBackendName(options);
   try {
-    const removed = await createBackend(other, options.backendFlags, runner).cleanup();
+    const removed = await otherBackend.cleanup();
     if (removed) {
       options.log.info({ backend: other }, "removed the rules of the previously used backend");
     }
@@ -166,7 +176,15 @@ export async function runController(options: RunOptions): Promise<RunningControl
   const backend: Backend = createBackend(options.backend, options.backendFlags, runner, (message) =>
     log.info(message),
   );
-  await removeOtherBackend(options, runner);
+  // One instance of the other backend per process: its variant detection runs once.
+  const otherBackend = createBackend(otherBackendName(options), options.backendFlags, runner);
+  const janitor = new OtherBackendJanitor({
+    backend: options.backend,
+    other: otherBackendName(options),
+    removeOther: () => removeOtherBackend(options, otherBackend),
+    log,
+  });
+  const inspectNode = nodeInspector(runner, metrics, log);
 
   const pageSize = options.listPageSize ?? 500;
   let loop: SyncLoop | undefined;
@@ -176,10 +194,9 @@ export async function runController(options: RunOptions): Promise<RunningControl
     watchPath: "/api/v1/services",
     watch,
     trim: trimService,
-    equivalent: sameServiceInput,
     onChange: (key, service) => {
-      engine.setService(key, service);
-      loop?.markDirty();
+      // An update that changes nothing the core reads (a label, a condition) wakes nothing.
+      if (engine.setService(key, service)) loop?.markDirty();
     },
     onEvent: logReflectorEvent(log, metrics, "services"),
   });
@@ -191,10 +208,8 @@ export async function runController(options: RunOptions): Promise<RunningControl
     watchQuery: { fieldSelector },
     watch,
     trim: trimNode,
-    equivalent: sameNodeInput,
     onChange: (_key, node) => {
-      engine.setNode(node);
-      loop?.markDirty();
+      if (engine.setNode(node)) loop?.markDirty();
     },
     onEvent: logReflectorEvent(log, metrics, "node"),
   });
@@ -211,7 +226,12 @@ export async function runController(options: RunOptions): Promise<RunningControl
     syncPeriodMs: options.syncPeriodMs,
     metrics,
     log,
-    inspect: nodeInspector(runner, metrics, log),
+    // Called when our rules are in place: after a full sync and after each verify.
+    inspect: async (result) => {
+      await janitor.afterSync();
+      await inspectNode(result);
+    },
+    conntrack: createConntrackCleaner({ runner, log, registry: metrics.registry }),
   });
   let stopping = false;
   const health: HealthSource = {
@@ -233,6 +253,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
     }
   } catch (error) {
     await Promise.all(servers.map(closeServer));
+    await janitor.stop();
     throw error;
   }
   services.start();
@@ -248,6 +269,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
       stopping = true;
       await Promise.all([services.stop(), nodes.stop()]);
       await (loop as SyncLoop).stop();
+      await janitor.stop();
       await Promise.all(servers.map(closeServer));
       log.info("controller stopped; rules left in place");
     },

@@ -9,18 +9,27 @@
  *   (someone flushed our table) is repaired with a full sync. A verify that finds nothing to
  *   repair does not count as a sync, so it never delays the next change.
  * - A failed sync leaves the previous rules in place and is retried with exponential backoff.
+ * - After an apply, the conntrack entries of UDP flows it made stale are deleted (when a
+ *   {@link ConntrackCleaner} is given): those of the mappings that changed since the last
+ *   successful apply, and after a full sync those of every UDP mapping, because a full sync
+ *   follows a start, a failure or drift, after which the kernel may have held anything.
  */
 import {
   type ApplyResult,
   type Backend,
+  destinationKey,
   isEmptyDiff,
   type RulesetChanges,
   type RulesetResult,
   type RulesetStats,
+  staleUdpDestinations,
+  type UdpDestination,
+  udpDestinations,
 } from "@ipvs-node-controller/core";
 import type { Logger } from "pino";
 import { type Backoff, backoffDelay } from "./backoff.js";
 import { type Clock, systemClock } from "./clock.js";
+import type { ConntrackCleaner } from "./conntrack.js";
 import type { HealthState as Health } from "./http-server.js";
 import type { ControllerMetrics } from "./metrics.js";
 import { groupSkips } from "./skip-report.js";
@@ -61,6 +70,8 @@ export interface SyncLoopOptions {
    * hand anyway), e.g. to inspect the node. Its failures are logged, never fatal.
    */
   readonly inspect?: (result: RulesetResult) => Promise<void>;
+  /** Deletes conntrack entries of UDP flows that an apply made stale. Default: none. */
+  readonly conntrack?: ConntrackCleaner;
 }
 
 /** See the module comment. */
@@ -77,6 +88,8 @@ export class SyncLoop {
   private lastFailure: string | undefined;
   private readonly clock: Clock;
   private readonly healthTimeoutMs: number;
+  /** UDP destinations changed since the last successful apply, whose flows may be stale. */
+  private readonly staleFlows = new Map<string, UdpDestination>();
 
   constructor(private readonly options: SyncLoopOptions) {
     this.clock = options.clock ?? systemClock;
@@ -211,10 +224,11 @@ export class SyncLoop {
     const started = this.clock.now();
     const changes = state.takeChanges();
     this.report(changes);
+    this.noteStaleFlows(staleUdpDestinations(changes));
     // Taken together with the changes, before anything is awaited: events that arrive while they
     // are applied belong to the next sync, and a verify against a state that already holds them
     // would take them for drift.
-    const result: RulesetResult | undefined = how.full || how.verify ? state.result() : undefined;
+    let result: RulesetResult | undefined = how.full || how.verify ? state.result() : undefined;
     let applied: ApplyResult | undefined;
     if (how.full && result !== undefined) {
       applied = await backend.apply(result.ruleset, { full: true });
@@ -226,6 +240,14 @@ export class SyncLoop {
         log.warn("the kernel rules drifted from the desired state; repairing with a full sync");
         applied = await backend.apply(result.ruleset, { full: true });
       }
+    }
+    if (applied !== undefined) {
+      // A full sync may follow anything, also a backend's own fallback from an incremental one.
+      if (applied.mode === "full") {
+        result ??= state.result();
+        this.noteStaleFlows(udpDestinations(result.ruleset));
+      }
+      await this.flushStaleFlows();
     }
     const mode = applied?.mode ?? "none";
     const seconds = (this.clock.now() - started) / 1000;
@@ -243,6 +265,21 @@ export class SyncLoop {
     }
     if (result !== undefined) await this.inspect(result);
     return applied !== undefined && applied.mode !== "none";
+  }
+
+  private noteStaleFlows(destinations: readonly UdpDestination[]): void {
+    if (this.options.conntrack === undefined) return;
+    for (const destination of destinations) {
+      this.staleFlows.set(destinationKey(destination), destination);
+    }
+  }
+
+  /** Deletes the entries of the stale flows noted so far; the cleaner never throws. */
+  private async flushStaleFlows(): Promise<void> {
+    if (this.options.conntrack === undefined || this.staleFlows.size === 0) return;
+    const destinations = [...this.staleFlows.values()];
+    this.staleFlows.clear();
+    await this.options.conntrack.flush(destinations);
   }
 
   /**

@@ -15,8 +15,8 @@ import {
 } from "@ipvs-node-controller/test-support";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { type ControllerProcess, startControllerProcess } from "./controller-process.js";
+import { privateXtablesLock, type XtablesLock } from "./held-xtables-lock.js";
 import { createNodeFixture, type NodeFixture } from "./node-fixture.js";
-import { privateXtablesLock, type XtablesLock } from "./xtables-lock.js";
 
 const enabled =
   (await kernelTestsEnabled("liveness tests")) &&

@@ -69,7 +69,7 @@ describe("Reflector on a silent connection", () => {
     try {
       await eventually("the second list succeeds", () => reflector.hasSynced, 5000, 10);
       expect(lists).toBe(2);
-      expect(reflector.store.has("default/b")).toBe(true);
+      expect(reflector.keys.has("default/b")).toBe(true);
       const retry = events.find((event) => event.type === "retry");
       expect(String((retry as { error: unknown }).error)).toMatch(
         /listing services timed out after 100 ms/,

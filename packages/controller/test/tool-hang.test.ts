@@ -31,8 +31,8 @@ import {
   processesInNamespace,
   startControllerProcess,
 } from "./controller-process.js";
+import { privateXtablesLock, type XtablesLock } from "./held-xtables-lock.js";
 import { createNodeFixture, type NodeFixture } from "./node-fixture.js";
-import { privateXtablesLock, type XtablesLock } from "./xtables-lock.js";
 
 const enabled =
   (await kernelTestsEnabled("kernel tool hang tests")) &&

@@ -175,3 +175,33 @@ export function parseCIDR(value: unknown): Parsed<CanonicalCIDR> {
       : ipaddr.IPv6.networkAddressFromCIDR(canonical).toRFC5952String();
   return { ok: true, value: { family: address.value.family, cidr: `${network}/${prefixText}` } };
 }
+
+/** A closed range of addresses of one family, as unsigned integers. */
+export interface AddressRange {
+  readonly family: IpFamily;
+  readonly first: bigint;
+  readonly last: bigint;
+}
+
+/** An address as an unsigned integer (32 bits for IPv4, 128 for IPv6), or undefined if invalid. */
+export function addressValue(value: unknown): { family: IpFamily; value: bigint } | undefined {
+  const parsed = parseIP(value);
+  if (!parsed.ok) return undefined;
+  // The sort key is the address's bytes in fixed-width hex: exactly its value.
+  return { family: parsed.value.family, value: BigInt(`0x${parsed.value.sortKey}`) };
+}
+
+/** The addresses a CIDR covers, or undefined if it is not a valid CIDR. */
+export function cidrRange(value: unknown): AddressRange | undefined {
+  const parsed = parseCIDR(value);
+  if (!parsed.ok) return undefined;
+  const [address, prefixText] = parsed.value.cidr.split("/");
+  const start = addressValue(address);
+  if (start === undefined) return undefined;
+  const hostBits = BigInt((parsed.value.family === "ipv4" ? 32 : 128) - Number(prefixText));
+  return {
+    family: parsed.value.family,
+    first: start.value,
+    last: start.value + (1n << hostBits) - 1n,
+  };
+}

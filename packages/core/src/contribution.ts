@@ -52,6 +52,10 @@ export function beats(a: Claim, b: Claim): boolean {
 
 type Skip = (reason: SkipReason, detail: string) => void;
 
+// Most Services skip nothing and many claim nothing: one shared empty list each saves memory.
+const NO_SKIPS: readonly SkippedEntry[] = Object.freeze([]);
+const NO_CLAIMS: readonly Claim[] = Object.freeze([]);
+
 /** A Service that gets mappings: who it is, where its traffic goes, and on which ports. */
 interface Admitted {
   readonly ref: ServiceRef;
@@ -282,12 +286,13 @@ function claim(
   skip: Skip,
 ): Claim[] {
   const claims: Claim[] = [];
-  const seen = new Set<string>();
+  const seen: string[] = [];
   for (const address of addresses) {
     const external = usableAddress(address, admitted, enabled, skip);
-    // The same IP listed twice (e.g. as ingress and as externalIP) is claimed once.
-    if (external === undefined || seen.has(external.address)) continue;
-    seen.add(external.address);
+    // The same IP listed twice (e.g. as ingress and as externalIP) is claimed once. A Service has
+    // few addresses, so a short array beats a Set.
+    if (external === undefined || seen.includes(external.address)) continue;
+    seen.push(external.address);
     const clusterIP = (admitted.clusterIPs[external.family] as CanonicalIP).address;
     for (const { protocol, port } of admitted.ports) {
       const mapping: Mapping = {
@@ -322,13 +327,51 @@ export function contributionOf(
       skipped: [{ service: "?/?", reason: "InvalidMetadata", detail: "not an object" }],
     };
   }
-  const skipped: SkippedEntry[] = [];
-  const owner = describeService(service);
+  let skipped: SkippedEntry[] | undefined;
+  // Described only when something is skipped: most Services never are.
+  let owner: string | undefined;
   const skip: Skip = (reason, detail) => {
+    owner ??= describeService(service);
+    skipped ??= [];
     skipped.push({ service: owner, reason, detail });
   };
   const addresses = externalAddresses(service, config);
   const admitted = admit(service, config, addresses.length > 0, skip);
-  const claims = admitted === undefined ? [] : claim(admitted, addresses, enabled, skip);
-  return { claims, skipped };
+  const claimed = admitted === undefined ? [] : claim(admitted, addresses, enabled, skip);
+  // A copy of exact size: the pushed-to array reserved room for more, and this one is kept.
+  const claims = claimed.length === 0 ? NO_CLAIMS : claimed.slice();
+  return { claims, skipped: skipped ?? NO_SKIPS };
+}
+
+function sameSkipped(a: readonly SkippedEntry[], b: readonly SkippedEntry[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i] as SkippedEntry;
+    const y = b[i] as SkippedEntry;
+    if (x.service !== y.service || x.reason !== y.reason || x.detail !== y.detail) return false;
+  }
+  return true;
+}
+
+/**
+ * Whether two contributions would give the same rules and reports: the same claims (mapping,
+ * owner and age, in order) and the same skips. An update of a Service that changes nothing the
+ * core reads (a label, a status condition) gives an equal contribution.
+ */
+export function sameContribution(a: Contribution, b: Contribution): boolean {
+  if (a.claims.length !== b.claims.length || !sameSkipped(a.skipped, b.skipped)) return false;
+  for (let i = 0; i < a.claims.length; i++) {
+    const x = a.claims[i] as Claim;
+    const y = b.claims[i] as Claim;
+    if (
+      x.created !== y.created ||
+      x.owner !== y.owner ||
+      x.portKey !== y.portKey ||
+      x.mapping.externalIP !== y.mapping.externalIP ||
+      x.mapping.clusterIP !== y.mapping.clusterIP
+    ) {
+      return false;
+    }
+  }
+  return true;
 }

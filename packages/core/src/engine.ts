@@ -19,8 +19,14 @@
 import equal from "fast-deep-equal";
 import type { CanonicalIP } from "./address.js";
 import { resolveConfig } from "./config.js";
-import { beats, type Claim, type Contribution, contributionOf } from "./contribution.js";
-import type { NodeInput, ServiceInput } from "./input.js";
+import {
+  beats,
+  type Claim,
+  type Contribution,
+  contributionOf,
+  sameContribution,
+} from "./contribution.js";
+import { type NodeInput, type ServiceInput, sameNodeInput } from "./input.js";
 import { compareMappings, sameTranslation } from "./mapping.js";
 import { type DerivedSettings, deriveSettings } from "./settings.js";
 import type {
@@ -55,12 +61,30 @@ export interface RulesetStats {
 interface KeyState {
   readonly ip: CanonicalIP;
   readonly portKey: number;
-  /** Claims of every Service that wants this key; nearly always one. */
-  readonly candidates: Claim[];
+  /**
+   * Claims of every Service that wants this key; nearly always one. Replaced by an exact-size
+   * literal when it was empty: a pushed-to empty array reserves room for 16, which for 30,000
+   * keys is megabytes.
+   */
+  candidates: Claim[];
   /** The winner's mapping as last settled: what the ruleset holds for this key. */
   published: Mapping | undefined;
   /** The losers' skip entries as last settled. */
   conflictSkips: readonly SkippedEntry[];
+  /** True while waiting in `touched` for the next settle. */
+  touched: boolean;
+  /** True while waiting in `reportKeys` for the next takeChanges(). */
+  inReport: boolean;
+  /** What the last takeChanges() reported for this key (valid while `inReport`). */
+  reportedPublished: Mapping | undefined;
+  reportedConflictSkips: readonly SkippedEntry[];
+}
+
+/** One Service key. Kept after a delete until the next takeChanges() has reported its skips. */
+interface ServiceEntry {
+  contribution: Contribution | undefined;
+  /** The skips the last takeChanges() reported for this Service; set when first changed since. */
+  reported: readonly SkippedEntry[] | undefined;
 }
 
 const NONE: readonly SkippedEntry[] = Object.freeze([]);
@@ -69,12 +93,21 @@ function skipText(entry: SkippedEntry): string {
   return `${entry.service}\u0000${entry.reason}\u0000${entry.detail}`;
 }
 
-/** Entries of `next` that are not in `previous`, compared by content. */
+/**
+ * Entries of `next` that are not in `previous`, compared by content and counted: the same text
+ * twice in `next` and once in `previous` appeared once.
+ */
 function appeared<T>(previous: readonly T[], next: readonly T[], text: (item: T) => string): T[] {
   if (next.length === 0) return [];
   if (previous.length === 0) return [...next];
-  const before = new Set(previous.map(text));
-  return next.filter((item) => !before.has(text(item)));
+  const before = new Map<string, number>();
+  for (const item of previous) before.set(text(item), (before.get(text(item)) ?? 0) + 1);
+  return next.filter((item) => {
+    const left = before.get(text(item)) ?? 0;
+    if (left === 0) return true;
+    before.set(text(item), left - 1);
+    return false;
+  });
 }
 
 function compareSkipped(a: SkippedEntry, b: SkippedEntry): number {
@@ -113,15 +146,15 @@ export class RulesetEngine {
   private node: NodeInput | undefined;
   private derived: DerivedSettings;
   private settingsDirty = false;
-  private readonly services = new Map<string, Contribution>();
-  /** Key states by external IP, then by (protocol, port). */
-  private readonly byIP = new Map<string, Map<number, KeyState>>();
+  private readonly services = new Map<string, ServiceEntry>();
+  /** Key states by external IP; an IP has few ports, so a short array beats a Map per IP. */
+  private readonly byIP = new Map<string, KeyState[]>();
   /** Keys whose candidates changed since the last settle. */
-  private readonly touched = new Set<KeyState>();
+  private touched: KeyState[] = [];
 
-  // What was reported by the last takeChanges(), for the keys and Services touched since.
-  private readonly mappingBase = new Map<KeyState, Mapping | undefined>();
-  private readonly skipBase = new Map<string | KeyState, readonly SkippedEntry[]>();
+  // What changed since the last takeChanges(): the keys and Services it will have to report on.
+  private reportKeys: KeyState[] = [];
+  private reportServices: string[] = [];
   private settingsBase: RulesetSettings;
   private warningsBase: readonly string[] = [];
 
@@ -142,41 +175,74 @@ export class RulesetEngine {
     return this.config;
   }
 
-  /** Sets the Service stored under `key` (e.g. `namespace/name`); undefined removes it. */
-  setService(key: string, service: ServiceInput | undefined): void {
-    const previous = this.services.get(key);
-    if (!this.skipBase.has(key)) this.skipBase.set(key, previous?.skipped ?? NONE);
+  /**
+   * Sets the Service stored under `key` (e.g. `namespace/name`); undefined removes it. Returns
+   * whether that changed anything: an update that changes nothing the core reads (a label, a
+   * status condition) returns false and costs no more than computing the Service once.
+   */
+  setService(key: string, service: ServiceInput | undefined): boolean {
+    let entry = this.services.get(key);
+    const contribution =
+      service === undefined ? undefined : contributionOf(service, this.config, this.enabled);
+    if (entry === undefined) {
+      if (contribution === undefined) return false;
+      entry = { contribution: undefined, reported: NONE };
+      this.services.set(key, entry);
+      this.reportServices.push(key);
+    } else if (
+      entry.contribution === undefined
+        ? contribution === undefined
+        : contribution !== undefined && sameContribution(entry.contribution, contribution)
+    ) {
+      return false;
+    } else if (entry.reported === undefined) {
+      entry.reported = entry.contribution?.skipped ?? NONE;
+      this.reportServices.push(key);
+    }
+    const previous = entry.contribution;
     if (previous !== undefined) {
       for (const claim of previous.claims) {
         const state = this.stateOf(claim);
         state.candidates.splice(state.candidates.indexOf(claim), 1);
-        this.touched.add(state);
+        this.touch(state);
       }
       this.count(previous.skipped, -1);
     }
-    if (service === undefined) {
-      this.services.delete(key);
-      return;
+    if (contribution === undefined) {
+      entry.contribution = undefined;
+      return true;
     }
-    const contribution = contributionOf(service, this.config, this.enabled);
     for (const claim of contribution.claims) {
       const state = this.stateOf(claim);
-      state.candidates.push(claim);
-      this.touched.add(state);
+      if (state.candidates.length === 0) state.candidates = [claim];
+      else state.candidates.push(claim);
+      this.touch(state);
     }
     this.count(contribution.skipped, 1);
-    this.services.set(key, contribution);
+    entry.contribution = contribution;
+    return true;
   }
 
-  /** Sets this node's facts; a change of pod CIDRs changes the settings (a full sync). */
-  setNode(node: NodeInput | undefined): void {
+  /**
+   * Sets this node's facts; a change of pod CIDRs changes the settings (a full sync). Returns
+   * whether anything the core reads changed.
+   */
+  setNode(node: NodeInput | undefined): boolean {
+    const same =
+      node === undefined || this.node === undefined
+        ? node === this.node
+        : sameNodeInput(node, this.node);
     this.node = node;
+    if (same) return false;
     this.settingsDirty = true;
+    return true;
   }
 
   /** Number of Services held. */
   get size(): number {
-    return this.services.size;
+    let count = 0;
+    for (const entry of this.services.values()) if (entry.contribution !== undefined) count++;
+    return count;
   }
 
   /**
@@ -189,7 +255,16 @@ export class RulesetEngine {
     const added: Mapping[] = [];
     const removed: Mapping[] = [];
     const changed: { before: Mapping; after: Mapping }[] = [];
-    for (const [state, before] of this.mappingBase) {
+    const skipsAppeared: SkippedEntry[] = [];
+    const skipsDisappeared: SkippedEntry[] = [];
+    const compareSkips = (before: readonly SkippedEntry[], now: readonly SkippedEntry[]) => {
+      if (before === now) return;
+      skipsAppeared.push(...appeared(before, now, skipText));
+      skipsDisappeared.push(...appeared(now, before, skipText));
+    };
+    for (const state of this.reportKeys) {
+      state.inReport = false;
+      const before = state.reportedPublished;
       const after = state.published;
       if (before === undefined) {
         if (after !== undefined) added.push(after);
@@ -198,22 +273,17 @@ export class RulesetEngine {
       } else if (!sameTranslation(before, after)) {
         changed.push({ before, after });
       }
-      if (state.candidates.length === 0) this.byIP.get(state.ip.address)?.delete(state.portKey);
-      if (this.byIP.get(state.ip.address)?.size === 0) this.byIP.delete(state.ip.address);
+      compareSkips(state.reportedConflictSkips, state.conflictSkips);
+      if (state.candidates.length === 0) this.forget(state);
     }
-    this.mappingBase.clear();
-
-    const skipsAppeared: SkippedEntry[] = [];
-    const skipsDisappeared: SkippedEntry[] = [];
-    for (const [owner, before] of this.skipBase) {
-      const now =
-        typeof owner === "string"
-          ? (this.services.get(owner)?.skipped ?? NONE)
-          : owner.conflictSkips;
-      skipsAppeared.push(...appeared(before, now, skipText));
-      skipsDisappeared.push(...appeared(now, before, skipText));
+    this.reportKeys = [];
+    for (const key of this.reportServices) {
+      const entry = this.services.get(key) as ServiceEntry;
+      compareSkips(entry.reported ?? NONE, entry.contribution?.skipped ?? NONE);
+      entry.reported = undefined;
+      if (entry.contribution === undefined) this.services.delete(key);
     }
-    this.skipBase.clear();
+    this.reportServices = [];
 
     const { settings, warnings } = this.derived;
     const settingsChanged = !equal(this.settingsBase, settings);
@@ -235,29 +305,34 @@ export class RulesetEngine {
   /** The complete desired state, canonical and deterministic. O(mappings · log mappings). */
   result(): RulesetResult {
     this.settle();
-    const states: KeyState[] = [];
     const skipped: SkippedEntry[] = [];
     const conflicts: Conflict[] = [];
-    for (const contribution of this.services.values()) skipped.push(...contribution.skipped);
-    for (const ports of this.byIP.values()) {
-      for (const state of ports.values()) {
-        if (state.published === undefined) continue;
-        states.push(state);
+    for (const { contribution } of this.services.values()) {
+      if (contribution !== undefined) skipped.push(...contribution.skipped);
+    }
+    // Sorted by address once per IP, then by (protocol, port) within the few ports of an IP.
+    const byAddress: KeyState[][] = [];
+    for (const states of this.byIP.values()) {
+      const published = states.filter((state) => state.published !== undefined);
+      if (published.length === 0) continue;
+      if (published.length > 1) published.sort((a, b) => a.portKey - b.portKey);
+      byAddress.push(published);
+      for (const state of published) {
         skipped.push(...state.conflictSkips);
         if (state.candidates.length > 1) conflicts.push(...this.conflictsOf(state));
       }
     }
-    states.sort((a, b) =>
-      a.ip.sortKey < b.ip.sortKey ? -1 : a.ip.sortKey > b.ip.sortKey ? 1 : a.portKey - b.portKey,
-    );
+    byAddress.sort((a, b) => {
+      const x = (a[0] as KeyState).ip.sortKey;
+      const y = (b[0] as KeyState).ip.sortKey;
+      return x < y ? -1 : x > y ? 1 : 0;
+    });
+    const byFamily: Record<IpFamily, Mapping[]> = { ipv4: [], ipv6: [] };
+    for (const states of byAddress) {
+      for (const state of states) byFamily[state.ip.family].push(state.published as Mapping);
+    }
     const families: FamilyRuleset[] = this.derived.settings.families.map(
-      ({ family, localPods }) => ({
-        family,
-        localPods,
-        mappings: states
-          .filter((state) => state.ip.family === family)
-          .map((state) => state.published as Mapping),
-      }),
+      ({ family, localPods }) => ({ family, localPods, mappings: byFamily[family] }),
     );
     return {
       ruleset: { masqueradeMark: this.derived.settings.masqueradeMark, families },
@@ -279,23 +354,48 @@ export class RulesetEngine {
 
   /** The state of a claim's key, created when it is new. */
   private stateOf(claim: Claim): KeyState {
-    let ports = this.byIP.get(claim.ip.address);
-    if (ports === undefined) {
-      ports = new Map();
-      this.byIP.set(claim.ip.address, ports);
+    const states = this.byIP.get(claim.ip.address);
+    if (states !== undefined) {
+      for (const state of states) if (state.portKey === claim.portKey) return state;
     }
-    let state = ports.get(claim.portKey);
-    if (state === undefined) {
-      state = {
-        ip: claim.ip,
-        portKey: claim.portKey,
-        candidates: [],
-        published: undefined,
-        conflictSkips: NONE,
-      };
-      ports.set(claim.portKey, state);
-    }
+    const state: KeyState = {
+      ip: claim.ip,
+      portKey: claim.portKey,
+      candidates: [],
+      published: undefined,
+      conflictSkips: NONE,
+      touched: false,
+      inReport: false,
+      reportedPublished: undefined,
+      reportedConflictSkips: NONE,
+    };
+    // An exact-size literal for the first port of an IP, as for `candidates`.
+    if (states === undefined) this.byIP.set(claim.ip.address, [state]);
+    else states.push(state);
     return state;
+  }
+
+  /** Queues a key for the next settle, and for the next report. */
+  private touch(state: KeyState): void {
+    if (!state.touched) {
+      state.touched = true;
+      this.touched.push(state);
+    }
+    if (!state.inReport) {
+      state.inReport = true;
+      state.reportedPublished = state.published;
+      state.reportedConflictSkips = state.conflictSkips;
+      this.reportKeys.push(state);
+    }
+  }
+
+  /** Drops a key no Service claims any more, once it has been reported. */
+  private forget(state: KeyState): void {
+    const states = this.byIP.get(state.ip.address);
+    if (states === undefined) return;
+    const index = states.indexOf(state);
+    if (index >= 0) states.splice(index, 1);
+    if (states.length === 0) this.byIP.delete(state.ip.address);
   }
 
   private count(entries: readonly SkippedEntry[], sign: 1 | -1): void {
@@ -324,13 +424,12 @@ export class RulesetEngine {
   /** Decides the winner of every touched key and refreshes the settings if the Node changed. */
   private settle(): void {
     for (const state of this.touched) {
-      if (!this.mappingBase.has(state)) this.mappingBase.set(state, state.published);
-      if (!this.skipBase.has(state)) this.skipBase.set(state, state.conflictSkips);
+      state.touched = false;
       const winner = winnerOf(state.candidates);
-      const family = state.ip.family;
-      this.mappingCounts[family] +=
+      this.mappingCounts[state.ip.family] +=
         (winner === undefined ? 0 : 1) - (state.published === undefined ? 0 : 1);
       state.published = winner?.mapping;
+      if (state.candidates.length <= 1 && state.conflictSkips.length === 0) continue;
       const skips =
         state.candidates.length > 1
           ? state.candidates
@@ -342,7 +441,7 @@ export class RulesetEngine {
       this.conflictCount += skips.length - state.conflictSkips.length;
       state.conflictSkips = skips;
     }
-    this.touched.clear();
+    this.touched = [];
     if (this.settingsDirty) {
       this.settingsDirty = false;
       this.derived = deriveSettings(this.config, this.node);

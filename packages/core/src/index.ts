@@ -8,8 +8,11 @@
  * @packageDocumentation
  */
 export {
+  type AddressRange,
+  addressValue,
   type CanonicalCIDR,
   type CanonicalIP,
+  cidrRange,
   type Parsed,
   parseCIDR,
   parseClusterIP,
@@ -26,6 +29,12 @@ export {
   resolveConfig,
   validateInterfaceName,
 } from "./config.js";
+export {
+  destinationKey,
+  staleUdpDestinations,
+  type UdpDestination,
+  udpDestinations,
+} from "./conntrack.js";
 export { applyDiff, diffRulesets, diffTable, isEmptyDiff, settingsOf } from "./diff.js";
 export { RulesetEngine, type RulesetEngineOptions, type RulesetStats } from "./engine.js";
 export {
@@ -49,6 +58,7 @@ export {
   trimNode,
   trimService,
 } from "./input.js";
+export type { LiveMapping, LiveRules } from "./live.js";
 export {
   compareMappings,
   type MappingKeyFields,

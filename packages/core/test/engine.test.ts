@@ -54,6 +54,21 @@ describe("RulesetEngine", () => {
     expect(engine.size).toBe(0);
   });
 
+  it("says whether an update changed anything the core reads", () => {
+    const engine = engineWith(web);
+    engine.takeChanges();
+    const labelled = { ...web, metadata: { ...web.metadata, labels: { team: "x" } } };
+    expect(engine.setService("default/web", labelled)).toBe(false);
+    expect(engine.setService("default/web", structuredClone(web))).toBe(false);
+    expect(
+      engine.setService("default/web", lbService({ name: "web", clusterIP: "10.96.0.9" })),
+    ).toBe(true);
+    expect(engine.setService("default/absent", undefined)).toBe(false);
+    expect(engine.setNode(node)).toBe(false);
+    expect(engine.setNode({ spec: { podCIDRs: ["10.244.9.0/24"] } })).toBe(true);
+    expect(engine.takeChanges().changed).toHaveLength(1);
+  });
+
   it("nets out changes between two takes: added then removed is nothing", () => {
     const engine = engineWith();
     engine.takeChanges();

@@ -1,5 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
+  addressValue,
+  cidrRange,
   InvalidRulesetError,
   type Mapping,
   type Ruleset,
@@ -216,5 +218,33 @@ describe("validateChanges", () => {
   ])("refuses %s", (_name, fields, message) => {
     expect(() => validateChanges(change(fields))).toThrow(InvalidRulesetError);
     expect(() => validateChanges(change(fields))).toThrow(message);
+  });
+});
+
+describe("address arithmetic", () => {
+  it.each([
+    ["10.0.0.1", "ipv4", 0x0a000001n],
+    ["255.255.255.255", "ipv4", 0xffffffffn],
+    ["2001:db8::1", "ipv6", 0x20010db8000000000000000000000001n],
+    ["::", "ipv6", 0n],
+  ])("addressValue(%s) is the %s value %s", (text, family, value) => {
+    expect(addressValue(text)).toEqual({ family, value });
+  });
+
+  it.each(["10.0.0.01", "10.0.0", "fe80::1%eth0", "", 7])(
+    "addressValue(%j) is undefined",
+    (text) => {
+      expect(addressValue(text)).toBeUndefined();
+    },
+  );
+
+  it("cidrRange covers exactly the CIDR, host bits or not", () => {
+    expect(cidrRange("10.244.1.7/24")).toEqual({
+      family: "ipv4",
+      first: 0x0af40100n,
+      last: 0x0af401ffn,
+    });
+    expect(cidrRange("::/0")).toEqual({ family: "ipv6", first: 0n, last: (1n << 128n) - 1n });
+    expect(cidrRange("10.0.0.0/33")).toBeUndefined();
   });
 });

@@ -1,9 +1,12 @@
 /**
- * A list+watch reflector that keeps a trimmed copy of one kind of object and never gives up.
+ * A list+watch reflector that hands every object of one kind, trimmed, to its consumer, and never
+ * gives up.
  *
  * client-node's own informer stops for good on any error other than 410 Gone and keeps whole
  * objects (managedFields included). A node agent must instead follow the API server through
- * restarts and outages, and should hold only the fields it reads: this class does both.
+ * restarts and outages, and should hold as little as it can: this reflector keeps only each
+ * object's key and resourceVersion (to tell, after a relist, which objects went away), and the
+ * consumer keeps what it derives from the objects.
  */
 import type { Watch } from "@kubernetes/client-node";
 import { type Backoff, backoffDelay } from "../backoff.js";
@@ -37,14 +40,10 @@ export interface ReflectorOptions<T> {
   /** Keeps only what the consumer reads; undefined drops the object. */
   readonly trim: (object: unknown) => T | undefined;
   /**
-   * Whether a new version of an object changes nothing the consumer reads (e.g. only labels or
-   * managedFields changed). Such an update keeps the stored object, and its identity, and does not
-   * call `onChange`. Default: never equivalent.
-   */
-  readonly equivalent?: (stored: T, update: T) => boolean;
-  /**
-   * Called for every key whose stored object changed: added or updated (with the new object) or
-   * deleted (with undefined), by a watch event or a relist.
+   * Called with every object as it arrives, trimmed: added or updated (by a watch event, or by a
+   * list, page by page) or deleted (undefined; by a watch event, or at the end of a relist for
+   * every object the list no longer holds). Deciding whether an update matters is the
+   * consumer's business.
    */
   readonly onChange: (key: string, object: T | undefined) => void;
   /** Lifecycle notifications. */
@@ -117,10 +116,10 @@ const sleep = (ms: number, signal: AbortSignal) =>
     });
   });
 
-/** Keeps `store` equal to the API server's objects of one kind, through errors and restarts. */
+/** Follows the API server's objects of one kind, through errors and restarts. */
 export class Reflector<T> {
-  /** The trimmed objects by `namespace/name`. */
-  readonly store = new Map<string, T>();
+  /** The resourceVersion of every object present, by `namespace/name`. */
+  private readonly present = new Map<string, string>();
   private resourceVersion = "";
   private synced = false;
   private readonly stopper = new AbortController();
@@ -129,9 +128,14 @@ export class Reflector<T> {
 
   constructor(private readonly options: ReflectorOptions<T>) {}
 
-  /** True once the first complete list has been stored. */
+  /** True once the first complete list has been handed over. */
   get hasSynced(): boolean {
     return this.synced;
+  }
+
+  /** The keys (`namespace/name`) of the objects present, with their resourceVersion. */
+  get keys(): ReadonlyMap<string, string> {
+    return this.present;
   }
 
   /** Starts listing and watching in the background. */
@@ -174,15 +178,12 @@ export class Reflector<T> {
     }
   }
 
-  /** The stored object when `update` changes nothing that matters, else `update`. */
-  private unchanged(key: string, update: T): T | undefined {
-    const stored = this.store.get(key);
-    return stored !== undefined && this.options.equivalent?.(stored, update) ? stored : undefined;
-  }
-
-  /** Lists every page, then replaces the store in one step so consumers never see half a list. */
+  /**
+   * Lists every page and hands each object over as its page arrives, so no more than one page of
+   * whole objects is ever held; objects the list no longer holds are reported deleted at the end.
+   */
   private async relist(): Promise<void> {
-    const fresh = new Map<string, T>();
+    const listed = new Set<string>();
     let continueToken: string | undefined;
     let resourceVersion = "";
     do {
@@ -196,20 +197,21 @@ export class Reflector<T> {
         const trimmed = this.options.trim(item);
         if (trimmed === undefined) continue;
         const key = keyOf(item);
-        fresh.set(key, this.unchanged(key, trimmed) ?? trimmed);
+        listed.add(key);
+        this.present.set(key, metaOf(item).resourceVersion ?? "");
+        this.options.onChange(key, trimmed);
       }
       continueToken = page.metadata?._continue || undefined;
       resourceVersion = page.metadata?.resourceVersion ?? "";
     } while (continueToken !== undefined && !this.stopped);
-    const changed: [string, T | undefined][] = [];
-    for (const [key, value] of fresh) if (this.store.get(key) !== value) changed.push([key, value]);
-    for (const key of this.store.keys()) if (!fresh.has(key)) changed.push([key, undefined]);
-    this.store.clear();
-    for (const [key, value] of fresh) this.store.set(key, value);
+    for (const key of [...this.present.keys()]) {
+      if (listed.has(key)) continue;
+      this.present.delete(key);
+      this.options.onChange(key, undefined);
+    }
     this.resourceVersion = resourceVersion;
     this.synced = true;
-    for (const [key, value] of changed) this.options.onChange(key, value);
-    this.options.onEvent?.({ type: "listed", objects: fresh.size });
+    this.options.onEvent?.({ type: "listed", objects: listed.size });
   }
 
   /** Watches from the stored resourceVersion until the server or the network ends the stream. */
@@ -256,9 +258,9 @@ export class Reflector<T> {
         const key = keyOf(object);
         const trimmed = phase === "DELETED" ? undefined : this.options.trim(object);
         if (trimmed === undefined) {
-          if (this.store.delete(key)) this.options.onChange(key, undefined);
-        } else if (this.unchanged(key, trimmed) === undefined) {
-          this.store.set(key, trimmed);
+          if (this.present.delete(key)) this.options.onChange(key, undefined);
+        } else {
+          this.present.set(key, version ?? "");
           this.options.onChange(key, trimmed);
         }
       };

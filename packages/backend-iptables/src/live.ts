@@ -1,0 +1,248 @@
+/**
+ * Reading our rules back for a diagnosis: which translations the nat tables hold, and how the
+ * rest of our chains and jumps differs from what a sync writes. Reads only, and never through a
+ * call that creates a table (see `legacyTables`).
+ */
+import {
+  type CommandRunner,
+  compareMappings,
+  type IpFamily,
+  type L4Protocol,
+  type LiveMapping,
+  type LiveRules,
+  type LocalPodMatch,
+  parseIP,
+  quote,
+  type RulesetSettings,
+  ToolNotStartedError,
+  ToolRefusedError,
+} from "@ipvs-node-controller/core";
+import { runTool } from "@ipvs-node-controller/exec";
+import { legacyTables } from "./legacy-tables.js";
+import { CHAINS, familyTarget } from "./render.js";
+import { EMPTY_STATE, type LiveState, normalizeSpec, parseNatSave, tokenize } from "./state.js";
+import {
+  detectIptablesVariant,
+  type IptablesMode,
+  type IptablesVariant,
+  type VariantDetection,
+  variantBinaries,
+} from "./variant.js";
+
+const FAMILIES: readonly IpFamily[] = ["ipv4", "ipv6"];
+const PROTOCOLS: ReadonlySet<string> = new Set<L4Protocol>(["tcp", "udp", "sctp"]);
+
+/** `ADDRESS:PORT` or `[ADDRESS]:PORT`, as `--to-destination` prints a translation target. */
+const DESTINATION = /^(?:\[([0-9a-f:.]+)\]|([0-9.]+)):(\d{1,5})$/i;
+
+function splitAddress(text: string, family: IpFamily): string | undefined {
+  const [address, mask, ...rest] = text.split("/");
+  if (rest.length > 0 || mask !== (family === "ipv4" ? "32" : "128")) return undefined;
+  const parsed = parseIP(address);
+  return parsed.ok && parsed.value.family === family ? parsed.value.address : undefined;
+}
+
+/**
+ * Reads one rule of the DNAT chain (the text after `-A IPVSNC-DNAT `) as a translation, or
+ * returns undefined for anything a sync would not write: another match, another target, a
+ * different port on the way out.
+ */
+export function parseDnatRule(spec: string, family: IpFamily): LiveMapping | undefined {
+  const words = tokenize(spec);
+  const fields = new Map<string, string>();
+  for (let i = 0; i < words.length; i += 2) {
+    const option = words[i] as string;
+    const value = words[i + 1];
+    if (value === undefined) return undefined;
+    if (option === "-m") {
+      if (value !== "comment" && !PROTOCOLS.has(value)) return undefined;
+      continue;
+    }
+    if (fields.has(option)) return undefined;
+    fields.set(option, value);
+  }
+  const expected = ["-d", "-p", "--dport", "-j", "--to-destination"];
+  const known = new Set([...expected, "--comment"]);
+  if (expected.some((option) => !fields.has(option))) return undefined;
+  if ([...fields.keys()].some((option) => !known.has(option))) return undefined;
+  if (fields.get("-j") !== "DNAT") return undefined;
+  const externalIP = splitAddress(fields.get("-d") as string, family);
+  const protocol = fields.get("-p") as string;
+  const port = Number(fields.get("--dport"));
+  const destination = DESTINATION.exec(fields.get("--to-destination") as string);
+  const cluster = parseIP(destination?.[1] ?? destination?.[2]);
+  if (
+    externalIP === undefined ||
+    !PROTOCOLS.has(protocol) ||
+    !/^\d{1,5}$/.test(fields.get("--dport") as string) ||
+    port < 1 ||
+    port > 65535 ||
+    !cluster.ok ||
+    cluster.value.family !== family ||
+    Number(destination?.[3]) !== port
+  ) {
+    return undefined;
+  }
+  return {
+    family,
+    externalIP,
+    protocol: protocol as L4Protocol,
+    port,
+    clusterIP: cluster.value.address,
+    owner: fields.get("--comment") ?? "",
+  };
+}
+
+function sameRules(live: readonly string[], expected: readonly string[]): boolean {
+  return (
+    live.length === expected.length &&
+    live.every((spec, i) => normalizeSpec(spec) === normalizeSpec(expected[i] as string))
+  );
+}
+
+/** How one family's chains and jumps differ from what a sync of `localPods` and `mark` writes. */
+function familyProblems(
+  family: IpFamily,
+  state: LiveState,
+  localPods: LocalPodMatch,
+  mark: number,
+): string[] {
+  const problems: string[] = [];
+  const target = familyTarget({ family, localPods, mappings: [] }, mark);
+  for (const jump of target.jumps) {
+    const live = state.jumps.filter((candidate) => candidate.chain === jump.chain);
+    const only = live[0];
+    if (only === undefined) {
+      problems.push(`${family}: no jump from nat ${jump.chain} into ${CHAIN_OF[jump.chain]}`);
+    } else if (live.length > 1) {
+      problems.push(`${family}: ${live.length} jumps from nat ${jump.chain} into our chains`);
+    } else if (only.index !== 0) {
+      problems.push(
+        `${family}: the jump from nat ${jump.chain} is rule ${only.index + 1}, not the first`,
+      );
+    } else if (normalizeSpec(only.spec) !== normalizeSpec(jump.spec)) {
+      problems.push(`${family}: the jump from nat ${jump.chain} is not the one a sync writes`);
+    }
+  }
+  const jumpChains = new Set(target.jumps.map((jump) => jump.chain));
+  for (const jump of state.jumps) {
+    if (!jumpChains.has(jump.chain)) {
+      problems.push(`${family}: nat ${jump.chain} jumps into our chains, which a sync never does`);
+    }
+  }
+  for (const [name, rules] of target.chains) {
+    const live = state.chains.get(name);
+    if (live === undefined) problems.push(`${family}: chain ${name} is missing`);
+    else if (name !== CHAINS.dnat && !sameRules(live, rules)) {
+      problems.push(`${family}: chain ${name} holds other rules than a sync writes`);
+    }
+  }
+  for (const name of state.chains.keys()) {
+    if (!target.chains.has(name))
+      problems.push(`${family}: chain ${name} is not one a sync creates`);
+  }
+  return problems;
+}
+
+/** The chain each built-in chain's jump leads to. */
+const CHAIN_OF: Readonly<Record<string, string>> = {
+  PREROUTING: CHAINS.prerouting,
+  OUTPUT: CHAINS.output,
+};
+
+/**
+ * What our part of each family's nat table holds, compared with a full sync of `settings`. Pure:
+ * the parsing half of {@link readIptablesLiveRules}. A family missing from `states` holds nothing.
+ */
+export function iptablesLiveRules(
+  states: ReadonlyMap<IpFamily, LiveState>,
+  settings: RulesetSettings,
+  tool = "iptables-save",
+): LiveRules {
+  const mappings: LiveMapping[] = [];
+  const problems: string[] = [];
+  let present = false;
+  for (const family of FAMILIES) {
+    const state = states.get(family) ?? EMPTY_STATE;
+    const anything = state.chains.size > 0 || state.jumps.length > 0;
+    present ||= anything;
+    for (const spec of state.chains.get(CHAINS.dnat) ?? []) {
+      const found = parseDnatRule(spec, family);
+      if (found) mappings.push(found);
+      else
+        problems.push(`${family}: a rule in ${CHAINS.dnat} is not a translation: ${quote(spec)}`);
+    }
+    if (!anything) continue;
+    const enabled = settings.families.find((candidate) => candidate.family === family);
+    if (enabled === undefined) {
+      problems.push(`${family}: our chains are in the nat table although ${family} is not enabled`);
+    } else {
+      problems.push(...familyProblems(family, state, enabled.localPods, settings.masqueradeMark));
+    }
+  }
+  return { backend: "iptables", tool, present, mappings: mappings.sort(compareMappings), problems };
+}
+
+/** Options of {@link readIptablesLiveRules}: the backend's, minus the writing parts. */
+export interface IptablesReadBackOptions {
+  /** `auto` (default) detects the host's variant without creating a table; the others force one. */
+  readonly mode?: IptablesMode;
+  /** Directory holding the `iptables-<variant>-*` tools; default: looked up on `PATH`. */
+  readonly binDir?: string;
+  /** Starts processes. Default: `runTool`. */
+  readonly runner?: CommandRunner;
+}
+
+/** {@link LiveRules} of the iptables backend, with the variant they were read from. */
+export interface IptablesLiveRules extends LiveRules {
+  readonly backend: "iptables";
+  readonly variant: IptablesVariant;
+  /** How the variant was chosen; absent when `mode` forced it. */
+  readonly detection?: VariantDetection;
+}
+
+/**
+ * Reads our chains and jumps back from both families' nat tables and compares them with a full
+ * sync of `settings`. Changes nothing: the variant is detected without creating a table, and a
+ * legacy nat table that does not exist is not read (reading it would create it). A family that is
+ * not enabled is read when possible (rules left there are reported), and skipped when its tool
+ * fails, e.g. on a kernel without IPv6. Throws `ToolNotStartedError` / `ToolRefusedError`.
+ */
+export async function readIptablesLiveRules(
+  options: IptablesReadBackOptions,
+  settings: RulesetSettings,
+): Promise<IptablesLiveRules> {
+  const runner = options.runner ?? runTool;
+  const mode = options.mode ?? "auto";
+  const detection =
+    mode === "auto" ? await detectIptablesVariant(runner, options.binDir) : undefined;
+  const variant = detection?.variant ?? (mode as IptablesVariant);
+  const binaries = variantBinaries(variant, options.binDir);
+  const states = new Map<IpFamily, LiveState>();
+  for (const family of FAMILIES) {
+    const enabled = settings.families.some((candidate) => candidate.family === family);
+    // Unknown (the list could not be read) counts as present: reading then creates nothing new.
+    if (variant === "legacy" && !((await legacyTables(runner, family))?.has("nat") ?? true))
+      continue;
+    const file = family === "ipv4" ? binaries.iptablesSave : binaries.ip6tablesSave;
+    let result: Awaited<ReturnType<CommandRunner>>;
+    try {
+      result = await runner(file, ["-t", "nat"]);
+    } catch (error) {
+      if (error instanceof ToolNotStartedError) throw error;
+      throw new ToolNotStartedError(file, (error as Error).message);
+    }
+    if (result.exitCode !== 0) {
+      if (!enabled) continue;
+      const stderr = result.stderr.trim();
+      throw new ToolRefusedError(`${file} -t nat failed: ${stderr}`, file, result.exitCode, stderr);
+    }
+    states.set(family, parseNatSave(result.stdout));
+  }
+  return {
+    ...iptablesLiveRules(states, settings, binaries.iptablesSave),
+    backend: "iptables",
+    variant,
+    ...(detection === undefined ? {} : { detection }),
+  };
+}

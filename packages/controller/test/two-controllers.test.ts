@@ -1,0 +1,343 @@
+/**
+ * Two controllers on one node, each `ipvs-node-controller run` against a real API server inside
+ * the same node network namespace, while a pod and the host keep connecting to an LB IP:
+ *
+ * 1. a rolling update whose old and new pods overlap (both `--backend nft`), with a change while
+ *    both run, then the old one stopped with SIGTERM;
+ * 2. an iptables instance started by mistake beside the nft one, a change while both run, then the
+ *    nft one killed with SIGKILL;
+ * 3. the reverse: an nft instance beside the iptables one, which is then stopped with SIGTERM.
+ *
+ * Traffic must never break, in any phase: an instance never removes the rules of another instance
+ * that is alive, and it removes those of the other backend once that instance has gone, so each
+ * phase ends with one clean ruleset, exactly the desired one.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createIptablesBackend } from "@ipvs-node-controller/backend-iptables";
+import { createNftBackend } from "@ipvs-node-controller/backend-nft";
+import { computeRuleset, type ServiceInput } from "@ipvs-node-controller/core";
+import {
+  bridgeIntoNamespace,
+  createTopology,
+  envtestTestsEnabled,
+  eventually,
+  type Host,
+  httpGet,
+  kernelTestsEnabled,
+  startTestApiServer,
+  type TcpBridge,
+  type TestApiServer,
+  type Topology,
+} from "@ipvs-node-controller/test-support";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+
+const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+const DEPLOY_BASE = fileURLToPath(new URL("../../../deploy/base", import.meta.url));
+const NODE_NAME = "worker-1";
+const POD_CIDR = "10.244.1.0/24";
+
+const SUITE = "two-controller tests";
+const enabled =
+  (await kernelTestsEnabled(SUITE)) && (await envtestTestsEnabled(SUITE)) !== undefined;
+
+const service = (name: string, clusterIP: string) => ({
+  apiVersion: "v1",
+  kind: "Service",
+  metadata: { namespace: "default", name },
+  spec: {
+    type: "LoadBalancer",
+    externalTrafficPolicy: "Local",
+    clusterIP,
+    ports: [{ port: 80, protocol: "TCP", targetPort: 8080 }],
+    selector: { app: name },
+  },
+});
+
+/** One `run` process, with health and metrics on ports of its own. */
+interface Instance {
+  readonly name: string;
+  readonly backend: "nft" | "iptables";
+  readonly healthPort: number;
+  readonly child: ChildProcess;
+  log: string;
+}
+
+/** One probe of the background traffic. */
+interface Probe {
+  readonly phase: string;
+  readonly from: Host;
+  readonly outcome: string;
+}
+
+describe.skipIf(!enabled)("two controllers on one node", () => {
+  let api: TestApiServer;
+  let topology: Topology;
+  let bridge: TcpBridge;
+  let kubeconfig: string;
+  let lockDir: string;
+  const instances: Instance[] = [];
+  const probes: Probe[] = [];
+  let phase = "setup";
+  let probing: Promise<void> | undefined;
+  let stopProbing = false;
+
+  const kubectl = async (...args: string[]) => (await api.kubectl(args)).stdout;
+  const setIngress = (name: string, ip: string) =>
+    kubectl(
+      "patch",
+      "service",
+      name,
+      "--subresource=status",
+      "--type=merge",
+      "-p",
+      JSON.stringify({ status: { loadBalancer: { ingress: [{ ip }] } } }),
+    );
+  const answers = async (from: Host, ip: string, reply: string) => {
+    const result = await topology.connect(from, ip, 80, "tcp", { timeoutMs: 1000 });
+    return result.ok && result.reply === reply;
+  };
+
+  function start(name: string, backend: "nft" | "iptables", port: number): Instance {
+    const child = spawn(
+      "ip",
+      [
+        "netns",
+        "exec",
+        topology.namespaces.node,
+        process.execPath,
+        CLI,
+        "run",
+        `--backend=${backend}`,
+        `--kubeconfig=${kubeconfig}`,
+        `--node-name=${NODE_NAME}`,
+        "--sync-period=5s",
+        "--min-sync-period=100ms",
+        "--log-level=debug",
+        `--metrics-bind-address=127.0.0.1:${port}`,
+        `--health-probe-bind-address=127.0.0.1:${port + 1}`,
+      ],
+      {
+        stdio: ["ignore", "pipe", "pipe"],
+        env: { ...process.env, XTABLES_LOCKFILE: join(lockDir, "lock") },
+      },
+    );
+    const instance: Instance = { name, backend, healthPort: port + 1, child, log: "" };
+    child.stdout?.on("data", (chunk) => {
+      instance.log += chunk;
+    });
+    child.stderr?.on("data", (chunk) => {
+      instance.log += chunk;
+    });
+    instances.push(instance);
+    return instance;
+  }
+
+  async function ready(instance: Instance): Promise<void> {
+    await eventually(
+      `${instance.name} is ready`,
+      async () =>
+        (await httpGet(topology.runner("node"), `http://127.0.0.1:${instance.healthPort}/readyz`))
+          .status === 200,
+      30_000,
+    );
+  }
+
+  async function stop(instance: Instance, signal: "SIGTERM" | "SIGKILL"): Promise<void> {
+    if (instance.child.exitCode !== null || instance.child.signalCode !== null) return;
+    const exited = new Promise((resolve) => instance.child.once("exit", resolve));
+    instance.child.kill(signal);
+    await exited;
+  }
+
+  /** Whether any rules of each backend are in the node's kernel. */
+  async function present(): Promise<{ nft: boolean; iptables: boolean }> {
+    const run = topology.runner("node");
+    const tables = (await run("nft", ["list", "tables"])).stdout;
+    let iptables = false;
+    for (const save of ["iptables-legacy-save", "iptables-nft-save"]) {
+      iptables ||= (await run(save, ["-t", "nat"])).stdout.includes("IPVSNC-");
+    }
+    return { nft: tables.includes("inet ipvs-node-controller"), iptables };
+  }
+
+  /** The desired ruleset, computed from the API server's Services as the controller does. */
+  async function desired() {
+    const list = JSON.parse(await kubectl("get", "services", "-A", "-o", "json")) as {
+      items: ServiceInput[];
+    };
+    return computeRuleset({
+      services: list.items,
+      node: { spec: { podCIDRs: [POD_CIDR] } },
+    }).ruleset;
+  }
+
+  /** Exactly one backend's rules, and exactly the desired ones. */
+  async function expectOnly(backend: "nft" | "iptables"): Promise<void> {
+    const other = backend === "nft" ? "iptables" : "nft";
+    await eventually(`only the ${backend} rules are left`, async () => {
+      const now = await present();
+      return now[backend] && !now[other];
+    });
+    const runner = topology.runner("node");
+    const checker =
+      backend === "nft" ? createNftBackend({ runner }) : createIptablesBackend({ runner });
+    const ruleset = await desired();
+    await eventually(`the ${backend} rules are the desired ones`, () => checker.verify(ruleset));
+  }
+
+  /** Probes the LB IP from the pod and from the host, one after the other, until stopped. */
+  async function probeForever(): Promise<void> {
+    let from: Host = "pod";
+    while (!stopProbing) {
+      // A break is refused at once; the long timeout only keeps a busy machine from looking like one.
+      const result = await topology.connect(from, "192.0.2.10", 80, "tcp", { timeoutMs: 3000 });
+      probes.push({ phase, from, outcome: result.ok ? result.reply : result.error });
+      from = from === "pod" ? "node" : "pod";
+    }
+  }
+
+  /** Lets the current phase go on until it has had `count` probes. */
+  async function probesOf(count: number): Promise<void> {
+    const name = phase;
+    await eventually(
+      `${count} probes during ${name}`,
+      () => probes.filter((probe) => probe.phase === name).length >= count,
+    );
+  }
+
+  /** Every probe of `name` reached web. */
+  function expectUnbroken(name: string): void {
+    const mine = probes.filter((probe) => probe.phase === name);
+    expect(mine.length, `probes during ${name}`).toBeGreaterThan(0);
+    expect(
+      mine.filter((probe) => probe.outcome !== "web"),
+      `failed probes during ${name}`,
+    ).toEqual([]);
+  }
+
+  beforeAll(async () => {
+    lockDir = mkdtempSync(join(tmpdir(), "two-controllers-"));
+    api = await startTestApiServer();
+    topology = await createTopology({ prefix: "two" });
+    bridge = await bridgeIntoNamespace(topology.namespaces.node, {
+      host: "127.0.0.1",
+      port: Number(new URL(api.serverUrl).port),
+    });
+    await api.kubectl(["apply", "-k", DEPLOY_BASE]);
+    kubeconfig = await api.writeKubeconfig(
+      await api.serviceAccountToken("kube-system", "ipvs-node-controller"),
+    );
+    await api.kubectl(["apply", "-f", "-"], {
+      input: JSON.stringify({
+        apiVersion: "v1",
+        kind: "Node",
+        metadata: { name: NODE_NAME },
+        spec: { podCIDR: POD_CIDR, podCIDRs: [POD_CIDR] },
+      }),
+    });
+    await topology.addNodeAddresses([
+      "192.0.2.10",
+      "192.0.2.20",
+      "192.0.2.21",
+      "192.0.2.22",
+      "10.96.0.10",
+      "10.96.0.20",
+    ]);
+    await topology.listen([
+      { ip: "10.96.0.10", port: 80, protocol: "tcp", reply: "web" },
+      { ip: "10.96.0.20", port: 80, protocol: "tcp", reply: "api" },
+    ]);
+    for (const [name, clusterIP, ip] of [
+      ["web", "10.96.0.10", "192.0.2.10"],
+      ["api", "10.96.0.20", "192.0.2.20"],
+    ] as const) {
+      await api.kubectl(["apply", "-f", "-"], { input: JSON.stringify(service(name, clusterIP)) });
+      await setIngress(name, ip);
+    }
+  }, 180_000);
+
+  afterAll(async () => {
+    stopProbing = true;
+    await probing;
+    for (const instance of instances) await stop(instance, "SIGKILL");
+    await bridge?.stop();
+    await topology?.destroy();
+    await api?.stop();
+    rmSync(lockDir, { recursive: true, force: true });
+  }, 60_000);
+
+  it("a rolling update whose pods overlap keeps traffic and ends with one ruleset", async () => {
+    const old = start("old", "nft", 10300);
+    await ready(old);
+    await eventually("web answers", () => answers("pod", "192.0.2.10", "web"));
+    probing = probeForever();
+
+    phase = "rolling update: both run";
+    const next = start("new", "nft", 10400);
+    await ready(next);
+    await setIngress("api", "192.0.2.21");
+    await eventually("api moved while both run", () => answers("pod", "192.0.2.21", "api"));
+
+    phase = "rolling update: old stopped";
+    await stop(old, "SIGTERM");
+    await setIngress("api", "192.0.2.22");
+    await eventually("api moved after the old one stopped", () =>
+      answers("node", "192.0.2.22", "api"),
+    );
+    await probesOf(6);
+    expectUnbroken("rolling update: both run");
+    await expectOnly("nft");
+    expectUnbroken("rolling update: old stopped");
+    expect(next.log).toMatch(/another instance with this backend runs on this node/);
+  }, 120_000);
+
+  it("an iptables instance beside the nft one leaves its rules alone, and removes them once it is killed", async () => {
+    const nft = instances.find((instance) => instance.name === "new") as Instance;
+    phase = "nft + iptables";
+    const iptables = start("iptables", "iptables", 10500);
+    await ready(iptables);
+    await setIngress("api", "192.0.2.20");
+    await eventually("api moved while both run", () => answers("pod", "192.0.2.20", "api"));
+    expectUnbroken("nft + iptables");
+    // Both rulesets stay while both instances run.
+    expect(await present()).toEqual({ nft: true, iptables: true });
+
+    phase = "nft killed";
+    await stop(nft, "SIGKILL");
+    await expectOnly("iptables");
+    await probesOf(6);
+    expectUnbroken("nft killed");
+    expect(iptables.log).toMatch(/an instance with the other backend runs on this node/);
+  }, 120_000);
+
+  it("an nft instance beside the iptables one leaves its rules alone, and removes them once it stops", async () => {
+    const iptables = instances.find((instance) => instance.name === "iptables") as Instance;
+    phase = "iptables + nft";
+    const nft = start("nft-again", "nft", 10600);
+    await ready(nft);
+    await setIngress("api", "192.0.2.21");
+    await eventually("api moved while both run", () => answers("node", "192.0.2.21", "api"));
+    expectUnbroken("iptables + nft");
+    expect(await present()).toEqual({ nft: true, iptables: true });
+
+    phase = "iptables stopped";
+    await stop(iptables, "SIGTERM");
+    await expectOnly("nft");
+    await eventually("api still answers", () => answers("pod", "192.0.2.21", "api"));
+    await probesOf(6);
+    stopProbing = true;
+    await probing;
+    expectUnbroken("iptables stopped");
+    const counts = Object.fromEntries(
+      [...new Set(probes.map((probe) => probe.phase))].map((name) => [
+        name,
+        probes.filter((probe) => probe.phase === name).length,
+      ]),
+    );
+    console.log(`probes per phase, all answered by web: ${JSON.stringify(counts)}`);
+  }, 120_000);
+});
