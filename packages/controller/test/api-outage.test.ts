@@ -169,9 +169,11 @@ describe.skipIf(!enabled)("the API server gone for a long time", () => {
         "full",
       ]);
 
+      // Counted from before the start: the reflectors may reconnect while it is still being
+      // awaited.
+      const logAtReturn = controller.entries().length;
       await api.startApiServer();
       const returnedAt = Date.now();
-      const logAtReturn = controller.entries().length;
       await node.setIngress(LATE.name, LATE.lbIP);
       await eventually(
         "a change made right after the return is applied",
