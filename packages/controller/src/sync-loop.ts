@@ -79,6 +79,11 @@ export class SyncLoop {
   private dirty = false;
   /** When the oldest change not yet in the kernel was observed. */
   private pendingSince: number | undefined;
+  /**
+   * When the oldest change carried by the sync in progress was observed: a change being retried
+   * is still waiting, also while an attempt runs.
+   */
+  private carriedSince: number | undefined;
   /** When the operation in progress started. */
   private busySince: number | undefined;
   private stopped = false;
@@ -125,24 +130,30 @@ export class SyncLoop {
   }
 
   /**
-   * Liveness: healthy while starting; unhealthy when a change has waited longer than the health
-   * timeout, or one operation (e.g. a kernel tool that hangs) has run that long.
+   * Liveness: healthy while starting; unhealthy when one operation (e.g. a kernel tool that hangs)
+   * has run longer than the health timeout, or a change has waited that long to reach the kernel,
+   * counting the attempts to apply it: a change whose every attempt is killed and retried keeps
+   * liveness failing, between attempts and during them.
    */
   liveness(): Health {
     if (!this.options.state.ready()) return { ok: true };
     const now = this.clock.now();
     const limit = this.healthTimeoutMs;
     // Whole milliseconds in the reasons: the clock may be fractional, and people read them.
-    if (this.pendingSince !== undefined && now - this.pendingSince > limit) {
-      return {
-        ok: false,
-        reason: `a change has waited ${Math.round(now - this.pendingSince)} ms (limit ${limit} ms)`,
-      };
-    }
     if (this.busySince !== undefined && now - this.busySince > limit) {
       return {
         ok: false,
         reason: `a sync has run for ${Math.round(now - this.busySince)} ms (limit ${limit} ms)`,
+      };
+    }
+    const waitingSince = Math.min(
+      this.pendingSince ?? Number.POSITIVE_INFINITY,
+      this.carriedSince ?? Number.POSITIVE_INFINITY,
+    );
+    if (now - waitingSince > limit) {
+      return {
+        ok: false,
+        reason: `a change has waited ${Math.round(now - waitingSince)} ms (limit ${limit} ms)`,
       };
     }
     return { ok: true };
@@ -186,6 +197,7 @@ export class SyncLoop {
       this.dirty = false;
       const observedAt = this.pendingSince;
       this.pendingSince = undefined;
+      this.carriedSince = observedAt;
       this.busySince = now;
       try {
         const applied = await this.sync({ full, verify: verifyDue });
@@ -210,6 +222,7 @@ export class SyncLoop {
         );
       } finally {
         this.busySince = undefined;
+        this.carriedSince = undefined;
       }
       if (verifyDue) nextVerifyAt = this.clock.now() + syncPeriodMs;
     }
