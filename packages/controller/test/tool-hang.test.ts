@@ -225,6 +225,7 @@ describe.skipIf(!enabled)("a kernel tool that hangs", () => {
         failures: 0,
         delays: [] as unknown[],
         unhealthyAfterMs: 0,
+        steadyProbes: 0,
         convergedAfterMs: 0,
       };
       await scenario.hang();
@@ -243,7 +244,8 @@ describe.skipIf(!enabled)("a kernel tool that hangs", () => {
       expect(running.child.exitCode).toBeNull();
       console.log(
         `${scenario.backend}: ${figures.failures} syncs killed after ${TOOL_TIMEOUT_MS} ms, retry delays ` +
-          `${figures.delays.join(", ")} ms; liveness 503 ${figures.unhealthyAfterMs} ms after the change; ` +
+          `${figures.delays.join(", ")} ms; liveness 503 ${figures.unhealthyAfterMs} ms after the change, then ${figures.steadyProbes} ` +
+          `probes over ${2 * SYNC_PERIOD_MS} ms all 503; ` +
           `${census.seen.size} hung processes seen, at most ${census.maxAtOnce()} at once, none left; ` +
           `converged ${figures.convergedAfterMs} ms after the tool worked again`,
       );
@@ -252,6 +254,14 @@ describe.skipIf(!enabled)("a kernel tool that hangs", () => {
         // A change that now cannot reach the kernel.
         await node.setIngress(newName, scenario.lb[1]);
         const changedAt = Date.now();
+        // Probed from the start, in parallel with the checks below.
+        const unhealthy = eventually(
+          "liveness fails once the change has waited past twice the sync period",
+          async () => (await running.health("/healthz")).status === 503,
+          60_000,
+          100,
+        ).then(() => Date.now() - changedAt);
+        unhealthy.catch(() => {}); // awaited below; a failure before that must not go unhandled
         const failed = () =>
           running
             .entries()
@@ -279,16 +289,21 @@ describe.skipIf(!enabled)("a kernel tool that hangs", () => {
         const ready = await running.health("/readyz");
         expect(ready.status).toBe(503);
         expect(ready.body).toMatch(/last sync failed: .* did not finish within 2000 ms/);
-        await eventually(
-          "liveness fails once the change has waited past twice the sync period",
-          async () => (await running.health("/healthz")).status === 503,
-          30_000,
-          200,
+        figures.unhealthyAfterMs = await unhealthy;
+        // Never before the bound; and from then on steadily, through the pauses between attempts
+        // and the attempts themselves (each lasts the time limit plus the kill's grace).
+        expect(figures.unhealthyAfterMs).toBeGreaterThan(2 * SYNC_PERIOD_MS);
+        const probes: string[] = [];
+        const until = Date.now() + 2 * SYNC_PERIOD_MS;
+        while (Date.now() < until) {
+          const answer = await running.health("/healthz");
+          probes.push(`${answer.status} ${answer.body.trim()}`);
+        }
+        const changeWaited = new RegExp(
+          `^503 a change has waited \\d+ ms \\(limit ${2 * SYNC_PERIOD_MS} ms\\)$`,
         );
-        figures.unhealthyAfterMs = Date.now() - changedAt;
-        expect((await running.health("/healthz")).body).toMatch(
-          new RegExp(`a change has waited \\d+ ms \\(limit ${2 * SYNC_PERIOD_MS} ms\\)`),
-        );
+        expect(probes.filter((probe) => !changeWaited.test(probe))).toEqual([]);
+        figures.steadyProbes = probes.length;
         // The previous rules stay in force; the new one has not arrived.
         expect(await node.answers(scenario.lb[0], 80, oldName)).toBe(true);
         expect(await node.refused(scenario.lb[1], 80)).toBe(true);
