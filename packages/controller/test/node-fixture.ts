@@ -1,7 +1,7 @@
 /**
  * A node for the fault tests: a network-namespace topology whose node reaches a real API server,
  * the Node object, LB and cluster IPs bound like kube-ipvs0 binds them, listeners standing in for
- * IPVS, and Service helpers that write through the API server the way MetalLB and users do.
+ * IPVS, and functions that write Services through the API server the way MetalLB and users do.
  */
 import {
   bridgeIntoNamespace,
