@@ -129,6 +129,13 @@ export interface TestApiServer {
    * so clients see a real outage. Resolves once `/readyz` answers again.
    */
   restartApiServer(): Promise<void>;
+  /**
+   * Stops kube-apiserver and leaves it stopped (etcd keeps running): clients see connection
+   * refused, as during a control-plane outage, until {@link TestApiServer.startApiServer}.
+   */
+  stopApiServer(): Promise<void>;
+  /** Starts a stopped kube-apiserver on the same address and port; resolves once `/readyz` answers. */
+  startApiServer(): Promise<void>;
   /** Kills both processes and removes the temporary directory. Safe to call more than once. */
   stop(): Promise<void>;
 }
@@ -345,6 +352,21 @@ export async function startTestApiServer(
       async restartApiServer() {
         if (stopped) throw new Error("restartApiServer() after stop()");
         await terminate(apiServer);
+        await startApiServer();
+      },
+      async stopApiServer() {
+        if (stopped) throw new Error("stopApiServer() after stop()");
+        await terminate(apiServer);
+      },
+      async startApiServer() {
+        if (stopped) throw new Error("startApiServer() after stop()");
+        if (
+          apiServer !== undefined &&
+          apiServer.exitCode === null &&
+          apiServer.signalCode === null
+        ) {
+          throw new Error("startApiServer(): kube-apiserver is running");
+        }
         await startApiServer();
       },
       stop,

@@ -79,6 +79,13 @@ export class ControllerMetrics {
     registers: [this.registry],
   });
 
+  readonly watchFailing = new Gauge({
+    name: `${PREFIX}watch_failing`,
+    help: "1 while listing or watching a resource fails (the rules stay as they are, drift is still repaired from the cache), 0 once the API server answers again, by resource",
+    labelNames: ["resource"] as const,
+    registers: [this.registry],
+  });
+
   readonly localExternalIPs = new Gauge({
     name: `${PREFIX}local_external_ips`,
     help: "Translated external IPs that are local addresses of this node (0 where kube-proxy does not run in IPVS mode: the rules are inert there), by IP family",

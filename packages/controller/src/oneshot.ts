@@ -17,6 +17,7 @@ import {
   createRunner,
   type RuleFlags,
 } from "./options.js";
+import { describeSkips, groupConflicts, groupSkips } from "./skip-report.js";
 
 /** Where a one-shot command writes: results to `out`, diagnostics to `err`, one line each. */
 export interface Console {
@@ -30,15 +31,17 @@ export interface OneShotFlags extends RuleFlags, BackendFlags {
   node?: string;
 }
 
-/** Prints every skipped Service, conflict and warning as one line on the error stream. */
+/**
+ * Prints every skipped Service, every pair of conflicting Services and every warning as one line
+ * on the error stream: a Service with many bad ports, or losing many ports to another, is one line.
+ */
 export function reportDiagnostics(result: RulesetResult, log: (line: string) => void): void {
-  for (const entry of result.skipped) {
-    log(`skipped ${entry.service}: ${entry.reason}: ${entry.detail}`);
+  for (const group of groupSkips(result.skipped)) {
+    log(`skipped ${group.service}: ${describeSkips(group)}`);
   }
-  for (const conflict of result.conflicts) {
-    log(
-      `conflict ${conflict.externalIP} ${conflict.protocol}/${conflict.port}: ${conflict.winner} wins over ${conflict.loser}`,
-    );
+  for (const pair of groupConflicts(result.conflicts)) {
+    const more = pair.count > 1 ? ` and ${pair.count - 1} more` : "";
+    log(`conflict ${pair.example}${more}: ${pair.winner} wins over ${pair.loser}`);
   }
   for (const warning of result.warnings) log(`warning: ${warning}`);
 }

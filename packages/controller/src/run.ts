@@ -101,9 +101,19 @@ async function removeOtherBackend(options: RunOptions, otherBackend: Backend): P
 }
 
 function logReflectorEvent(log: Logger, metrics: ControllerMetrics, resource: string) {
+  // When listing or watching started to fail; undefined while the API server answers.
+  let failingSince: number | undefined;
+  metrics.watchFailing.set({ resource }, 0);
+  const answered = () => {
+    if (failingSince === undefined) return;
+    log.info({ resource, failedForMs: Date.now() - failingSince }, "watch recovered");
+    failingSince = undefined;
+    metrics.watchFailing.set({ resource }, 0);
+  };
   return (event: ReflectorEvent) => {
     switch (event.type) {
       case "listed":
+        answered();
         log.info({ resource, objects: event.objects }, "listed");
         if (resource === "node" && event.objects === 0) {
           // The logger's base fields already name the node.
@@ -113,7 +123,12 @@ function logReflectorEvent(log: Logger, metrics: ControllerMetrics, resource: st
       case "expired":
         log.info({ resource }, "resource version expired; listing again");
         break;
+      case "watching":
+        answered();
+        break;
       case "retry":
+        failingSince ??= Date.now();
+        metrics.watchFailing.set({ resource }, 1);
         metrics.watchRestarts.inc({ resource });
         log.warn(
           { resource, err: event.error, retryInMs: event.delayMs },

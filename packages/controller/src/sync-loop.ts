@@ -32,6 +32,7 @@ import { type Clock, systemClock } from "./clock.js";
 import type { ConntrackCleaner } from "./conntrack.js";
 import type { HealthState as Health } from "./http-server.js";
 import type { ControllerMetrics } from "./metrics.js";
+import { groupSkips } from "./skip-report.js";
 
 /** Where the desired state comes from: the rule engine, fed by the caches. */
 export interface DesiredState {
@@ -78,6 +79,11 @@ export class SyncLoop {
   private dirty = false;
   /** When the oldest change not yet in the kernel was observed. */
   private pendingSince: number | undefined;
+  /**
+   * When the oldest change carried by the sync in progress was observed: a change being retried
+   * is still waiting, also while an attempt runs.
+   */
+  private carriedSince: number | undefined;
   /** When the operation in progress started. */
   private busySince: number | undefined;
   private stopped = false;
@@ -124,23 +130,30 @@ export class SyncLoop {
   }
 
   /**
-   * Liveness: healthy while starting; unhealthy when a change has waited longer than the health
-   * timeout, or one operation (e.g. a kernel tool that hangs) has run that long.
+   * Liveness: healthy while starting; unhealthy when one operation (e.g. a kernel tool that hangs)
+   * has run longer than the health timeout, or a change has waited that long to reach the kernel,
+   * counting the attempts to apply it: a change whose every attempt is killed and retried keeps
+   * liveness failing, between attempts and during them.
    */
   liveness(): Health {
     if (!this.options.state.ready()) return { ok: true };
     const now = this.clock.now();
     const limit = this.healthTimeoutMs;
-    if (this.pendingSince !== undefined && now - this.pendingSince > limit) {
-      return {
-        ok: false,
-        reason: `a change has waited ${now - this.pendingSince} ms (limit ${limit} ms)`,
-      };
-    }
+    // Whole milliseconds in the reasons: the clock may be fractional, and people read them.
     if (this.busySince !== undefined && now - this.busySince > limit) {
       return {
         ok: false,
-        reason: `a sync has run for ${now - this.busySince} ms (limit ${limit} ms)`,
+        reason: `a sync has run for ${Math.round(now - this.busySince)} ms (limit ${limit} ms)`,
+      };
+    }
+    const waitingSince = Math.min(
+      this.pendingSince ?? Number.POSITIVE_INFINITY,
+      this.carriedSince ?? Number.POSITIVE_INFINITY,
+    );
+    if (now - waitingSince > limit) {
+      return {
+        ok: false,
+        reason: `a change has waited ${Math.round(now - waitingSince)} ms (limit ${limit} ms)`,
       };
     }
     return { ok: true };
@@ -184,6 +197,7 @@ export class SyncLoop {
       this.dirty = false;
       const observedAt = this.pendingSince;
       this.pendingSince = undefined;
+      this.carriedSince = observedAt;
       this.busySince = now;
       try {
         const applied = await this.sync({ full, verify: verifyDue });
@@ -208,6 +222,7 @@ export class SyncLoop {
         );
       } finally {
         this.busySince = undefined;
+        this.carriedSince = undefined;
       }
       if (verifyDue) nextVerifyAt = this.clock.now() + syncPeriodMs;
     }
@@ -223,16 +238,17 @@ export class SyncLoop {
     const changes = state.takeChanges();
     this.report(changes);
     this.noteStaleFlows(staleUdpDestinations(changes));
-    let result: RulesetResult | undefined;
+    // Taken together with the changes, before anything is awaited: events that arrive while they
+    // are applied belong to the next sync, and a verify against a state that already holds them
+    // would take them for drift.
+    let result: RulesetResult | undefined = how.full || how.verify ? state.result() : undefined;
     let applied: ApplyResult | undefined;
-    if (how.full) {
-      result = state.result();
+    if (how.full && result !== undefined) {
       applied = await backend.apply(result.ruleset, { full: true });
     } else if (!isEmptyDiff(changes)) {
       applied = await backend.applyChanges(changes);
     }
-    if (how.verify && !how.full) {
-      result = state.result();
+    if (how.verify && !how.full && result !== undefined) {
       if (!(await backend.verify(result.ruleset))) {
         log.warn("the kernel rules drifted from the desired state; repairing with a full sync");
         applied = await backend.apply(result.ruleset, { full: true });
@@ -279,17 +295,28 @@ export class SyncLoop {
     await this.options.conntrack.flush(destinations);
   }
 
-  /** Logs each skip and warning once, when it appears, and when a skip goes away. */
+  /**
+   * Logs each skip and warning once, when it appears, and when a skip goes away: one line per
+   * Service, however many of its addresses and ports are bad (see `groupSkips`).
+   */
   private report(changes: RulesetChanges): void {
     const { log } = this.options;
-    for (const entry of changes.skipsAppeared) {
+    for (const group of groupSkips(changes.skipsAppeared)) {
+      const many =
+        group.count > 1
+          ? { reasons: group.reasons, details: group.details, entries: group.count }
+          : {};
       log.warn(
-        { service: entry.service, reason: entry.reason, detail: entry.detail },
+        { service: group.service, reason: group.reasons[0], detail: group.details[0], ...many },
         "service skipped",
       );
     }
-    for (const entry of changes.skipsDisappeared) {
-      log.info({ service: entry.service, reason: entry.reason }, "service no longer skipped");
+    for (const group of groupSkips(changes.skipsDisappeared)) {
+      const many = group.count > 1 ? { reasons: group.reasons, entries: group.count } : {};
+      log.info(
+        { service: group.service, reason: group.reasons[0], ...many },
+        "service no longer skipped",
+      );
     }
     for (const warning of changes.warningsAppeared) log.warn({ warning }, "node configuration");
   }

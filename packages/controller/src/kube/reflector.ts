@@ -20,6 +20,8 @@ export interface ListPage {
 /** Lifecycle events, for logs and metrics. */
 export type ReflectorEvent =
   | { readonly type: "listed"; readonly objects: number }
+  /** The server accepted a watch (answered 200): the connection to it works again. */
+  | { readonly type: "watching" }
   | { readonly type: "watch-ended"; readonly error?: unknown }
   | { readonly type: "expired" }
   | { readonly type: "retry"; readonly error: unknown; readonly delayMs: number };
@@ -286,7 +288,13 @@ export class Reflector<T> {
         .then(
           (controller) => {
             this.currentWatch = controller;
-            if (this.stopped || settled) controller.abort();
+            if (this.stopped || settled) {
+              controller.abort();
+              return;
+            }
+            // client-node calls `done` before returning when the request failed or was refused,
+            // so a watch still unsettled here was answered 200 and streams events.
+            this.options.onEvent?.({ type: "watching" });
           },
           (error: unknown) => settle(() => reject(error)),
         );
