@@ -57,6 +57,8 @@ class NftBackend implements Backend {
   private readonly queue = new SerialQueue();
   /** Undefined before the first successful sync, and after cleanup. */
   private applied: Applied | undefined;
+  /** Counts the transactions that changed the table, so a verify can tell whether one overlapped it. */
+  private generation = 0;
 
   constructor(
     private readonly nft: NftTool,
@@ -88,10 +90,18 @@ class NftBackend implements Backend {
     });
   }
 
-  verify(ruleset: Ruleset): Promise<boolean> {
+  /**
+   * Reads the table without waiting for changes queued meanwhile (a listing of 30,000 elements
+   * takes half a second, and a change must not wait for it): nft lists one consistent generation
+   * of the table. If a transaction of ours landed while it read, the listing may hold either
+   * state, so the answer is true and the next verify decides.
+   */
+  async verify(ruleset: Ruleset): Promise<boolean> {
+    validateRuleset(ruleset);
+    const generation = this.generation;
+    const listing = await this.nft.listTable(this.table);
     return this.queue.run(async () => {
-      validateRuleset(ruleset);
-      const listing = await this.nft.listTable(this.table);
+      if (this.generation !== generation) return true;
       let matches = false;
       try {
         matches = listing !== undefined && tableMatches(parseListing(listing), ruleset);
@@ -108,6 +118,7 @@ class NftBackend implements Backend {
       const present = await this.nft.hasTable(this.table);
       // Whatever happens next, the next apply must rebuild the table from scratch.
       this.applied = undefined;
+      this.generation += 1;
       return present && (await this.nft.deleteTable(this.table));
     });
   }
@@ -127,6 +138,7 @@ class NftBackend implements Backend {
     // nothing of the transaction was applied, so rebuild everything.
     if (refused !== undefined) return this.fullSync(next());
     applied.table.apply(diff);
+    this.generation += 1;
     return { mode: "incremental", changedMappings: mappingCount(diff) };
   }
 
@@ -140,6 +152,7 @@ class NftBackend implements Backend {
     }
     const table = MappingTable.of(ruleset);
     this.applied = { table, settings: settingsOf(ruleset), trusted: true };
+    this.generation += 1;
     return { mode: "full", changedMappings: table.size };
   }
 }

@@ -238,6 +238,29 @@ describe("verify and cleanup", () => {
     );
   });
 
+  it("verify reads without holding up a change, and answers true when one landed meanwhile", async () => {
+    let release = (_listing: string) => {};
+    const listing = new Promise<string>((resolve) => {
+      release = resolve;
+    });
+    const runner: CommandRunner = async (_file, args) => ({
+      stdout: args[1] === "list" ? await listing : "",
+      stderr: "",
+      exitCode: 0,
+    });
+    const backend = createNftBackend({ runner });
+    await backend.apply(v1);
+    const verified = backend.verify(v1);
+    // The change is not queued behind the half-second read.
+    expect(await backend.apply(v2)).toEqual({ mode: "incremental", changedMappings: 1 });
+    release('{"nftables":[]}');
+    expect(await verified).toBe(true);
+    // The same listing with no change in between is drift.
+    const alone = createNftBackend({ runner });
+    await alone.apply(v1);
+    expect(await alone.verify(v1)).toBe(false);
+  });
+
   it("verify is false for a listing that is not ours", async () => {
     const { runner } = scriptedRunner(() => ({
       stdout: '{"nftables":[{"chain":{"name":"prerouting"}}]}',

@@ -6,8 +6,9 @@
  *   so its cost follows the change, not the number of Services. Bursts closer together than
  *   `minSyncPeriodMs` are coalesced into one sync.
  * - Every `syncPeriodMs` the kernel is read back and compared with the whole desired state; drift
- *   (someone flushed our table) is repaired with a full sync. A verify that finds nothing to
- *   repair does not count as a sync, so it never delays the next change.
+ *   (someone flushed our table) is repaired with a full sync. The verify runs in the background,
+ *   so a change never waits for it, and one that finds nothing to repair does not count as a
+ *   sync, so it never delays the next change either.
  * - A failed sync leaves the previous rules in place and is retried with exponential backoff.
  * - After an apply, the conntrack entries of UDP flows it made stale are deleted (when a
  *   {@link ConntrackCleaner} is given): those of the mappings that changed since the last
@@ -95,6 +96,10 @@ export class SyncLoop {
   private readonly healthTimeoutMs: number;
   /** UDP destinations changed since the last successful apply, whose flows may be stale. */
   private readonly staleFlows = new Map<string, UdpDestination>();
+  /** The periodic verify in progress: it reads the whole kernel state, and changes go on meanwhile. */
+  private verification: Promise<void> | undefined;
+  /** Set by a verify that found the kernel elsewhere: the next sync is a full one. */
+  private driftFound = false;
 
   constructor(private readonly options: SyncLoopOptions) {
     this.clock = options.clock ?? systemClock;
@@ -118,6 +123,7 @@ export class SyncLoop {
     this.stopped = true;
     this.wake.abort();
     await this.loop;
+    await this.verification;
   }
 
   /** Readiness: once a sync succeeded and as long as the last one did. */
@@ -183,8 +189,8 @@ export class SyncLoop {
       if (full) this.pendingSince ??= this.clock.now();
       const now = this.clock.now();
       const waitingForRetry = retryAt !== undefined && now < retryAt;
-      const wantsApply = (full || this.dirty) && !waitingForRetry;
-      const verifyDue = now >= nextVerifyAt && !waitingForRetry;
+      const wantsApply = (full || this.driftFound || this.dirty) && !waitingForRetry;
+      const verifyDue = now >= nextVerifyAt && !waitingForRetry && this.verification === undefined;
       if (!wantsApply && !verifyDue) {
         await this.sleep((waitingForRetry ? (retryAt as number) : nextVerifyAt) - now);
         continue;
@@ -195,12 +201,14 @@ export class SyncLoop {
       }
 
       this.dirty = false;
+      const repair = this.driftFound;
+      this.driftFound = false;
       const observedAt = this.pendingSince;
       this.pendingSince = undefined;
       this.carriedSince = observedAt;
       this.busySince = now;
       try {
-        const applied = await this.sync({ full, verify: verifyDue });
+        const applied = await this.sync({ full: full || repair, verify: verifyDue });
         if (applied) lastApplyAt = this.clock.now();
         full = false;
         failures = 0;
@@ -229,8 +237,8 @@ export class SyncLoop {
   }
 
   /**
-   * One sync: the changes first (all of them when `full`), then, when due, a verify of the whole
-   * state with a full repair on drift. Returns whether anything was sent to the kernel.
+   * One sync: the changes (all of them when `full`), then, when due, a verify of the whole state
+   * started in the background. Returns whether anything was sent to the kernel.
    */
   private async sync(how: { full: boolean; verify: boolean }): Promise<boolean> {
     const { backend, state, metrics, log } = this.options;
@@ -248,12 +256,7 @@ export class SyncLoop {
     } else if (!isEmptyDiff(changes)) {
       applied = await backend.applyChanges(changes);
     }
-    if (how.verify && !how.full && result !== undefined) {
-      if (!(await backend.verify(result.ruleset))) {
-        log.warn("the kernel rules drifted from the desired state; repairing with a full sync");
-        applied = await backend.apply(result.ruleset, { full: true });
-      }
-    }
+    if (how.verify && !how.full && result !== undefined) this.startVerify(result);
     if (applied !== undefined) {
       // A full sync may follow anything, also a backend's own fallback from an incremental one.
       if (applied.mode === "full") {
@@ -276,8 +279,36 @@ export class SyncLoop {
         "rules applied",
       );
     }
-    if (result !== undefined) await this.inspect(result);
+    if (how.full && result !== undefined) await this.inspect(result);
     return applied !== undefined && applied.mode !== "none";
+  }
+
+  /**
+   * Compares the kernel with `result` in the background: reading 30,000 elements back takes half
+   * a second, and a change that arrives meanwhile must not wait for it. Drift (or a verify that
+   * fails) makes the next sync a full one; a backend may answer true when a change of ours
+   * landed while it read, leaving the question to the next verify.
+   */
+  private startVerify(result: RulesetResult): void {
+    const { backend, log } = this.options;
+    this.verification = (async () => {
+      try {
+        if (await backend.verify(result.ruleset)) {
+          await this.inspect(result);
+          return;
+        }
+        log.warn("the kernel rules drifted from the desired state; repairing with a full sync");
+      } catch (error) {
+        log.error(
+          { err: error },
+          "could not read the kernel rules back; repairing with a full sync",
+        );
+      }
+      this.driftFound = true;
+      this.wake.abort();
+    })().finally(() => {
+      this.verification = undefined;
+    });
   }
 
   private noteStaleFlows(destinations: readonly UdpDestination[]): void {

@@ -56,10 +56,16 @@ export class ManualClock implements Clock {
     this.time += ms;
   }
 
-  /** Resolves once someone sleeps on this clock; fails if nobody does within many turns. */
+  /**
+   * Resolves once someone sleeps on this clock and stays asleep for a few turns, so that work it
+   * started in the background (and that may wake it) has run; fails if nobody does within many
+   * turns.
+   */
   async idle(): Promise<void> {
+    let asleepFor = 0;
     for (let turn = 0; turn < 10_000; turn++) {
-      if (this.sleepers.size > 0) return;
+      asleepFor = this.sleepers.size > 0 ? asleepFor + 1 : 0;
+      if (asleepFor >= 10) return;
       await new Promise((resolve) => setImmediate(resolve));
     }
     throw new Error("nobody went to sleep: the code under test is stuck or busy");

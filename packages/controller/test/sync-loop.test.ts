@@ -131,6 +131,35 @@ describe("SyncLoop", () => {
     expect(backend.calls).toHaveLength(4);
   });
 
+  it("applies a change while a verify is still reading the kernel", async () => {
+    const { clock, backend, loop, change } = setUp({ minSyncPeriodMs: 0 });
+    change("default/a", service("a", "192.0.2.1"));
+    loop.start();
+    await clock.idle();
+    let release = () => {};
+    backend.blockUntil(
+      new Promise((resolve) => {
+        release = () => resolve();
+      }),
+      "verify",
+    );
+    await clock.advance(SYNC_PERIOD);
+    change("default/b", service("b", "192.0.2.2"));
+    await clock.idle();
+    // The verify has not answered yet, and the change is in the kernel already.
+    expect(callsOf(backend)).toEqual(["apply:full", "applyChanges:incremental"]);
+    release();
+    await clock.idle();
+    // It compared the kernel with the state before the change: a backend whose verify overlaps a
+    // change answers true (nft does); the fake does not, so a repair follows.
+    expect(callsOf(backend)).toEqual([
+      "apply:full",
+      "applyChanges:incremental",
+      "verify:false",
+      "apply:full",
+    ]);
+  });
+
   it("repairs drift found by the periodic verify with a full sync", async () => {
     const { clock, backend, loop, change } = setUp();
     change("default/a", service("a", "192.0.2.1"));

@@ -38,7 +38,7 @@ export interface ApplyResult {
  * A kernel backend. It remembers what it last applied, so that a change costs work in proportion
  * to the change. Every method validates its input first (an `InvalidRulesetError` means nothing
  * ran) and fails with a `BackendError` subclass that leaves the previous rules in place. Calls on
- * one backend run one at a time, in the order they were made.
+ * one backend that change the kernel run one at a time, in the order they were made.
  */
 export interface Backend {
   /** `nft` or `iptables`. */
@@ -57,7 +57,12 @@ export interface Backend {
    * because its state drifted, is answered with a full sync of the resulting ruleset.
    */
   applyChanges(changes: RulesetDiff): Promise<ApplyResult>;
-  /** True when the kernel holds exactly `ruleset` (what a full sync would produce). Reads it all back. */
+  /**
+   * True when the kernel holds exactly `ruleset` (what a full sync would produce). Reads it all
+   * back. A backend may read without waiting for queued changes, and then answers true when one of
+   * its own changes landed while it read (the comparison would be meaningless): the next verify
+   * decides. A false answer means drift, and the backend applies the next change in full.
+   */
   verify(ruleset: Ruleset): Promise<boolean>;
   /** Removes everything this backend ever created and nothing else. Returns true if anything was removed. */
   cleanup(): Promise<boolean>;

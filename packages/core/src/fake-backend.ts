@@ -27,7 +27,7 @@ export class FakeBackend implements Backend {
   /** What the backend believes it applied last; differs from the kernel after {@link drift}. */
   private applied: { table: MappingTable; settings: RulesetSettings } | undefined;
   private readonly failures: Error[] = [];
-  private hold: Promise<void> | undefined;
+  private hold: { release: Promise<void>; only?: keyof Backend } | undefined;
 
   /** Makes the next `count` calls that would reach the kernel throw `error`. */
   failNext(error: Error, count = 1): void {
@@ -39,9 +39,12 @@ export class FakeBackend implements Backend {
     this.failures.length = 0;
   }
 
-  /** Makes calls wait until `release` settles: a kernel tool that hangs. */
-  blockUntil(release: Promise<void>): void {
-    this.hold = release;
+  /**
+   * Makes calls (or only calls of method `only`) wait until `release` settles: a kernel tool that
+   * hangs, or a long read of the kernel.
+   */
+  blockUntil(release: Promise<void>, only?: keyof Backend): void {
+    this.hold = { release, only };
   }
 
   /** What the "kernel" holds, as a canonical ruleset (undefined when nothing). */
@@ -135,7 +138,8 @@ export class FakeBackend implements Backend {
     operation: () => Promise<T>,
     extra: { full?: boolean } = {},
   ): Promise<T> {
-    if (this.hold !== undefined) await this.hold;
+    const hold = this.hold;
+    if (hold !== undefined && (hold.only === undefined || hold.only === method)) await hold.release;
     try {
       const failure = this.failures.shift();
       if (failure !== undefined) throw failure;
