@@ -17,11 +17,14 @@
 //   the sync, and the line's arrival is the time.
 
 import { createInterface } from "node:readline";
-import { CHAINS, dnatRule, tokenize } from "@ipvs-node-controller/backend-iptables";
+import { bucketChain, bucketOf, dnatRule, tokenize } from "@ipvs-node-controller/backend-iptables";
 import { runnerIn } from "@ipvs-node-controller/test-support";
 import { startProcess } from "./cleanup.mjs";
 import { sleep } from "./log.mjs";
 import { CHANGED_IPS } from "./services.mjs";
+
+/** The chain holding a mapping's DNAT rule: the bucket of its external IP's last byte. */
+const chainOf = (mapping) => bucketChain(bucketOf(dnatKey(mapping)));
 
 /** Resolves with `performance.now()` when `ip`'s rules appear; see {@link Watcher.expect}. */
 class Pending {
@@ -127,7 +130,7 @@ export async function rulePoller(namespace, variant) {
       const seen = pending.add(ip);
       const rule = dnatRule(mapping);
       poller.stdin.write(
-        `${JSON.stringify({ ip, check: [CHAINS.dnat, ...tokenize(rule)], line: `-A ${CHAINS.dnat} ${rule}` })}\n`,
+        `${JSON.stringify({ ip, check: [chainOf(mapping), ...tokenize(rule)], line: `-A ${chainOf(mapping)} ${rule}` })}\n`,
       );
       return seen;
     },
@@ -169,8 +172,8 @@ export function syncChecker(namespace, variant) {
         pending.set(ip, {
           ip,
           resolve,
-          check: [CHAINS.dnat, ...tokenize(rule)],
-          line: `-A ${CHAINS.dnat} ${rule}`,
+          check: [chainOf(mapping), ...tokenize(rule)],
+          line: `-A ${chainOf(mapping)} ${rule}`,
         });
       });
     },
