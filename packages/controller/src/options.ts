@@ -33,6 +33,7 @@ export interface RuleFlags {
   podInterfaceNamePrefix?: string;
   onlyLocalTrafficPolicy: boolean;
   externalIps: boolean;
+  maxMappingsPerService: string;
 }
 
 /** Backend options as commander hands them over. */
@@ -91,9 +92,11 @@ export function addRuleOptions(command: Command): Command {
       "handle only Services with externalTrafficPolicy: Local",
       false,
     )
+    .option("--no-external-ips", "do not translate spec.externalIPs, only LoadBalancer ingress IPs")
     .option(
-      "--no-external-ips",
-      "do not translate spec.externalIPs, only LoadBalancer ingress IPs",
+      "--max-mappings-per-service <count>",
+      "skip a Service that asks for more mappings (external addresses × ports)",
+      "65536",
     );
 }
 
@@ -164,6 +167,12 @@ export function coreConfigFromFlags(flags: RuleFlags): CoreConfig {
     onlyLocalTrafficPolicy: flags.onlyLocalTrafficPolicy,
     externalIPs: flags.externalIps,
     extraPodCIDRs: flags.podCidr,
+    maxMappingsPerService: parseInteger(
+      "--max-mappings-per-service",
+      flags.maxMappingsPerService,
+      1,
+      Number.MAX_SAFE_INTEGER,
+    ),
   });
 }
 

@@ -21,6 +21,7 @@ export const DEFAULT_CONFIG: CoreConfig = Object.freeze({
   masqueradeBit: 14,
   localDetection: Object.freeze({ mode: "NodeCIDR" }) as LocalDetection,
   extraPodCIDRs: Object.freeze([]) as readonly string[],
+  maxMappingsPerService: 65_536,
 });
 
 /** Characters of a Linux interface name that cannot quote or escape anything in a rule. */
@@ -139,12 +140,17 @@ export function resolveConfig(partial: Partial<CoreConfig> = {}): CoreConfig {
       `onlyLocalTrafficPolicy: ${quote(merged.onlyLocalTrafficPolicy)} is not a boolean`,
     );
   }
+  const cap = merged.maxMappingsPerService;
+  if (!Number.isInteger(cap) || cap < 1) {
+    throw new ConfigError(`max mappings per Service: ${quote(cap)} is not a positive integer`);
+  }
   if (!Array.isArray(merged.extraPodCIDRs)) {
     throw new ConfigError(`extra pod CIDRs: ${quote(merged.extraPodCIDRs)} is not a list`);
   }
   return {
     families: normaliseFamilies(merged.families),
     extraPodCIDRs: canonicalCIDRs("pod CIDR", merged.extraPodCIDRs),
+    maxMappingsPerService: cap,
     externalIPs: merged.externalIPs,
     onlyLocalTrafficPolicy: merged.onlyLocalTrafficPolicy,
     masqueradeBit: bit,

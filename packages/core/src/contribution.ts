@@ -337,6 +337,15 @@ export function contributionOf(
   };
   const addresses = externalAddresses(service, config);
   const admitted = admit(service, config, addresses.length > 0, skip);
+  // Checked before any claim is built: a million of them would exhaust memory on the way.
+  const asked = admitted === undefined ? 0 : addresses.length * admitted.ports.length;
+  if (admitted !== undefined && asked > config.maxMappingsPerService) {
+    skip(
+      "TooManyMappings",
+      `${addresses.length} external addresses × ${admitted.ports.length} ports ask for ${asked} mappings, more than the ${config.maxMappingsPerService} allowed per Service`,
+    );
+    return { claims: NO_CLAIMS, skipped: skipped ?? NO_SKIPS };
+  }
   const claimed = admitted === undefined ? [] : claim(admitted, addresses, enabled, skip);
   // A copy of exact size: the pushed-to array reserved room for more, and this one is kept.
   const claims = claimed.length === 0 ? NO_CLAIMS : claimed.slice();

@@ -102,6 +102,8 @@ export type SkipReason =
   | "InvalidPort"
   /** The Service has no usable port at all. */
   | "NoPorts"
+  /** The Service lists more external addresses × ports than `maxMappingsPerService`. */
+  | "TooManyMappings"
   /** Another Service already claims this (IP, protocol, port); see {@link Conflict}. */
   | "Conflict";
 
@@ -150,6 +152,12 @@ export interface CoreConfig {
    * that leave those empty. Default none.
    */
   readonly extraPodCIDRs: readonly string[];
+  /**
+   * The most mappings one Service may ask for (external addresses listed × ports). A Service with
+   * 100 externalIPs and 10,000 ports asks for a million, enough to exhaust the controller's
+   * memory; such a Service is skipped as `TooManyMappings`. Default 65,536.
+   */
+  readonly maxMappingsPerService: number;
 }
 
 /** What `computeRuleset` and `RulesetEngine.result` return. */

@@ -293,6 +293,39 @@ describe("local traffic detection and the mark", () => {
   });
 });
 
+describe("a cap on the mappings of one Service", () => {
+  it("skips a Service asking for more, before building any of them", () => {
+    const ports = Array.from({ length: 1_000 }, (_, p) => ({ port: p + 1, protocol: "TCP" }));
+    const externalIPs = Array.from({ length: 100 }, (_, i) => `198.51.100.${i + 1}`);
+    const result = computeRuleset({
+      services: [lbService({ name: "huge", ports, externalIPs }), lbService({ name: "web" })],
+    });
+    expect(result.skipped).toEqual([
+      {
+        service: "default/huge",
+        reason: "TooManyMappings",
+        detail:
+          "101 external addresses × 1000 ports ask for 101000 mappings, more than the 65536 allowed per Service",
+      },
+    ]);
+    expect(mappingsOf({ services: [lbService({ name: "web" })] })).toHaveLength(1);
+    expect(result.ruleset.families[0]?.mappings.map((m) => m.service.name)).toEqual(["web"]);
+  });
+
+  it("takes the limit from the configuration, and refuses a bad one", () => {
+    const service = lbService({ ports: [{ port: 80 }, { port: 81 }] });
+    expect(reasonsOf({ services: [service], config: { maxMappingsPerService: 1 } })).toEqual([
+      "TooManyMappings",
+    ]);
+    expect(mappingsOf({ services: [service], config: { maxMappingsPerService: 2 } })).toHaveLength(
+      2,
+    );
+    expect(() => computeRuleset({ services: [], config: { maxMappingsPerService: 0 } })).toThrow(
+      ConfigError,
+    );
+  });
+});
+
 describe("bad configuration throws a ConfigError naming the value", () => {
   it.each([
     [{ masqueradeBit: 32 }, /masquerade bit: 32/],
