@@ -17,7 +17,13 @@
 //   the sync, and the line's arrival is the time.
 
 import { createInterface } from "node:readline";
-import { bucketChain, bucketOf, dnatRule, tokenize } from "@ipvs-node-controller/backend-iptables";
+import {
+  bucketChain,
+  bucketOf,
+  dnatKey,
+  dnatRule,
+  tokenize,
+} from "@ipvs-node-controller/backend-iptables";
 import { runnerIn } from "@ipvs-node-controller/test-support";
 import { startProcess } from "./cleanup.mjs";
 import { sleep } from "./log.mjs";
