@@ -82,11 +82,9 @@ class NftBackend implements Backend {
   applyChanges(changes: RulesetDiff): Promise<ApplyResult> {
     return this.queue.run(async () => {
       validateChanges(changes);
-      return this.change(changes, () => {
-        const next = this.applied?.table.clone() ?? new MappingTable();
-        next.apply(changes);
-        return next.toRuleset(changes.settings);
-      });
+      return this.change(changes, () =>
+        (this.applied?.table ?? new MappingTable()).rulesetAfter(changes),
+      );
     });
   }
 

@@ -77,7 +77,5 @@ export function isEmptyDiff(diff: RulesetDiff): boolean {
 
 /** Applies a diff to the ruleset it was computed from, giving the ruleset it was computed to. */
 export function applyDiff(previous: Ruleset, diff: RulesetDiff): Ruleset {
-  const table = MappingTable.of(previous);
-  table.apply(diff);
-  return table.toRuleset(diff.settings);
+  return MappingTable.of(previous).rulesetAfter(diff);
 }

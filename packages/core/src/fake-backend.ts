@@ -83,9 +83,7 @@ export class FakeBackend implements Backend {
       validateChanges(changes);
       if (this.applied === undefined || changes.settingsChanged) {
         const table = this.applied?.table ?? new MappingTable();
-        const next = table.clone();
-        next.apply(changes);
-        return this.replace(next.toRuleset(changes.settings));
+        return this.replace(table.rulesetAfter(changes));
       }
       return this.update(changes);
     });
@@ -121,9 +119,7 @@ export class FakeBackend implements Backend {
     const applied = this.applied as { table: MappingTable; settings: RulesetSettings };
     // A kernel that lost its state refuses the change, as nft does: rebuild everything.
     if (this.kernel === undefined) {
-      const next = applied.table.clone();
-      next.apply(diff);
-      return this.replace(next.toRuleset(diff.settings));
+      return this.replace(applied.table.rulesetAfter(diff));
     }
     this.kernel.table.apply(diff);
     applied.table.apply(diff);

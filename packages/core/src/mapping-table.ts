@@ -67,6 +67,16 @@ export class MappingTable {
     for (const mapping of diff.added) this.put(mapping);
   }
 
+  /**
+   * The ruleset these mappings make once `diff` is applied, with the diff's settings; this table
+   * stays as it is. What a backend rebuilds from when a change must become a full sync.
+   */
+  rulesetAfter(diff: RulesetDiff): Ruleset {
+    const next = this.clone();
+    next.apply(diff);
+    return next.toRuleset(diff.settings);
+  }
+
   /** Every mapping, in no particular order. */
   *values(): IterableIterator<Mapping> {
     for (const ports of this.byIP.values()) yield* ports.values();
