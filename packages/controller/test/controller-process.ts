@@ -5,7 +5,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { readdir, readFile, readlink, stat } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
-import { type HttpAnswer, httpGet, runnerIn } from "@ipvs-node-controller/test-support";
+import { eventually, type HttpAnswer, httpGet, runnerIn } from "@ipvs-node-controller/test-support";
 
 /** The built CLI: the tests run what the DaemonSet runs. */
 export const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
@@ -47,10 +47,14 @@ export interface ControllerProcess {
   metricsText(): Promise<string>;
   /** The value of one sample, e.g. `metric('ipvs_node_controller_watch_failing{resource="services"}')`; NaN when absent. */
   metric(sample: string): Promise<number>;
+  /** Waits until `/readyz` answers 200 (the first sync is in the kernel); fails at once if the process exits. */
+  waitReady(timeoutMs?: number): Promise<void>;
   /** The last `lines` of the log and other output, for a failure report. */
   tail(lines?: number): string;
   /** SIGTERM, then SIGKILL after `graceMs`; resolves with the exit code (null when killed). */
   stop(graceMs?: number): Promise<number | null>;
+  /** SIGKILL, as the kubelet does after the grace period: no shutdown code runs. */
+  kill(): Promise<void>;
 }
 
 export const METRICS_PORT = 10266;
@@ -114,20 +118,43 @@ export function startControllerProcess(options: ControllerProcessOptions): Contr
   const exited = new Promise<number | null>((resolve) => {
     child.once("exit", (code) => resolve(code));
   });
+  const health = (path: "/healthz" | "/readyz") =>
+    httpGet(runner, `http://127.0.0.1:${healthPort}${path}`);
+  const tail = (lines = 40) =>
+    [
+      ...entries.slice(-lines).map((entry) => JSON.stringify(entry)),
+      ...other.trim().split("\n").slice(-lines),
+    ].join("\n");
   return {
     pid: child.pid as number,
     child,
     entries: () => entries,
-    tail: (lines = 40) =>
-      [
-        ...entries.slice(-lines).map((entry) => JSON.stringify(entry)),
-        ...other.trim().split("\n").slice(-lines),
-      ].join("\n"),
+    tail,
     otherOutput: () => other,
-    health: (path) => httpGet(runner, `http://127.0.0.1:${healthPort}${path}`),
+    health,
+    async waitReady(timeoutMs = 30_000) {
+      await eventually(
+        "the controller has synced (ready)",
+        async () => {
+          if (child.exitCode !== null || child.signalCode !== null) {
+            throw new Error(
+              `the controller exited (${child.exitCode ?? child.signalCode}):\n${tail()}`,
+            );
+          }
+          return (await health("/readyz")).status === 200;
+        },
+        timeoutMs,
+        100,
+      );
+    },
     metricsText,
     async metric(sample) {
       return sampleValue(await metricsText(), sample);
+    },
+    async kill() {
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill("SIGKILL");
+      await exited;
     },
     async stop(graceMs = 30_000) {
       if (child.exitCode !== null || child.signalCode !== null) return child.exitCode;

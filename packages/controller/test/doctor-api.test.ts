@@ -6,7 +6,6 @@
 import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import {
   bridgeIntoNamespace,
   createTopology,
@@ -19,9 +18,9 @@ import {
 } from "@ipvs-node-controller/test-support";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DoctorReport } from "../src/index.js";
+import { CLI } from "./controller-process.js";
+import { controllerKubeconfig, loadBalancerService, setIngress } from "./node-fixture.js";
 
-const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
-const DEPLOY_BASE = fileURLToPath(new URL("../../../deploy/base", import.meta.url));
 const NODE_NAME = "worker-1";
 
 const enabled =
@@ -54,10 +53,7 @@ describe.skipIf(!enabled)("doctor against a real API server", () => {
       host: "127.0.0.1",
       port: Number(new URL(api.serverUrl).port),
     });
-    await api.kubectl(["apply", "-k", DEPLOY_BASE]);
-    kubeconfig = await api.writeKubeconfig(
-      await api.serviceAccountToken("kube-system", "ipvs-node-controller"),
-    );
+    kubeconfig = await controllerKubeconfig(api);
     const apply = (object: unknown) =>
       api.kubectl(["apply", "-f", "-"], { input: JSON.stringify(object) });
     await apply({
@@ -66,27 +62,8 @@ describe.skipIf(!enabled)("doctor against a real API server", () => {
       metadata: { name: NODE_NAME },
       spec: { podCIDR: "10.244.1.0/24", podCIDRs: ["10.244.1.0/24"] },
     });
-    await apply({
-      apiVersion: "v1",
-      kind: "Service",
-      metadata: { namespace: "default", name: "web" },
-      spec: {
-        type: "LoadBalancer",
-        externalTrafficPolicy: "Local",
-        clusterIP: "10.96.0.10",
-        ports: [{ port: 80, protocol: "TCP", targetPort: 8080 }],
-        selector: { app: "web" },
-      },
-    });
-    await api.kubectl([
-      "patch",
-      "service",
-      "web",
-      "--subresource=status",
-      "--type=merge",
-      "-p",
-      JSON.stringify({ status: { loadBalancer: { ingress: [{ ip: "192.0.2.10" }] } } }),
-    ]);
+    await apply(loadBalancerService("web", "10.96.0.10"));
+    await setIngress(api, "web", "192.0.2.10");
     await topology.addNodeAddresses(["192.0.2.10", "10.96.0.10"]);
     await topology.listen([{ ip: "10.96.0.10", port: 80, protocol: "tcp", reply: "web" }]);
   }, 180_000);

@@ -3,17 +3,14 @@
  * inside a node network namespace with the ServiceAccount token of deploy/, and real traffic from a
  * pod namespace to LoadBalancer IPs. No HTTP mocks.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import {
   bridgeIntoNamespace,
   createTopology,
   envtestTestsEnabled,
   eventually,
-  httpGet,
   kernelTestsEnabled,
   startTestApiServer,
   type TcpBridge,
@@ -21,27 +18,18 @@ import {
   type Topology,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CLI, type ControllerProcess, startControllerProcess } from "./controller-process.js";
+import {
+  controllerKubeconfig,
+  loadBalancerService,
+  setIngress as setIngressOf,
+} from "./node-fixture.js";
 
-const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
-const DEPLOY_BASE = fileURLToPath(new URL("../../../deploy/base", import.meta.url));
 const NODE_NAME = "worker-1";
 
 const enabled =
   (await kernelTestsEnabled("controller e2e tests")) &&
   (await envtestTestsEnabled("controller e2e tests")) !== undefined;
-
-const LB_SERVICE = (name: string, clusterIP: string, port = 80) => ({
-  apiVersion: "v1",
-  kind: "Service",
-  metadata: { namespace: "default", name },
-  spec: {
-    type: "LoadBalancer",
-    externalTrafficPolicy: "Local",
-    clusterIP,
-    ports: [{ port, protocol: "TCP", targetPort: 8080 }],
-    selector: { app: name },
-  },
-});
 
 describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
   "controller end to end with --backend %s",
@@ -50,23 +38,13 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
     let topology: Topology;
     let bridge: TcpBridge;
     let kubeconfig: string;
-    let controller: ChildProcess | undefined;
-    let controllerLog = "";
-    let starts = 0;
+    /** Every controller process started, the running one last. */
+    const runs: ControllerProcess[] = [];
 
     const kubectl = async (...args: string[]) => (await api.kubectl(args)).stdout;
     const apply = (object: unknown) =>
       api.kubectl(["apply", "-f", "-"], { input: JSON.stringify(object) });
-    const setIngress = (name: string, ...ips: string[]) =>
-      kubectl(
-        "patch",
-        "service",
-        name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        JSON.stringify({ status: { loadBalancer: { ingress: ips.map((ip) => ({ ip })) } } }),
-      );
+    const setIngress = (name: string, ...ips: string[]) => setIngressOf(api, name, ...ips);
     const answers = async (ip: string, port: number, reply: string) => {
       const result = await topology.connect("pod", ip, port, "tcp", { timeoutMs: 1000 });
       return result.ok && result.reply === reply;
@@ -75,54 +53,30 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
       const result = await topology.connect("pod", ip, port, "tcp", { timeoutMs: 1000 });
       return !result.ok && result.error === "refused";
     };
-    const health = (path: string) =>
-      httpGet(topology.runner("node"), `http://127.0.0.1:10267${path}`);
-    const metrics = async () =>
-      (await httpGet(topology.runner("node"), "http://127.0.0.1:10266/metrics")).body;
 
     function startController(): void {
-      const child = spawn(
-        "ip",
-        [
-          "netns",
-          "exec",
-          topology.namespaces.node,
-          process.execPath,
-          CLI,
-          "run",
-          `--backend=${backend}`,
-          `--kubeconfig=${kubeconfig}`,
-          `--node-name=${NODE_NAME}`,
-          // The Node has no IPv6 pod CIDR: a warning that must be logged once per start.
-          "--net-stack=ipv4,ipv6",
-          "--sync-period=2s",
-          "--min-sync-period=100ms",
-          "--log-level=debug",
-          "--metrics-bind-address=127.0.0.1:10266",
-          "--health-probe-bind-address=127.0.0.1:10267",
-        ],
-        { stdio: ["ignore", "pipe", "pipe"] },
+      runs.push(
+        startControllerProcess({
+          namespace: topology.namespaces.node,
+          args: [
+            `--backend=${backend}`,
+            `--kubeconfig=${kubeconfig}`,
+            `--node-name=${NODE_NAME}`,
+            // The Node has no IPv6 pod CIDR: a warning that must be logged once per start.
+            "--net-stack=ipv4,ipv6",
+            "--sync-period=2s",
+            "--min-sync-period=100ms",
+            "--log-level=debug",
+          ],
+        }),
       );
-      child.stdout?.on("data", (chunk) => {
-        controllerLog += chunk;
-      });
-      child.stderr?.on("data", (chunk) => {
-        controllerLog += chunk;
-      });
-      controller = child;
-      starts += 1;
     }
 
-    async function stopController(): Promise<number | null> {
-      const child = controller;
-      controller = undefined;
-      if (child === undefined || child.exitCode !== null) return child?.exitCode ?? null;
-      const exited = new Promise<number | null>((resolve) =>
-        child.once("exit", (code) => resolve(code)),
-      );
-      child.kill("SIGTERM");
-      return exited;
-    }
+    /** Stops the running controller; resolves with its exit code. */
+    const stopController = async () => (await runs.at(-1)?.stop()) ?? null;
+    /** The log lines of every run so far. */
+    const logLines = () =>
+      runs.flatMap((run) => run.entries().map((entry) => JSON.stringify(entry)));
 
     beforeAll(async () => {
       api = await startTestApiServer();
@@ -131,10 +85,7 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
         host: "127.0.0.1",
         port: Number(new URL(api.serverUrl).port),
       });
-      await api.kubectl(["apply", "-k", DEPLOY_BASE]);
-      kubeconfig = await api.writeKubeconfig(
-        await api.serviceAccountToken("kube-system", "ipvs-node-controller"),
-      );
+      kubeconfig = await controllerKubeconfig(api);
       await apply({
         apiVersion: "v1",
         kind: "Node",
@@ -171,7 +122,7 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
       expect(denied.exitCode).not.toBe(0);
       expect(denied.stderr).toMatch(/forbidden/i);
 
-      await apply(LB_SERVICE("web", "10.96.0.10"));
+      await apply(loadBalancerService("web", "10.96.0.10"));
       await setIngress("web", "192.0.2.10");
       expect(await refused("192.0.2.10", 80)).toBe(true); // the bug, before the controller runs
 
@@ -204,12 +155,10 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
         answers("192.0.2.10", 80, "web"),
       );
       await eventually("the other backend's rules are removed", async () => !(await otherRules()));
-      await eventually(
-        "the controller is ready",
-        async () => (await health("/readyz")).status === 200,
-      );
-      expect((await health("/healthz")).status).toBe(200);
-      const text = await metrics();
+      const controller = runs.at(-1) as ControllerProcess;
+      await controller.waitReady();
+      expect((await controller.health("/healthz")).status).toBe(200);
+      const text = await controller.metricsText();
       expect(text).toMatch(/ipvs_node_controller_mappings\{family="ipv4"\} 1/);
       expect(text).toMatch(/ipvs_node_controller_last_successful_sync_timestamp_seconds \d/);
       expect(text).toMatch(/ipvs_node_controller_network_programming_duration_seconds_count \d/);
@@ -217,7 +166,7 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
       expect(text).toMatch(/ipvs_node_controller_local_external_ips\{family="ipv4"\} 1/);
       expect(text).toMatch(/ipvs_node_controller_external_ips\{family="ipv4"\} 1/);
       expect(text).toMatch(/ipvs_node_controller_kube_ipvs0_present 0/);
-      expect(controllerLog).toContain(
+      expect(logLines().join("\n")).toContain(
         "1 of the 1 translated external IPs are local addresses of this node (no kube-ipvs0)",
       );
     }, 60_000);
@@ -226,7 +175,7 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
       await setIngress("web", "192.0.2.11");
       await eventually("web moves to its new LB IP", () => answers("192.0.2.11", 80, "web"));
       await eventually("the old LB IP is no longer translated", () => refused("192.0.2.10", 80));
-      await apply(LB_SERVICE("api", "10.96.0.20"));
+      await apply(loadBalancerService("api", "10.96.0.20"));
       await setIngress("api", "192.0.2.20");
       await eventually("api is reachable", () => answers("192.0.2.20", 80, "api"));
     }, 60_000);
@@ -244,7 +193,7 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
       const restart = api.restartApiServer();
       expect(await answers("192.0.2.11", 80, "web")).toBe(true);
       await restart;
-      await apply(LB_SERVICE("late", "10.96.0.30"));
+      await apply(loadBalancerService("late", "10.96.0.30"));
       await setIngress("late", "192.0.2.20");
       await eventually(
         "a Service created after the restart is programmed",
@@ -255,7 +204,7 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
     }, 120_000);
 
     it("repairs rules flushed by someone else within the sync period", async () => {
-      const drifts = () => controllerLog.match(/drifted/g)?.length ?? 0;
+      const drifts = () => logLines().filter((line) => line.includes("drifted")).length;
       const before = drifts();
       // Traffic is not probed between the flush and the repair: the periodic verification may
       // already have repaired it. The controller's own report of the drift proves it saw it.
@@ -273,12 +222,14 @@ describe.skipIf(!enabled).each(["nft", "iptables"] as const)(
     }, 30_000);
 
     it("logged the node warning once per start, through every sync since", () => {
-      const warnings = controllerLog
-        .split("\n")
-        .filter((line) => line.includes("no ipv6 pod CIDR is known for this node"));
-      expect(starts).toBeGreaterThan(1);
-      expect(warnings).toHaveLength(starts);
-      expect(controllerLog.match(/"msg":"rules applied"/g)?.length ?? 0).toBeGreaterThan(starts);
+      const warnings = logLines().filter((line) =>
+        line.includes("no ipv6 pod CIDR is known for this node"),
+      );
+      expect(runs.length).toBeGreaterThan(1);
+      expect(warnings).toHaveLength(runs.length);
+      expect(
+        logLines().filter((line) => line.includes('"msg":"rules applied"')).length,
+      ).toBeGreaterThan(runs.length);
     });
   },
 );

@@ -1,45 +1,10 @@
-/**
- * The controller beside a real kube-proxy on one node: kube-proxy (the release the test API
- * server is built from) in its nftables and in its iptables mode, `ipvs-node-controller run` with
- * each backend, a real kube-apiserver + etcd, and real traffic in both IP families.
- *
- * Where kube-proxy runs in nftables or iptables mode, LoadBalancer IPs and externalIPs are
- * virtual: only kube-proxy's NAT rules serve them, and kube-proxy already sends traffic from pods
- * and from the node itself to the endpoints ("short-circuit"). The controller must leave that
- * alone: its rules translate only destinations that are addresses of the node, which is what
- * kube-proxy's IPVS mode makes every LB IP. So on this node:
- * - `web` (served by kube-proxy, its endpoint on another node) must reach the endpoint from a pod
- *   and from the host, through its LB IP and its externalIP, with and without the controller,
- *   and kube-proxy's rules must not change;
- * - `ipvs-node` emulates a Service of an IPVS node, the positive control: kube-proxy is told to
- *   ignore it (`service.kubernetes.io/service-proxy-name`), its LB IP and cluster IP are bound on
- *   the node as IPVS binds them on kube-ipvs0, and a listener on the cluster IP stands in for the
- *   IPVS virtual server. A pod connecting to its LB IP is refused (the bug) until the controller
- *   translates it;
- * - restarting kube-proxy (which re-asserts its chains and jumps) or the controller leaves every
- *   rule of both in place, and `cleanup --backend all` removes the controller's and nothing else.
- *
- * Without the locality guard (`fib daddr type local` / `-m addrtype --dst-type LOCAL`) in either
- * backend, web's traffic stops reaching its endpoint while the controller runs, and this fails.
- *
- * ```text
- *   pod 10.244.1.2 --- node (kube-proxy + controller; ipvs-node's LB IP and cluster IP on lo)
- *                        |
- *                      remote: web's endpoint 10.244.2.10:8080 (a pod on another node), and the
- *                              LB IPs and externalIPs (the load balancer outside the node)
- * ```
- */
-import { type ChildProcess, spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import {
   ADDRESS_PLAN,
   bridgeIntoNamespace,
   cleanupKubeProxy,
   createTopology,
   envtestTestsEnabled,
-  eventually,
   type Host,
-  httpGet,
   iptablesSaveLines,
   KUBE_PROXY_MODES,
   type KubeProxy,
@@ -54,9 +19,8 @@ import {
   type Topology,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-
-const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
-const DEPLOY_BASE = fileURLToPath(new URL("../../../deploy/base", import.meta.url));
+import { CLI, type ControllerProcess, startControllerProcess } from "./controller-process.js";
+import { controllerKubeconfig } from "./node-fixture.js";
 
 const SUITE = "kube-proxy coexistence tests";
 const enabled =
@@ -145,7 +109,7 @@ interface Case {
 
 describe.skipIf(!enabled)("the controller beside a real kube-proxy", () => {
   let api: TestApiServer;
-  let controllerKubeconfig: string;
+  let ourKubeconfig: string;
   let kubeProxyKubeconfig: string;
 
   beforeAll(async () => {
@@ -163,10 +127,7 @@ describe.skipIf(!enabled)("the controller beside a real kube-proxy", () => {
         JSON.stringify({ status }),
       ]);
 
-    await api.kubectl(["apply", "-k", DEPLOY_BASE]);
-    controllerKubeconfig = await api.writeKubeconfig(
-      await api.serviceAccountToken("kube-system", "ipvs-node-controller"),
-    );
+    ourKubeconfig = await controllerKubeconfig(api);
     // kube-proxy with the identity and the built-in role a cluster gives it.
     await api.kubectl(["create", "serviceaccount", "kube-proxy", "--namespace=kube-system"]);
     await api.kubectl([
@@ -229,8 +190,6 @@ describe.skipIf(!enabled)("the controller beside a real kube-proxy", () => {
     let topology: Topology;
     let bridge: TcpBridge;
     let kubeProxy: KubeProxy | undefined;
-    let controller: ChildProcess | undefined;
-    let controllerLog = "";
     /** kube-proxy's rules once it has synced, before the controller ever ran. */
     let baseline: string[];
 
@@ -296,59 +255,27 @@ describe.skipIf(!enabled)("the controller beside a real kube-proxy", () => {
       ...(await iptablesSaveLines(node())),
     ];
 
-    const controllerHttp = (path: string) => httpGet(node(), `http://127.0.0.1:10267${path}`);
+    /** The last controller started (it may have been stopped since). */
+    let controller: ControllerProcess | undefined;
 
     async function startController(backend: "nft" | "iptables"): Promise<void> {
-      const child = spawn(
-        "ip",
-        [
-          "netns",
-          "exec",
-          topology.namespaces.node,
-          process.execPath,
-          CLI,
-          "run",
+      controller = startControllerProcess({
+        namespace: topology.namespaces.node,
+        args: [
           `--backend=${backend}`,
-          `--kubeconfig=${controllerKubeconfig}`,
+          `--kubeconfig=${ourKubeconfig}`,
           `--node-name=${NODE_NAME}`,
           "--net-stack=ipv4,ipv6",
           // No periodic repair while a test runs: a rule the other program moved or removed must
           // show, not be put back before the comparison.
           "--sync-period=10m",
           "--min-sync-period=100ms",
-          "--metrics-bind-address=127.0.0.1:10266",
-          "--health-probe-bind-address=127.0.0.1:10267",
         ],
-        { stdio: ["ignore", "pipe", "pipe"] },
-      );
-      child.stdout?.on("data", (chunk) => {
-        controllerLog += chunk;
       });
-      child.stderr?.on("data", (chunk) => {
-        controllerLog += chunk;
-      });
-      controller = child;
-      await eventually(
-        "the controller has synced (ready)",
-        async () => {
-          if (child.exitCode !== null) throw new Error(`controller exited:\n${controllerLog}`);
-          return (await controllerHttp("/readyz")).status === 200;
-        },
-        30_000,
-        100,
-      );
+      await controller.waitReady();
     }
 
-    async function stopController(): Promise<number | null> {
-      const child = controller;
-      controller = undefined;
-      if (child === undefined || child.exitCode !== null) return child?.exitCode ?? null;
-      const exited = new Promise<number | null>((resolve) =>
-        child.once("exit", (code) => resolve(code)),
-      );
-      child.kill("SIGTERM");
-      return exited;
-    }
+    const stopController = async () => (await controller?.stop()) ?? null;
 
     beforeAll(async () => {
       topology = await createTopology({ prefix: `kp${mode.slice(0, 3)}` });
@@ -401,7 +328,7 @@ describe.skipIf(!enabled)("the controller beside a real kube-proxy", () => {
       if (context.task.result?.state !== "fail") return;
       const tail = (text: string) => text.trim().split("\n").slice(-30).join("\n");
       console.error(`kube-proxy log (tail):\n${tail(kubeProxy?.log() ?? "(stopped)")}`);
-      console.error(`controller log (tail):\n${tail(controllerLog)}`);
+      console.error(`controller log (tail):\n${controller?.tail(30) ?? "(never started)"}`);
     });
 
     afterAll(async () => {

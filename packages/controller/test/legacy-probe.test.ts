@@ -8,26 +8,22 @@
  * iptables backend's variant detection and the other backend's cleanup run at start). Afterwards
  * the kernel's lists of legacy tables are still empty and iptables-nft-save does not warn.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import type { CommandRunner } from "@ipvs-node-controller/core";
 import {
   bridgeIntoNamespace,
   envtestTestsEnabled,
-  eventually,
   hostRunner,
-  httpGet,
   kernelTestsEnabled,
   runnerIn,
   startTestApiServer,
   type TestApiServer,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CLI, type ControllerProcess, startControllerProcess } from "./controller-process.js";
 
-const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
 const LEGACY_TABLE_LISTS = ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"];
 const kernel = await kernelTestsEnabled("legacy-probe kernel tests");
 const envtest = kernel && (await envtestTestsEnabled("legacy-probe tests of run")) !== undefined;
@@ -131,8 +127,7 @@ describe.skipIf(!kernel)("the CLI on a node without iptables-legacy tables", () 
 
 describe.skipIf(!envtest)("run on a node without iptables-legacy tables", () => {
   let api: TestApiServer;
-  let controller: ChildProcess | undefined;
-  let log = "";
+  let controller: ControllerProcess | undefined;
 
   beforeAll(async () => {
     api = await startTestApiServer();
@@ -151,7 +146,7 @@ describe.skipIf(!envtest)("run on a node without iptables-legacy tables", () => 
   }, 180_000);
 
   afterAll(async () => {
-    controller?.kill("SIGKILL");
+    await controller?.kill();
     await api?.stop();
   }, 60_000);
 
@@ -164,47 +159,21 @@ describe.skipIf(!envtest)("run on a node without iptables-legacy tables", () => 
         port: Number(new URL(api.serverUrl).port),
       });
       try {
-        log = "";
-        const child = spawn(
-          "ip",
-          [
-            "netns",
-            "exec",
-            name,
-            process.execPath,
-            CLI,
-            "run",
+        controller = startControllerProcess({
+          namespace: name,
+          args: [
             `--backend=${backend}`,
             `--kubeconfig=${api.kubeconfigPath}`,
             "--node-name=worker-1",
-            "--metrics-bind-address=127.0.0.1:10266",
-            "--health-probe-bind-address=127.0.0.1:10267",
           ],
-          { stdio: ["ignore", "pipe", "pipe"] },
-        );
-        controller = child;
-        child.stdout?.on("data", (chunk) => {
-          log += chunk;
         });
-        child.stderr?.on("data", (chunk) => {
-          log += chunk;
-        });
-        await eventually(
-          "the controller has applied its first sync",
-          async () => (await httpGet(run, "http://127.0.0.1:10267/readyz")).status === 200,
-          60_000,
-        ).catch((error: Error) => {
-          throw new Error(`${error.message}\n${log}`);
-        });
+        await controller.waitReady(60_000);
         const ours =
           backend === "nft"
             ? await run("nft", ["list", "tables"])
             : await run("iptables-nft-save", []);
         expect(ours.stdout).toMatch(backend === "nft" ? /ipvs-node-controller/ : /IPVSNC-DNAT/);
-        const exited = new Promise((resolve) => child.once("exit", resolve));
-        child.kill("SIGTERM");
-        expect(await exited).toBe(0);
-        controller = undefined;
+        expect(await controller.stop()).toBe(0);
         await expectNoLegacyTables(run);
       } finally {
         await bridge.stop();

@@ -3,6 +3,7 @@
  * the Node object, LB and cluster IPs bound like kube-ipvs0 binds them, listeners standing in for
  * IPVS, and functions that write Services through the API server the way MetalLB and users do.
  */
+import { fileURLToPath } from "node:url";
 import {
   bridgeIntoNamespace,
   createTopology,
@@ -10,6 +11,51 @@ import {
   type TestApiServer,
   type Topology,
 } from "@ipvs-node-controller/test-support";
+
+const DEPLOY_BASE = fileURLToPath(new URL("../../../deploy/base", import.meta.url));
+
+/**
+ * Applies deploy/base (ServiceAccount, ClusterRole, binding) and writes a kubeconfig holding the
+ * controller's ServiceAccount token: what the DaemonSet may do, and no more.
+ */
+export async function controllerKubeconfig(api: TestApiServer): Promise<string> {
+  await api.kubectl(["apply", "-k", DEPLOY_BASE]);
+  return api.writeKubeconfig(await api.serviceAccountToken("kube-system", "ipvs-node-controller"));
+}
+
+/** A LoadBalancer Service with `externalTrafficPolicy: Local` and one TCP port, without status. */
+export function loadBalancerService(name: string, clusterIP: string, port = 80) {
+  return {
+    apiVersion: "v1",
+    kind: "Service",
+    metadata: { namespace: "default", name },
+    spec: {
+      type: "LoadBalancer",
+      externalTrafficPolicy: "Local",
+      allocateLoadBalancerNodePorts: false,
+      clusterIP,
+      ports: [{ port, protocol: "TCP", targetPort: 8080 }],
+      selector: { app: name },
+    },
+  };
+}
+
+/** Sets status.loadBalancer.ingress of a Service in `default` the way MetalLB does: one write. */
+export async function setIngress(
+  api: TestApiServer,
+  name: string,
+  ...ips: string[]
+): Promise<void> {
+  await api.kubectl([
+    "patch",
+    "service",
+    name,
+    "--subresource=status",
+    "--type=merge",
+    "-p",
+    JSON.stringify({ status: { loadBalancer: { ingress: ips.map((ip) => ({ ip })) } } }),
+  ]);
+}
 
 /** One LoadBalancer Service of the fixture and the reply its cluster IP's listener gives. */
 export interface FixtureService {
@@ -97,32 +143,10 @@ export async function createNodeFixture(
     connectApiServer,
     async createService(service) {
       await api.kubectl(["apply", "-f", "-"], {
-        input: JSON.stringify({
-          apiVersion: "v1",
-          kind: "Service",
-          metadata: { namespace: "default", name: service.name },
-          spec: {
-            type: "LoadBalancer",
-            externalTrafficPolicy: "Local",
-            allocateLoadBalancerNodePorts: false,
-            clusterIP: service.clusterIP,
-            ports: [{ port: service.port ?? 80, protocol: "TCP", targetPort: 8080 }],
-            selector: { app: service.name },
-          },
-        }),
+        input: JSON.stringify(loadBalancerService(service.name, service.clusterIP, service.port)),
       });
     },
-    async setIngress(name, ...ips) {
-      await api.kubectl([
-        "patch",
-        "service",
-        name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        JSON.stringify({ status: { loadBalancer: { ingress: ips.map((ip) => ({ ip })) } } }),
-      ]);
-    },
+    setIngress: (name, ...ips) => setIngress(api, name, ...ips),
     async answers(ip, port, reply) {
       const result = await connect(ip, port);
       return result.ok && result.reply === reply;

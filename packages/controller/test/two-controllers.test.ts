@@ -12,11 +12,9 @@
  * that is alive, and it removes those of the other backend once that instance has gone, so each
  * phase ends with one clean ruleset, exactly the desired one.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { createIptablesBackend } from "@ipvs-node-controller/backend-iptables";
 import { createNftBackend } from "@ipvs-node-controller/backend-nft";
 import { computeRuleset, type ServiceInput } from "@ipvs-node-controller/core";
@@ -26,7 +24,6 @@ import {
   envtestTestsEnabled,
   eventually,
   type Host,
-  httpGet,
   kernelTestsEnabled,
   startTestApiServer,
   type TcpBridge,
@@ -34,9 +31,13 @@ import {
   type Topology,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type ControllerProcess, startControllerProcess } from "./controller-process.js";
+import {
+  controllerKubeconfig,
+  loadBalancerService,
+  setIngress as setIngressOf,
+} from "./node-fixture.js";
 
-const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
-const DEPLOY_BASE = fileURLToPath(new URL("../../../deploy/base", import.meta.url));
 const NODE_NAME = "worker-1";
 const POD_CIDR = "10.244.1.0/24";
 
@@ -44,26 +45,11 @@ const SUITE = "two-controller tests";
 const enabled =
   (await kernelTestsEnabled(SUITE)) && (await envtestTestsEnabled(SUITE)) !== undefined;
 
-const service = (name: string, clusterIP: string) => ({
-  apiVersion: "v1",
-  kind: "Service",
-  metadata: { namespace: "default", name },
-  spec: {
-    type: "LoadBalancer",
-    externalTrafficPolicy: "Local",
-    clusterIP,
-    ports: [{ port: 80, protocol: "TCP", targetPort: 8080 }],
-    selector: { app: name },
-  },
-});
-
 /** One `run` process, with health and metrics on ports of its own. */
 interface Instance {
   readonly name: string;
   readonly backend: "nft" | "iptables";
-  readonly healthPort: number;
-  readonly child: ChildProcess;
-  log: string;
+  readonly controller: ControllerProcess;
 }
 
 /** One probe of the background traffic. */
@@ -86,31 +72,16 @@ describe.skipIf(!enabled)("two controllers on one node", () => {
   let stopProbing = false;
 
   const kubectl = async (...args: string[]) => (await api.kubectl(args)).stdout;
-  const setIngress = (name: string, ip: string) =>
-    kubectl(
-      "patch",
-      "service",
-      name,
-      "--subresource=status",
-      "--type=merge",
-      "-p",
-      JSON.stringify({ status: { loadBalancer: { ingress: [{ ip }] } } }),
-    );
+  const setIngress = (name: string, ip: string) => setIngressOf(api, name, ip);
   const answers = async (from: Host, ip: string, reply: string) => {
     const result = await topology.connect(from, ip, 80, "tcp", { timeoutMs: 1000 });
     return result.ok && result.reply === reply;
   };
 
   function start(name: string, backend: "nft" | "iptables", port: number): Instance {
-    const child = spawn(
-      "ip",
-      [
-        "netns",
-        "exec",
-        topology.namespaces.node,
-        process.execPath,
-        CLI,
-        "run",
+    const controller = startControllerProcess({
+      namespace: topology.namespaces.node,
+      args: [
         `--backend=${backend}`,
         `--kubeconfig=${kubeconfig}`,
         `--node-name=${NODE_NAME}`,
@@ -120,38 +91,16 @@ describe.skipIf(!enabled)("two controllers on one node", () => {
         `--metrics-bind-address=127.0.0.1:${port}`,
         `--health-probe-bind-address=127.0.0.1:${port + 1}`,
       ],
-      {
-        stdio: ["ignore", "pipe", "pipe"],
-        env: { ...process.env, XTABLES_LOCKFILE: join(lockDir, "lock") },
-      },
-    );
-    const instance: Instance = { name, backend, healthPort: port + 1, child, log: "" };
-    child.stdout?.on("data", (chunk) => {
-      instance.log += chunk;
+      env: { XTABLES_LOCKFILE: join(lockDir, "lock") },
     });
-    child.stderr?.on("data", (chunk) => {
-      instance.log += chunk;
-    });
+    const instance: Instance = { name, backend, controller };
     instances.push(instance);
     return instance;
   }
 
-  async function ready(instance: Instance): Promise<void> {
-    await eventually(
-      `${instance.name} is ready`,
-      async () =>
-        (await httpGet(topology.runner("node"), `http://127.0.0.1:${instance.healthPort}/readyz`))
-          .status === 200,
-      30_000,
-    );
-  }
-
-  async function stop(instance: Instance, signal: "SIGTERM" | "SIGKILL"): Promise<void> {
-    if (instance.child.exitCode !== null || instance.child.signalCode !== null) return;
-    const exited = new Promise((resolve) => instance.child.once("exit", resolve));
-    instance.child.kill(signal);
-    await exited;
-  }
+  /** Whether one of the instance's log lines says `message`. */
+  const logged = (instance: Instance, message: string) =>
+    instance.controller.entries().some((entry) => JSON.stringify(entry).includes(message));
 
   /** Whether any rules of each backend are in the node's kernel. */
   async function present(): Promise<{ nft: boolean; iptables: boolean }> {
@@ -227,10 +176,7 @@ describe.skipIf(!enabled)("two controllers on one node", () => {
       host: "127.0.0.1",
       port: Number(new URL(api.serverUrl).port),
     });
-    await api.kubectl(["apply", "-k", DEPLOY_BASE]);
-    kubeconfig = await api.writeKubeconfig(
-      await api.serviceAccountToken("kube-system", "ipvs-node-controller"),
-    );
+    kubeconfig = await controllerKubeconfig(api);
     await api.kubectl(["apply", "-f", "-"], {
       input: JSON.stringify({
         apiVersion: "v1",
@@ -255,7 +201,9 @@ describe.skipIf(!enabled)("two controllers on one node", () => {
       ["web", "10.96.0.10", "192.0.2.10"],
       ["api", "10.96.0.20", "192.0.2.20"],
     ] as const) {
-      await api.kubectl(["apply", "-f", "-"], { input: JSON.stringify(service(name, clusterIP)) });
+      await api.kubectl(["apply", "-f", "-"], {
+        input: JSON.stringify(loadBalancerService(name, clusterIP)),
+      });
       await setIngress(name, ip);
     }
   }, 180_000);
@@ -263,7 +211,7 @@ describe.skipIf(!enabled)("two controllers on one node", () => {
   afterAll(async () => {
     stopProbing = true;
     await probing;
-    for (const instance of instances) await stop(instance, "SIGKILL");
+    for (const instance of instances) await instance.controller.kill();
     await bridge?.stop();
     await topology?.destroy();
     await api?.stop();
@@ -272,18 +220,18 @@ describe.skipIf(!enabled)("two controllers on one node", () => {
 
   it("a rolling update whose pods overlap keeps traffic and ends with one ruleset", async () => {
     const old = start("old", "nft", 10300);
-    await ready(old);
+    await old.controller.waitReady();
     await eventually("web answers", () => answers("pod", "192.0.2.10", "web"));
     probing = probeForever();
 
     phase = "rolling update: both run";
     const next = start("new", "nft", 10400);
-    await ready(next);
+    await next.controller.waitReady();
     await setIngress("api", "192.0.2.21");
     await eventually("api moved while both run", () => answers("pod", "192.0.2.21", "api"));
 
     phase = "rolling update: old stopped";
-    await stop(old, "SIGTERM");
+    expect(await old.controller.stop()).toBe(0);
     await setIngress("api", "192.0.2.22");
     await eventually("api moved after the old one stopped", () =>
       answers("node", "192.0.2.22", "api"),
@@ -292,14 +240,14 @@ describe.skipIf(!enabled)("two controllers on one node", () => {
     expectUnbroken("rolling update: both run");
     await expectOnly("nft");
     expectUnbroken("rolling update: old stopped");
-    expect(next.log).toMatch(/another instance with this backend runs on this node/);
+    expect(logged(next, "another instance with this backend runs on this node")).toBe(true);
   }, 120_000);
 
   it("an iptables instance beside the nft one leaves its rules alone, and removes them once it is killed", async () => {
     const nft = instances.find((instance) => instance.name === "new") as Instance;
     phase = "nft + iptables";
     const iptables = start("iptables", "iptables", 10500);
-    await ready(iptables);
+    await iptables.controller.waitReady();
     await setIngress("api", "192.0.2.20");
     await eventually("api moved while both run", () => answers("pod", "192.0.2.20", "api"));
     expectUnbroken("nft + iptables");
@@ -307,25 +255,25 @@ describe.skipIf(!enabled)("two controllers on one node", () => {
     expect(await present()).toEqual({ nft: true, iptables: true });
 
     phase = "nft killed";
-    await stop(nft, "SIGKILL");
+    await nft.controller.kill();
     await expectOnly("iptables");
     await probesOf(6);
     expectUnbroken("nft killed");
-    expect(iptables.log).toMatch(/an instance with the other backend runs on this node/);
+    expect(logged(iptables, "an instance with the other backend runs on this node")).toBe(true);
   }, 120_000);
 
   it("an nft instance beside the iptables one leaves its rules alone, and removes them once it stops", async () => {
     const iptables = instances.find((instance) => instance.name === "iptables") as Instance;
     phase = "iptables + nft";
     const nft = start("nft-again", "nft", 10600);
-    await ready(nft);
+    await nft.controller.waitReady();
     await setIngress("api", "192.0.2.21");
     await eventually("api moved while both run", () => answers("node", "192.0.2.21", "api"));
     expectUnbroken("iptables + nft");
     expect(await present()).toEqual({ nft: true, iptables: true });
 
     phase = "iptables stopped";
-    await stop(iptables, "SIGTERM");
+    expect(await iptables.controller.stop()).toBe(0);
     await expectOnly("nft");
     await eventually("api still answers", () => answers("pod", "192.0.2.21", "api"));
     await probesOf(6);

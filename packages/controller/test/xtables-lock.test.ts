@@ -15,12 +15,10 @@
  * At the end both the kube-proxy-like rules and ours are exactly as desired; the controller's
  * periodic repair is off (`--sync-period=10m`), so a lost write of ours would stay lost.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import { createIptablesBackend } from "@ipvs-node-controller/backend-iptables";
 import { computeRuleset, type ServiceInput } from "@ipvs-node-controller/core";
 import {
@@ -28,7 +26,6 @@ import {
   createTopology,
   envtestTestsEnabled,
   eventually,
-  httpGet,
   kernelTestsEnabled,
   startTestApiServer,
   type TcpBridge,
@@ -38,9 +35,9 @@ import {
 import { CoreV1Api, KubeConfig } from "@kubernetes/client-node";
 import { execa, type ResultPromise } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { type ControllerProcess, startControllerProcess } from "./controller-process.js";
+import { controllerKubeconfig } from "./node-fixture.js";
 
-const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
-const DEPLOY_BASE = fileURLToPath(new URL("../../../deploy/base", import.meta.url));
 const NODE_NAME = "worker-1";
 const POD_CIDR = "10.244.1.0/24";
 const SERVICES = 1_000;
@@ -116,8 +113,7 @@ describe.skipIf(!enabled)("the controller and a kube-proxy-like writer on iptabl
   let topology: Topology;
   let bridge: TcpBridge;
   let lockDir: string;
-  let controller: ChildProcess | undefined;
-  let controllerLog = "";
+  let controller: ControllerProcess | undefined;
   let core: CoreV1Api;
 
   beforeAll(async () => {
@@ -128,7 +124,6 @@ describe.skipIf(!enabled)("the controller and a kube-proxy-like writer on iptabl
       host: "127.0.0.1",
       port: Number(new URL(api.serverUrl).port),
     });
-    await api.kubectl(["apply", "-k", DEPLOY_BASE]);
     await api.kubectl(["apply", "-f", "-"], {
       input: JSON.stringify({
         apiVersion: "v1",
@@ -152,7 +147,7 @@ describe.skipIf(!enabled)("the controller and a kube-proxy-like writer on iptabl
   }, 300_000);
 
   afterAll(async () => {
-    controller?.kill("SIGKILL");
+    await controller?.kill();
     await bridge?.stop();
     await topology?.destroy();
     await api?.stop();
@@ -175,41 +170,20 @@ describe.skipIf(!enabled)("the controller and a kube-proxy-like writer on iptabl
     });
     expect(jumps.exitCode, jumps.stderr).toBe(0);
 
-    const kubeconfig = await api.writeKubeconfig(
-      await api.serviceAccountToken("kube-system", "ipvs-node-controller"),
-    );
-    const env = { ...process.env, XTABLES_LOCKFILE: lock };
-    controller = spawn(
-      "ip",
-      [
-        "netns",
-        "exec",
-        topology.namespaces.node,
-        process.execPath,
-        CLI,
-        "run",
+    const kubeconfig = await controllerKubeconfig(api);
+    controller = startControllerProcess({
+      namespace: topology.namespaces.node,
+      args: [
         "--backend=iptables",
         "--iptables-mode=legacy",
         `--kubeconfig=${kubeconfig}`,
         `--node-name=${NODE_NAME}`,
         "--sync-period=10m",
         "--min-sync-period=100ms",
-        "--metrics-bind-address=127.0.0.1:10266",
-        "--health-probe-bind-address=127.0.0.1:10267",
       ],
-      { stdio: ["ignore", "pipe", "pipe"], env },
-    );
-    controller.stdout?.on("data", (chunk) => {
-      controllerLog += chunk;
+      env: { XTABLES_LOCKFILE: lock },
     });
-    controller.stderr?.on("data", (chunk) => {
-      controllerLog += chunk;
-    });
-    await eventually(
-      "the controller is ready",
-      async () => (await httpGet(node, "http://127.0.0.1:10267/readyz")).status === 200,
-      60_000,
-    );
+    await controller.waitReady(60_000);
 
     // The monitor: reads the nat table again and again until told to stop.
     const monitor = { reads: 0, maxGeneration: 0, kubeReverts: 0, ourReverts: 0, stop: false };
@@ -242,7 +216,7 @@ describe.skipIf(!enabled)("the controller and a kube-proxy-like writer on iptabl
     const writer: ResultPromise = execa(
       "ip",
       ["netns", "exec", topology.namespaces.node, process.execPath, "-e", KUBE_PROXY_LIKE_PROGRAM],
-      { env, reject: false, stdin: "ignore" },
+      { env: { ...process.env, XTABLES_LOCKFILE: lock }, reject: false, stdin: "ignore" },
     );
 
     // Churn for as long as the writer runs: a fresh external IP for a random Service, and now
@@ -304,13 +278,11 @@ describe.skipIf(!enabled)("the controller and a kube-proxy-like writer on iptabl
     }
     expect(monitor).toMatchObject({ kubeReverts: 0, ourReverts: 0 });
     expect(monitor.reads).toBeGreaterThan(10);
-    const metrics = (await httpGet(node, "http://127.0.0.1:10266/metrics")).body;
+    const metrics = await (controller as ControllerProcess).metricsText();
     const syncs = [...metrics.matchAll(/^ipvs_node_controller_syncs_total\{mode="(\w+)"\} (\d+)/gm)]
       .map((match) => `${match[1]}=${match[2]}`)
       .join(" ");
-    expect(metrics, controllerLog.slice(-4000)).toMatch(
-      /^ipvs_node_controller_sync_failures_total 0$/m,
-    );
+    expect(metrics, controller?.tail()).toMatch(/^ipvs_node_controller_sync_failures_total 0$/m);
     console.log(
       `kube-proxy-like writes: ${written.length}; churn: ${updates} changes (${replacements} replacements); controller syncs: ${syncs}; monitor reads: ${monitor.reads}; reverted writes: 0`,
     );
