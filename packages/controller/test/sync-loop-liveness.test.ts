@@ -10,7 +10,6 @@ import {
   type Ruleset,
   type RulesetDiff,
   RulesetEngine,
-  type ServiceInput,
   ToolTimedOutError,
 } from "@ipvs-node-controller/core";
 import pino from "pino";
@@ -18,18 +17,11 @@ import { afterEach, describe, expect, it } from "vitest";
 import { ControllerMetrics } from "../src/metrics.js";
 import { SyncLoop } from "../src/sync-loop.js";
 import { ManualClock } from "./manual-clock.js";
+import { engineState, lbService as service } from "./sync-loop-fixtures.js";
 
 const SYNC_PERIOD = 3_000;
 const BOUND = 2 * SYNC_PERIOD;
 const TOOL_TIMEOUT = 2_500;
-
-function service(name: string, ip: string): ServiceInput {
-  return {
-    metadata: { namespace: "default", name },
-    spec: { type: "LoadBalancer", clusterIP: "10.96.0.1", ports: [{ port: 80 }] },
-    status: { loadBalancer: { ingress: [{ ip }] } },
-  };
-}
 
 /** A backend whose tool, while `hung`, runs until its time limit and is killed. */
 class HangingBackend extends FakeBackend {
@@ -69,12 +61,7 @@ describe("SyncLoop liveness through retries", () => {
     const engine = new RulesetEngine({});
     loop = new SyncLoop({
       backend,
-      state: {
-        ready: () => true,
-        takeChanges: () => engine.takeChanges(),
-        result: () => engine.result(),
-        stats: () => engine.stats(),
-      },
+      state: engineState(engine),
       minSyncPeriodMs: 0,
       syncPeriodMs: SYNC_PERIOD,
       retry: { initialMs: 1_000, maxMs: SYNC_PERIOD },

@@ -4,28 +4,15 @@
  * already holds the newer event. Otherwise every verify under churn "finds drift", logs it, and
  * replaces the whole ruleset for nothing.
  */
-import {
-  FakeBackend,
-  type RulesetDiff,
-  RulesetEngine,
-  type ServiceInput,
-} from "@ipvs-node-controller/core";
-import pino from "pino";
+import { FakeBackend, type RulesetDiff, RulesetEngine } from "@ipvs-node-controller/core";
 import { afterEach, describe, expect, it } from "vitest";
 import { ControllerMetrics } from "../src/metrics.js";
 import { SyncLoop } from "../src/sync-loop.js";
 import { ManualClock } from "./manual-clock.js";
+import { engineState, memoryLog, lbService as service } from "./sync-loop-fixtures.js";
 
 const SYNC_PERIOD = 30_000;
 const MIN_SYNC_PERIOD = 1_000;
-
-function service(name: string, ip: string): ServiceInput {
-  return {
-    metadata: { namespace: "default", name },
-    spec: { type: "LoadBalancer", clusterIP: "10.96.0.1", ports: [{ port: 80 }] },
-    status: { loadBalancer: { ingress: [{ ip }] } },
-  };
-}
 
 /** Runs `during` while an incremental apply is in flight, once. */
 class SlowBackend extends FakeBackend {
@@ -49,16 +36,10 @@ describe("SyncLoop verify during churn", () => {
     const clock = new ManualClock();
     const backend = new SlowBackend();
     const engine = new RulesetEngine({ config: { extraPodCIDRs: ["10.244.1.0/24"] } });
-    const lines: Record<string, unknown>[] = [];
-    const log = pino({ level: "debug" }, { write: (line: string) => lines.push(JSON.parse(line)) });
+    const { log, lines } = memoryLog();
     loop = new SyncLoop({
       backend,
-      state: {
-        ready: () => true,
-        takeChanges: () => engine.takeChanges(),
-        result: () => engine.result(),
-        stats: () => engine.stats(),
-      },
+      state: engineState(engine),
       minSyncPeriodMs: MIN_SYNC_PERIOD,
       syncPeriodMs: SYNC_PERIOD,
       metrics: new ControllerMetrics(),

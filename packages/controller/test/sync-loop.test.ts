@@ -8,29 +8,11 @@ import {
   type ServiceInput,
   ToolRefusedError,
 } from "@ipvs-node-controller/core";
-import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { ControllerMetrics } from "../src/metrics.js";
-import { type DesiredState, SyncLoop, type SyncLoopOptions } from "../src/sync-loop.js";
+import { SyncLoop, type SyncLoopOptions } from "../src/sync-loop.js";
 import { ManualClock } from "./manual-clock.js";
-
-function service(name: string, ip: string): ServiceInput {
-  return {
-    metadata: { namespace: "default", name },
-    spec: { type: "LoadBalancer", clusterIP: "10.96.0.1", ports: [{ port: 80 }] },
-    status: { loadBalancer: { ingress: [{ ip }] } },
-  };
-}
-
-/** A log that keeps every line. */
-function memoryLog() {
-  const lines: Record<string, unknown>[] = [];
-  const log = pino(
-    { level: "debug" },
-    { write: (line: string) => lines.push(JSON.parse(line) as Record<string, unknown>) },
-  );
-  return { log, lines };
-}
+import { engineState, memoryLog, lbService as service } from "./sync-loop-fixtures.js";
 
 const SYNC_PERIOD = 30_000;
 const MIN_SYNC_PERIOD = 1_000;
@@ -47,12 +29,7 @@ describe("SyncLoop", () => {
     const engine = new RulesetEngine({ config: { extraPodCIDRs: ["10.244.1.0/24"] } });
     const metrics = new ControllerMetrics();
     const { log, lines } = memoryLog();
-    const state: DesiredState = {
-      ready: overrides.ready ?? (() => true),
-      takeChanges: () => engine.takeChanges(),
-      result: () => engine.result(),
-      stats: () => engine.stats(),
-    };
+    const state = engineState(engine, overrides.ready);
     const loop = new SyncLoop({
       backend,
       state,
