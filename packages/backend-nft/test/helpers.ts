@@ -144,3 +144,17 @@ export function rulesetFor(
     config: { families },
   }).ruleset;
 }
+
+/** Three mappings (TCP and UDP, IPv4 and IPv6) and their ruleset: what the read-back tests list and tamper with. */
+export const READ_BACK_FIXTURE = (() => {
+  const web = mapping({ externalIP: "192.0.2.10", clusterIP: "10.96.0.10" });
+  const dns = mapping({
+    externalIP: "192.0.2.53",
+    clusterIP: "10.96.0.53",
+    protocol: "udp",
+    port: 53,
+    service: { namespace: "kube-system", name: "dns" },
+  });
+  const web6 = mapping({ externalIP: "2001:db8::10", clusterIP: "fd00:96::10", port: 443 });
+  return { web, dns, web6, desired: ruleset([web, dns, web6]) };
+})();

@@ -5,20 +5,11 @@ import { type CommandRunner, settingsOf, ToolNotStartedError } from "@ipvs-node-
 import { hostRunner, kernelTestsEnabled, runnerIn } from "@ipvs-node-controller/test-support";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createNftBackend, readNftLiveRules } from "../src/index.js";
-import { mapping, ruleset } from "./helpers.js";
+import { READ_BACK_FIXTURE } from "./helpers.js";
 
 const kernel = await kernelTestsEnabled("nft read-back kernel tests");
 
-const web = mapping({ externalIP: "192.0.2.10", clusterIP: "10.96.0.10" });
-const dns = mapping({
-  externalIP: "192.0.2.53",
-  clusterIP: "10.96.0.53",
-  protocol: "udp",
-  port: 53,
-  service: { namespace: "kube-system", name: "dns" },
-});
-const web6 = mapping({ externalIP: "2001:db8::10", clusterIP: "fd00:96::10", port: 443 });
-const desired = ruleset([web, dns, web6]);
+const { web, dns, web6, desired } = READ_BACK_FIXTURE;
 const settings = settingsOf(desired);
 
 const owned = (found: typeof web) => {

@@ -6,19 +6,10 @@
 import { type Ruleset, settingsOf } from "@ipvs-node-controller/core";
 import { describe, expect, it } from "vitest";
 import { fullSyncDocument, nftLiveRules } from "../src/index.js";
-import { mapping, ruleset } from "./helpers.js";
+import { READ_BACK_FIXTURE, ruleset } from "./helpers.js";
 
 const TABLE = "ipvs-node-controller";
-const web = mapping({ externalIP: "192.0.2.10", clusterIP: "10.96.0.10" });
-const dns = mapping({
-  externalIP: "192.0.2.53",
-  clusterIP: "10.96.0.53",
-  protocol: "udp",
-  port: 53,
-  service: { namespace: "kube-system", name: "dns" },
-});
-const web6 = mapping({ externalIP: "2001:db8::10", clusterIP: "fd00:96::10", port: 443 });
-const desired = ruleset([web, dns, web6]);
+const { web, dns, web6, desired } = READ_BACK_FIXTURE;
 
 type Listed = Record<string, Record<string, unknown>>;
 
