@@ -28,13 +28,13 @@ import { RulesetEngine, trimNode } from "@ipvs-node-controller/core";
 import {
   ADDRESS_PLAN,
   createTopology,
+  kubeClient,
   runnerIn,
   startTestApiServer,
 } from "@ipvs-node-controller/test-support";
 import { defer, main, startProcess } from "./lib/cleanup.mjs";
 import { topGroups } from "./lib/heap-snapshot.mjs";
 import { nftMonitor, rulePoller, syncChecker } from "./lib/kernel-watch.mjs";
-import { kubeClient } from "./lib/kube-rest.mjs";
 import { log, sleep } from "./lib/log.mjs";
 import { insideNamespace, namespaceContext, runInNamespace, tempDir } from "./lib/namespace.mjs";
 import { backendFlags, parseOptions } from "./lib/options.mjs";
@@ -49,6 +49,9 @@ import {
   serviceSpec,
 } from "./lib/services.mjs";
 import { median, round, summarize } from "./lib/stats.mjs";
+
+/** A JSON patch (RFC 6902), as load-balancer controllers send status updates. */
+const JSON_PATCH = "application/json-patch+json";
 
 const ROOT = new URL("../", import.meta.url);
 const CLI = fileURLToPath(new URL("packages/controller/dist/bin.js", ROOT));
@@ -116,13 +119,16 @@ async function measure({ options, namespaces }) {
     .gitVersion;
   const kube = kubeClient(api);
   defer(() => kube.close());
-  await kube.create("/api/v1/nodes", nodeObject(ADDRESS_PLAN.podCIDR.ipv4));
+  await kube.request("POST", "/api/v1/nodes", nodeObject(ADDRESS_PLAN.podCIDR.ipv4));
   const services = `/api/v1/namespaces/${NAMESPACE}/services`;
   const clusterIPs = [];
   const patchIP = (i, ip) =>
-    kube.jsonPatch(`${services}/${serviceName(i)}/status`, [
-      { op: "replace", path: "/status/loadBalancer/ingress/0/ip", value: ip },
-    ]);
+    kube.request(
+      "PATCH",
+      `${services}/${serviceName(i)}/status`,
+      [{ op: "replace", path: "/status/loadBalancer/ingress/0/ip", value: ip }],
+      JSON_PATCH,
+    );
   const incremental = {};
   for (const variant of ["nft", "legacy"]) {
     incremental[variant] = await appliesIncrementally(variant, namespaces.pod);
@@ -138,15 +144,20 @@ async function measure({ options, namespaces }) {
       n,
       16,
       async (i) => {
-        const service = await kube.create(services, serviceSpec(i));
+        const service = await kube.request("POST", services, serviceSpec(i));
         clusterIPs[i] = service.spec.clusterIP;
-        await kube.jsonPatch(`${services}/${serviceName(i)}/status`, [
-          {
-            op: "add",
-            path: "/status/loadBalancer",
-            value: { ingress: [{ ip: lbIP(i), ipMode: "VIP" }] },
-          },
-        ]);
+        await kube.request(
+          "PATCH",
+          `${services}/${serviceName(i)}/status`,
+          [
+            {
+              op: "add",
+              path: "/status/loadBalancer",
+              value: { ingress: [{ ip: lbIP(i), ipMode: "VIP" }] },
+            },
+          ],
+          JSON_PATCH,
+        );
       },
       present,
     );
