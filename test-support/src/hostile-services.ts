@@ -15,6 +15,7 @@
  * // expectedMappings(set.good) must equal the kernel's map; each set.bad[i].token must be named once.
  * ```
  */
+import { seededRandom } from "./seeded-random.js";
 
 /** One bad Service and how it must be reported. */
 export interface BadService {
@@ -238,18 +239,6 @@ const IGNORED: readonly ((i: number) => unknown)[] = [
   }),
 ];
 
-/** A small deterministic PRNG (mulberry32). */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /**
  * `good` good Services (plus one with 10,000 ports, and the winners of the conflicts) and `bad`
  * hostile ones: every bad kind in turn, one Service with 10,000 bad ports, duplicates of good
@@ -318,7 +307,7 @@ export function hostileServiceSet(options: {
     }
   }
   const services = [...good, ...badObjects];
-  const shuffle = random(options.seed ?? 1);
+  const shuffle = seededRandom(options.seed ?? 1);
   for (let i = services.length - 1; i > 0; i--) {
     const j = Math.floor(shuffle() * (i + 1));
     [services[i], services[j]] = [services[j], services[i]];

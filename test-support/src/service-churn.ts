@@ -21,6 +21,7 @@
 import { readFileSync } from "node:fs";
 import { Agent, request } from "node:https";
 import type { CommandRunner } from "@ipvs-node-controller/core";
+import { seededRandom } from "./seeded-random.js";
 
 /** What a {@link KubeClient} needs of a test API server. */
 export interface ApiEndpoint {
@@ -176,18 +177,6 @@ export async function inParallel(
   );
 }
 
-/** A small deterministic PRNG (mulberry32), so that a run can be repeated. */
-function random(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 /** The kinds of change the churn makes, and how often (weights sum to 1). */
 export const CHURN_MIX = {
   /** The load balancer moves the Service to a new IP (status write). */
@@ -234,7 +223,7 @@ export class ServiceChurn {
     },
   ) {
     this.live = [...names];
-    this.random = random(options.seed ?? 1);
+    this.random = seededRandom(options.seed ?? 1);
   }
 
   private get namespace(): string {
