@@ -453,10 +453,16 @@ function statusOf(report, prefix) {
   const note = found.some((g) => g.note) ? " (within the noise)" : "";
   if (found.every((g) => g.met)) return `met${note}`;
   if (found.every((g) => !g.met)) return `missed${note}`;
+  // What tells the goals apart: a backend, or the time and the growth goal of one backend.
+  const nameOf = (goal) => {
+    const rest = goal.id.slice(prefix.length).replace(/^-/, "");
+    if (rest === "") return "the time";
+    return rest === "growth" ? "the growth" : rest;
+  };
   const names = (met) =>
     found
       .filter((g) => g.met === met)
-      .map((g) => g.id.slice(prefix.length))
+      .map(nameOf)
       .join(", ");
   return `met for ${names(true)}; missed for ${names(false)}`;
 }
