@@ -188,6 +188,15 @@ export async function runController(options: RunOptions): Promise<RunningControl
 
   const pageSize = options.listPageSize ?? 500;
   let loop: SyncLoop | undefined;
+  // A list that finds nothing (no Node object, no Service) changes nothing in the engine, yet it
+  // may be the one the first sync was waiting for: without this, that sync would wait for the
+  // next periodic one.
+  const wakeWhenListed =
+    (next: (event: ReflectorEvent) => void) =>
+    (event: ReflectorEvent): void => {
+      next(event);
+      if (event.type === "listed") loop?.markDirty();
+    };
   const services = new Reflector<ServiceInput>({
     name: "services",
     list: (token) => api.listServiceForAllNamespaces({ limit: pageSize, _continue: token }),
@@ -198,7 +207,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
       // An update that changes nothing the core reads (a label, a condition) wakes nothing.
       if (engine.setService(key, service)) loop?.markDirty();
     },
-    onEvent: logReflectorEvent(log, metrics, "services"),
+    onEvent: wakeWhenListed(logReflectorEvent(log, metrics, "services")),
   });
   const fieldSelector = `metadata.name=${options.nodeName}`;
   const nodes = new Reflector<NodeInput>({
@@ -211,7 +220,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
     onChange: (_key, node) => {
       if (engine.setNode(node)) loop?.markDirty();
     },
-    onEvent: logReflectorEvent(log, metrics, "node"),
+    onEvent: wakeWhenListed(logReflectorEvent(log, metrics, "node")),
   });
 
   loop = new SyncLoop({

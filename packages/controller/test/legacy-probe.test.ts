@@ -165,6 +165,9 @@ describe.skipIf(!envtest)("run on a node without iptables-legacy tables", () => 
             `--backend=${backend}`,
             `--kubeconfig=${api.kubeconfigPath}`,
             "--node-name=worker-1",
+            // There is no Node object: its empty list must start the first sync at once, not
+            // leave it to the periodic one.
+            "--sync-period=10m",
           ],
         });
         await controller.waitReady(60_000);
