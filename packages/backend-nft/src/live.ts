@@ -109,8 +109,18 @@ function setElementInterval(element: unknown): AddressInterval | undefined {
   return undefined;
 }
 
-/** One map element as `ip|protocol|port` -> `clusterIP|comment`. */
-function mapElementEntry(element: unknown): [string, string] | undefined {
+/** The parts of one translation-map element as nft lists it, the key unwrapped from `elem` when it carries a comment. */
+interface MapElementParts {
+  readonly address: unknown;
+  readonly protocol: unknown;
+  readonly port: unknown;
+  readonly data: unknown;
+  /** The element's comment; empty when it has none. */
+  readonly comment: string;
+}
+
+/** Splits `[key, data]` into its parts, or undefined when its shape is not a map element of ours. */
+function mapElementParts(element: unknown): MapElementParts | undefined {
   if (!Array.isArray(element) || element.length !== 2) return undefined;
   const [keyPart, data] = element as [unknown, unknown];
   let key = keyPart;
@@ -120,8 +130,16 @@ function mapElementEntry(element: unknown): [string, string] | undefined {
     comment = typeof keyPart.elem.comment === "string" ? keyPart.elem.comment : "";
   }
   if (!isObject(key) || !Array.isArray(key.concat) || key.concat.length !== 3) return undefined;
-  const [ip, protocol, port] = key.concat as unknown[];
-  return [`${String(ip)}|${String(protocol)}|${String(port)}`, `${String(data)}|${comment}`];
+  const [address, protocol, port] = key.concat as unknown[];
+  return { address, protocol, port, data, comment };
+}
+
+/** One map element as `ip|protocol|port` -> `clusterIP|comment`. */
+function mapElementEntry(element: unknown): [string, string] | undefined {
+  const parts = mapElementParts(element);
+  if (parts === undefined) return undefined;
+  const { address, protocol, port, data, comment } = parts;
+  return [`${String(address)}|${String(protocol)}|${String(port)}`, `${String(data)}|${comment}`];
 }
 
 function sameIntervals(live: unknown, cidrs: readonly string[]): boolean {
@@ -206,16 +224,9 @@ const PROTOCOLS: ReadonlySet<string> = new Set<L4Protocol>(["tcp", "udp", "sctp"
 
 /** One element of a translation map as a {@link LiveMapping}, or undefined if it is not one. */
 function liveMapping(family: IpFamily, element: unknown): LiveMapping | undefined {
-  if (!Array.isArray(element) || element.length !== 2) return undefined;
-  const [keyPart, data] = element as [unknown, unknown];
-  let key = keyPart;
-  let owner = "";
-  if (isObject(keyPart) && isObject(keyPart.elem)) {
-    key = keyPart.elem.val;
-    owner = typeof keyPart.elem.comment === "string" ? keyPart.elem.comment : "";
-  }
-  if (!isObject(key) || !Array.isArray(key.concat) || key.concat.length !== 3) return undefined;
-  const [address, protocol, port] = key.concat as unknown[];
+  const parts = mapElementParts(element);
+  if (parts === undefined) return undefined;
+  const { address, protocol, port, data, comment: owner } = parts;
   const external = parseIP(address);
   const cluster = parseIP(data);
   if (
