@@ -18,6 +18,7 @@ import {
   ToolRefusedError,
 } from "@ipvs-node-controller/core";
 import { runTool } from "@ipvs-node-controller/exec";
+import { bucketOf, dnatKey } from "./dnat-order.js";
 import { legacyTables } from "./legacy-tables.js";
 import { BUCKET_CHAIN_PREFIX, bucketChain, bucketJump, CHAINS, familyTarget } from "./render.js";
 import { EMPTY_STATE, type LiveState, normalizeSpec, parseNatSave, tokenize } from "./state.js";
@@ -116,12 +117,6 @@ function bucketOfJump(spec: string, family: IpFamily): string | undefined {
     : undefined;
 }
 
-/** The last byte of an address as two lowercase hex digits: the bucket of its translations. */
-function lastByte(address: string): string {
-  const parsed = parseIP(address);
-  return parsed.ok ? parsed.value.sortKey.slice(-2) : "";
-}
-
 /**
  * The translations in one family's DNAT chains, and how the buckets differ from what a sync
  * writes: a rule in IPVSNC-DNAT that is not a jump a sync writes, a jump repeated or out of
@@ -183,7 +178,7 @@ function familyTranslations(
         continue;
       }
       mappings.push(found);
-      const belongs = lastByte(found.externalIP);
+      const belongs = bucketOf(dnatKey(found));
       if (belongs !== bucket) {
         problems.push(
           `${family}: ${name} holds a translation of ${found.externalIP}, whose packets go to ${bucketChain(belongs)}: ${quote(spec)}`,
