@@ -195,7 +195,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
     (next: (event: ReflectorEvent) => void) =>
     (event: ReflectorEvent): void => {
       next(event);
-      if (event.type === "listed") loop?.markDirty();
+      if (event.type === "listed") loop?.recheckReadiness();
     };
   const services = new Reflector<ServiceInput>({
     name: "services",

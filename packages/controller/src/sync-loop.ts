@@ -113,6 +113,14 @@ export class SyncLoop {
     this.wake.abort();
   }
 
+  /**
+   * Wakes the loop to ask `state.ready()` again, e.g. after a cache's initial list, which may
+   * change nothing and yet be what the first sync waits for. Marks nothing as changed.
+   */
+  recheckReadiness(): void {
+    this.wake.abort();
+  }
+
   /** Starts the loop in the background. */
   start(): void {
     this.loop ??= this.run();

@@ -75,6 +75,26 @@ describe("SyncLoop", () => {
     expect(loop.readiness()).toEqual({ ok: true });
   });
 
+  it("starts the first sync once told to look at readiness again, and records no change for it", async () => {
+    let synced = false;
+    const { clock, backend, loop, metrics } = setUp({ ready: () => synced });
+    loop.start();
+    await clock.advance(1_000);
+    synced = true;
+    loop.recheckReadiness();
+    await clock.idle();
+    expect(callsOf(backend)).toEqual(["apply:full"]);
+    expect(loop.readiness()).toEqual({ ok: true });
+    // Once ready, a wake with nothing changed sends nothing and counts no change: the first sync
+    // is the only one whose programming latency is recorded.
+    loop.recheckReadiness();
+    await clock.advance(MIN_SYNC_PERIOD);
+    expect(callsOf(backend)).toEqual(["apply:full"]);
+    expect(await metrics.registry.metrics()).toMatch(
+      /network_programming_duration_seconds_count 1$/m,
+    );
+  });
+
   it("then sends only what changed, and coalesces a burst within the minimum sync period", async () => {
     const { clock, backend, loop, change } = setUp();
     change("default/a", service("a", "192.0.2.1"));
