@@ -9,4 +9,5 @@ export * from "./netns.js";
 export * from "./runner.js";
 export * from "./service-churn.js";
 export * from "./snapshot.js";
+export * from "./source-restrictions.js";
 export * from "./tcp-bridge.js";

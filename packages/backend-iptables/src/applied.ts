@@ -45,6 +45,7 @@ function sameLocalPods(a: LocalPodMatch, b: LocalPodMatch): boolean {
 export function sameSettings(a: RulesetSettings, b: RulesetSettings): boolean {
   return (
     a.masqueradeMark === b.masqueradeMark &&
+    a.markPodTraffic === b.markPodTraffic &&
     a.families.length === b.families.length &&
     a.families.every((entry, i) => {
       const other = b.families[i];

@@ -18,7 +18,7 @@ import {
 } from "@ipvs-node-controller/core";
 import type { AppliedState, FamilyChange } from "./applied.js";
 import { bucketOf, byBucket, type DnatBuckets, type DnatOrder, dnatKey } from "./dnat-order.js";
-import { bucketChain, bucketJump, CHAINS, dnatRule } from "./render.js";
+import { bucketChain, bucketJump, CHAINS, dnatRule, sourceChain, sourceRules } from "./render.js";
 
 interface Keyed {
   readonly key: string;
@@ -146,6 +146,10 @@ function editChain(
  * rewrite that follows puts it right. A bucket that empties loses its jump and then its chain
  * (`-F`, `-X`) instead of each rule: flushing costs nothing per rule, and a rule that is not
  * where we think it is cannot matter in a chain that goes away.
+ *
+ * The source chain of a restricted mapping follows its rule: created (`-N`) and filled before the
+ * rule that goes to it is inserted, flushed and refilled when the mapping stays restricted, and
+ * removed (`-F`, `-X`) after the rule that went to it is deleted.
  */
 export function changeDocument(change: FamilyChange, buckets: DnatBuckets): string {
   const entries = (mappings: readonly Mapping[], keys: readonly string[]) => {
@@ -174,12 +178,28 @@ export function changeDocument(change: FamilyChange, buckets: DnatBuckets): stri
     editChain(edits, bucketChain(bucket), chain, deletes, inserts);
   }
 
+  const restrictedBy = (mappings: readonly Mapping[]) =>
+    new Map(
+      mappings
+        .filter((mapping) => mapping.allowedSources !== undefined)
+        .map((mapping) => [sourceChain(mapping), mapping]),
+    );
+  const sourcesBefore = restrictedBy(change.deletes);
+  const sourcesAfter = restrictedBy(change.inserts);
+
   const lines = ["*nat"];
   for (const bucket of born) lines.push(`-N ${bucketChain(bucket)}`);
+  for (const [chain, mapping] of sourcesAfter) {
+    lines.push(sourcesBefore.has(chain) ? `-F ${chain}` : `-N ${chain}`);
+    for (const spec of sourceRules(mapping)) lines.push(`-A ${chain} ${spec}`);
+  }
   lines.push(...edits);
   const jump = (bucket: string) => ({ key: bucket, spec: bucketJump(change.family, bucket) });
   editChain(lines, CHAINS.dnat, buckets.buckets, gone.map(jump), born.map(jump));
   for (const bucket of gone) lines.push(`-F ${bucketChain(bucket)}`, `-X ${bucketChain(bucket)}`);
+  for (const chain of sourcesBefore.keys()) {
+    if (!sourcesAfter.has(chain)) lines.push(`-F ${chain}`, `-X ${chain}`);
+  }
   lines.push("COMMIT", "");
   return lines.join("\n");
 }

@@ -5,12 +5,14 @@
  */
 import {
   type CommandRunner,
+  cidrRange,
   compareMappings,
   type IpFamily,
   type L4Protocol,
   type LiveMapping,
   type LiveRules,
   type LocalPodMatch,
+  parseCIDR,
   parseIP,
   quote,
   type RulesetSettings,
@@ -20,7 +22,14 @@ import {
 import { runTool } from "@ipvs-node-controller/exec";
 import { bucketOf, dnatKey } from "./dnat-order.js";
 import { legacyTables } from "./legacy-tables.js";
-import { BUCKET_CHAIN_PREFIX, bucketChain, bucketJump, CHAINS, familyTarget } from "./render.js";
+import {
+  BUCKET_CHAIN_PREFIX,
+  bucketChain,
+  bucketJump,
+  CHAINS,
+  familyTarget,
+  SOURCE_CHAIN_PREFIX,
+} from "./render.js";
 import { EMPTY_STATE, type LiveState, normalizeSpec, parseNatSave, tokenize } from "./state.js";
 import {
   detectIptablesVariant,
@@ -43,12 +52,8 @@ function splitAddress(text: string, family: IpFamily): string | undefined {
   return parsed.ok && parsed.value.family === family ? parsed.value.address : undefined;
 }
 
-/**
- * Reads one rule of a DNAT bucket chain (the text after `-A IPVSNC-DNAT-0A `) as a translation,
- * or returns undefined for anything a sync would not write: another match, another target, a
- * different port on the way out.
- */
-export function parseDnatRule(spec: string, family: IpFamily): LiveMapping | undefined {
+/** A rule's options and their values; undefined when an option repeats or lacks a value. */
+function ruleFields(spec: string): Map<string, string> | undefined {
   const words = tokenize(spec);
   const fields = new Map<string, string>();
   for (let i = 0; i < words.length; i += 2) {
@@ -62,25 +67,52 @@ export function parseDnatRule(spec: string, family: IpFamily): LiveMapping | und
     if (fields.has(option)) return undefined;
     fields.set(option, value);
   }
-  const expected = ["-d", "-p", "--dport", "-j", "--to-destination"];
-  const known = new Set([...expected, "--comment"]);
-  if (expected.some((option) => !fields.has(option))) return undefined;
-  if ([...fields.keys()].some((option) => !known.has(option))) return undefined;
-  if (fields.get("-j") !== "DNAT") return undefined;
+  return fields;
+}
+
+/** Whether `fields` holds exactly the `required` options, and `optional` ones at most. */
+function hasExactly(
+  fields: ReadonlyMap<string, string>,
+  required: readonly string[],
+  optional: readonly string[] = [],
+): boolean {
+  const known = new Set([...required, ...optional]);
+  return (
+    required.every((option) => fields.has(option)) &&
+    [...fields.keys()].every((option) => known.has(option))
+  );
+}
+
+/** The cluster IP of `--to-destination ADDRESS:PORT`, if it is of `family` and keeps `port`. */
+function destinationOf(
+  text: string | undefined,
+  family: IpFamily,
+  port: number,
+): string | undefined {
+  const destination = DESTINATION.exec(text ?? "");
+  const cluster = parseIP(destination?.[1] ?? destination?.[2]);
+  return cluster.ok && cluster.value.family === family && Number(destination?.[3]) === port
+    ? cluster.value.address
+    : undefined;
+}
+
+/** The part of a bucket rule that matches packets: external IP, protocol, port and the owner. */
+type BucketMatch = Pick<LiveMapping, "family" | "externalIP" | "protocol" | "port" | "owner">;
+
+function bucketMatch(
+  fields: ReadonlyMap<string, string>,
+  family: IpFamily,
+): BucketMatch | undefined {
   const externalIP = splitAddress(fields.get("-d") as string, family);
   const protocol = fields.get("-p") as string;
-  const port = Number(fields.get("--dport"));
-  const destination = DESTINATION.exec(fields.get("--to-destination") as string);
-  const cluster = parseIP(destination?.[1] ?? destination?.[2]);
+  const portText = fields.get("--dport") as string;
+  const port = Number(portText);
   if (
     externalIP === undefined ||
     !PROTOCOLS.has(protocol) ||
-    !/^\d{1,5}$/.test(fields.get("--dport") as string) ||
+    !/^\d{1,5}$/.test(portText) ||
     port < 1 ||
-    port > 65535 ||
-    !cluster.ok ||
-    cluster.value.family !== family ||
-    Number(destination?.[3]) !== port
+    port > 65535
   ) {
     return undefined;
   }
@@ -89,8 +121,80 @@ export function parseDnatRule(spec: string, family: IpFamily): LiveMapping | und
     externalIP,
     protocol: protocol as L4Protocol,
     port,
-    clusterIP: cluster.value.address,
     owner: fields.get("--comment") ?? "",
+  };
+}
+
+/**
+ * Reads one rule of a DNAT bucket chain (the text after `-A IPVSNC-DNAT-0A `) as a translation,
+ * or returns undefined for anything a sync would not write: another match, another target, a
+ * different port on the way out.
+ */
+export function parseDnatRule(spec: string, family: IpFamily): LiveMapping | undefined {
+  const fields = ruleFields(spec);
+  if (
+    !fields ||
+    !hasExactly(fields, ["-d", "-p", "--dport", "-j", "--to-destination"], ["--comment"])
+  )
+    return undefined;
+  if (fields.get("-j") !== "DNAT") return undefined;
+  const match = bucketMatch(fields, family);
+  const clusterIP = match && destinationOf(fields.get("--to-destination"), family, match.port);
+  return match && clusterIP ? { ...match, clusterIP } : undefined;
+}
+
+/**
+ * Reads a bucket rule that goes to a source chain (a restricted mapping) with that chain's rules:
+ * the translation with the sources it admits. Undefined when the rule is not such a goto; a
+ * `problem` when it is one but its source chain is not what a sync writes.
+ */
+function parseRestrictedRule(
+  spec: string,
+  family: IpFamily,
+  chains: LiveState["chains"],
+): { mapping?: LiveMapping; problem?: string } | undefined {
+  const fields = ruleFields(spec);
+  if (!fields || !hasExactly(fields, ["-d", "-p", "--dport", "-g"], ["--comment"]))
+    return undefined;
+  const chain = fields.get("-g") as string;
+  const match = bucketMatch(fields, family);
+  if (match === undefined || !chain.startsWith(SOURCE_CHAIN_PREFIX)) return undefined;
+  const rules = chains.get(chain);
+  if (rules === undefined || rules.length === 0) {
+    return {
+      problem: `${family}: the translation of ${match.externalIP} ${match.protocol}/${match.port} goes to ${chain}, which ${rules === undefined ? "does not exist" : "is empty"}: it translates nothing`,
+    };
+  }
+  const sources: string[] = [];
+  const clusterIPs = new Set<string>();
+  for (const rule of rules) {
+    const ruleOptions = ruleFields(rule);
+    const source = ruleOptions?.get("-s");
+    const parsed = parseCIDR(source);
+    const clusterIP =
+      ruleOptions &&
+      hasExactly(ruleOptions, ["-s", "-p", "-j", "--to-destination"]) &&
+      ruleOptions.get("-p") === match.protocol &&
+      ruleOptions.get("-j") === "DNAT"
+        ? destinationOf(ruleOptions.get("--to-destination"), family, match.port)
+        : undefined;
+    if (!parsed.ok || parsed.value.family !== family || clusterIP === undefined) {
+      return {
+        problem: `${family}: a rule in ${chain} is not a translation of an admitted source: ${quote(rule)}`,
+      };
+    }
+    sources.push(parsed.value.cidr);
+    clusterIPs.add(clusterIP);
+  }
+  if (clusterIPs.size > 1) {
+    return {
+      problem: `${family}: the rules of ${chain} translate to ${clusterIPs.size} cluster IPs`,
+    };
+  }
+  const order = (cidr: string) => cidrRange(cidr)?.first ?? 0n;
+  sources.sort((a, b) => (order(a) < order(b) ? -1 : order(a) > order(b) ? 1 : 0));
+  return {
+    mapping: { ...match, clusterIP: [...clusterIPs][0] as string, allowedSources: sources },
   };
 }
 
@@ -154,6 +258,7 @@ function familyTranslations(
     }
   }
   const jumped = new Set(jumps);
+  const referenced = new Set<string>();
   for (const bucket of jumped) {
     const count = jumps.filter((candidate) => candidate === bucket).length;
     if (count > 1) {
@@ -172,7 +277,14 @@ function familyTranslations(
       );
     }
     for (const spec of rules) {
-      const found = parseDnatRule(spec, family);
+      const restricted = parseRestrictedRule(spec, family, state.chains);
+      if (restricted?.problem) problems.push(restricted.problem);
+      if (restricted) {
+        const target = tokenize(spec).at(-1) as string;
+        referenced.add(target);
+        if (restricted.mapping === undefined) continue;
+      }
+      const found = restricted?.mapping ?? parseDnatRule(spec, family);
       if (found === undefined) {
         problems.push(`${family}: a rule in ${name} is not a translation: ${quote(spec)}`);
         continue;
@@ -186,6 +298,11 @@ function familyTranslations(
       }
     }
   }
+  for (const name of state.chains.keys()) {
+    if (name.startsWith(SOURCE_CHAIN_PREFIX) && !referenced.has(name)) {
+      problems.push(`${family}: no translation goes to ${name}: its rules are never reached`);
+    }
+  }
   return { mappings, problems };
 }
 
@@ -194,10 +311,10 @@ function familyProblems(
   family: IpFamily,
   state: LiveState,
   localPods: LocalPodMatch,
-  mark: number,
+  settings: RulesetSettings,
 ): string[] {
   const problems: string[] = [];
-  const target = familyTarget({ family, localPods, mappings: [] }, mark);
+  const target = familyTarget({ family, localPods, mappings: [] }, settings);
   for (const jump of target.jumps) {
     const live = state.jumps.filter((candidate) => candidate.chain === jump.chain);
     const only = live[0];
@@ -227,8 +344,9 @@ function familyProblems(
     }
   }
   for (const name of state.chains.keys()) {
-    // Bucket chains follow the translations: see familyTranslations.
-    if (!target.chains.has(name) && bucketOfChain(name) === undefined)
+    // Bucket and source chains follow the translations: see familyTranslations.
+    const translations = bucketOfChain(name) !== undefined || name.startsWith(SOURCE_CHAIN_PREFIX);
+    if (!target.chains.has(name) && !translations)
       problems.push(`${family}: chain ${name} is not one a sync creates`);
   }
   return problems;
@@ -264,7 +382,7 @@ export function iptablesLiveRules(
     if (enabled === undefined) {
       problems.push(`${family}: our chains are in the nat table although ${family} is not enabled`);
     } else {
-      problems.push(...familyProblems(family, state, enabled.localPods, settings.masqueradeMark));
+      problems.push(...familyProblems(family, state, enabled.localPods, settings));
     }
   }
   return { backend: "iptables", tool, present, mappings: mappings.sort(compareMappings), problems };

@@ -4,13 +4,21 @@
  * Layout per family (nat table), one rule per mapping:
  *
  * ```
- * PREROUTING  (1st rule) -> IPVSNC-PREROUTING : local-pod match (-s CIDR / -i name / -i prefix+) -> IPVSNC-SERVICES
+ * PREROUTING  (1st rule) -> IPVSNC-PREROUTING : local-pod match (-s CIDR / -i name / -i prefix+) -> IPVSNC-PODS
  * OUTPUT      (1st rule) -> IPVSNC-OUTPUT     : -m addrtype --src-type LOCAL                     -> IPVSNC-SERVICES
- * IPVSNC-SERVICES: returns unless the destination is local (`-m addrtype ! --dst-type LOCAL`),
- *                  sets the masquerade bit, tries IPVSNC-DNAT, clears the bit again on no match
+ * IPVSNC-PODS:     returns unless the destination is local (`-m addrtype ! --dst-type LOCAL`),
+ *                  then tries IPVSNC-DNAT: pod traffic keeps its source address, unmarked
+ * IPVSNC-SERVICES: the same, but sets the masquerade bit around IPVSNC-DNAT and clears it again
+ *                  on no match (host traffic, and pod traffic when the ruleset marks it)
  * IPVSNC-DNAT:     one rule per bucket: -d 0.0.0.7/0.0.0.255 -g IPVSNC-DNAT-07   (IPv6: -d ::7/::ff)
  * IPVSNC-DNAT-07:  -d IP -p PROTO --dport N -m comment --comment "ns/name" -j DNAT --to-destination CLUSTERIP:N
+ *                  or, for a mapping that admits only some sources, the same match -g IPVSNC-SRC-<hash>
+ * IPVSNC-SRC-<hash>: one rule per admitted source: -s CIDR -p PROTO -j DNAT --to-destination CLUSTERIP:N
  * ```
+ *
+ * A source that a restricted mapping does not admit falls off the end of its IPVSNC-SRC chain
+ * and leaves untranslated (and, in IPVSNC-SERVICES, unmarked): the packet then meets kube-proxy's
+ * own source-range firewall for the LoadBalancer IP, as it would without us.
  *
  * Setting the mark once before the DNAT list instead of next to every DNAT halves the number of
  * rules (the classic layout needs a MARK and a DNAT rule per mapping): DNAT ends the nat table
@@ -30,11 +38,14 @@
  * Every rule is written exactly as iptables-save prints it back (`/32`, `-m tcp`,
  * `--set-xmark`, `::/::ff`), so the live state can be compared to the rendered state rule by rule.
  */
+import { createHash } from "node:crypto";
 import {
   type FamilyRuleset,
   type IpFamily,
   type Mapping,
+  mappingKey,
   type Ruleset,
+  type RulesetSettings,
   validateRuleset,
 } from "@ipvs-node-controller/core";
 import { bucketOf, canonicalOrder } from "./dnat-order.js";
@@ -46,7 +57,9 @@ export const CHAINS = {
   prerouting: `${CHAIN_PREFIX}PREROUTING`,
   /** Entered from the top of nat OUTPUT; selects traffic from the host itself. */
   output: `${CHAIN_PREFIX}OUTPUT`,
-  /** Masquerade-mark bookkeeping around the DNAT list. */
+  /** Locality guard before the DNAT list, for pod traffic that keeps its address. */
+  pods: `${CHAIN_PREFIX}PODS`,
+  /** Locality guard and masquerade-mark bookkeeping around the DNAT list. */
   services: `${CHAIN_PREFIX}SERVICES`,
   /** One goto per non-empty bucket, in bucket order; see {@link bucketChain}. */
   dnat: `${CHAIN_PREFIX}DNAT`,
@@ -85,6 +98,40 @@ export function bucketJump(family: IpFamily, bucket: string): string {
  */
 export const LOCAL_DESTINATIONS_ONLY = "-m addrtype ! --dst-type LOCAL -j RETURN";
 
+/** Every per-mapping chain of admitted sources starts with this prefix. */
+export const SOURCE_CHAIN_PREFIX = `${CHAIN_PREFIX}SRC-`;
+
+/**
+ * The chain holding the sources a restricted mapping admits: the prefix and 16 hex digits of a
+ * hash of the mapping's key (27 characters; iptables allows 28). It depends on the key only, so a
+ * change of the admitted sources refills the same chain.
+ */
+export function sourceChain(
+  mapping: Pick<Mapping, "family" | "externalIP" | "protocol" | "port">,
+): string {
+  const hash = createHash("sha256").update(mappingKey(mapping)).digest("hex");
+  return `${SOURCE_CHAIN_PREFIX}${hash.slice(0, 16).toUpperCase()}`;
+}
+
+/** The DNAT target of a mapping, exactly as iptables-save prints it. */
+function dnatTarget(mapping: Mapping): string {
+  const destination =
+    mapping.family === "ipv4"
+      ? `${mapping.clusterIP}:${mapping.port}`
+      : `[${mapping.clusterIP}]:${mapping.port}`;
+  return `-j DNAT --to-destination ${destination}`;
+}
+
+/**
+ * The rules of a restricted mapping's source chain: one DNAT per admitted source (DNAT to a port
+ * needs the protocol in the rule; the bucket rule already matched it).
+ */
+export function sourceRules(mapping: Mapping): string[] {
+  return (mapping.allowedSources ?? []).map(
+    (cidr) => `-s ${cidr} -p ${mapping.protocol} ${dnatTarget(mapping)}`,
+  );
+}
+
 /** The comment on our jump rules in the built-in chains. It needs no quoting in iptables-save. */
 export const JUMP_COMMENT = "ipvs-node-controller";
 
@@ -116,18 +163,19 @@ function sourceMatch(cidr: string): string {
   return cidr.endsWith("/0") ? "" : `-s ${cidr} `;
 }
 
-/** The DNAT rule of one mapping, exactly as iptables-save prints it back. */
+/**
+ * The rule of one mapping in its bucket, exactly as iptables-save prints it back: the DNAT itself,
+ * or for a restricted mapping a goto into its source chain.
+ */
 export function dnatRule(mapping: Mapping): string {
   const hostMask = mapping.family === "ipv4" ? "/32" : "/128";
-  const destination =
-    mapping.family === "ipv4"
-      ? `${mapping.clusterIP}:${mapping.port}`
-      : `[${mapping.clusterIP}]:${mapping.port}`;
   const { externalIP, protocol, port, service } = mapping;
+  const target =
+    mapping.allowedSources === undefined ? dnatTarget(mapping) : `-g ${sourceChain(mapping)}`;
   // The comment is a DNS label, '/', and a DNS label (validateRuleset): nothing can end the quotes.
   return (
     `-d ${externalIP}${hostMask} -p ${protocol} -m ${protocol} --dport ${port} ` +
-    `-m comment --comment "${service.namespace}/${service.name}" -j DNAT --to-destination ${destination}`
+    `-m comment --comment "${service.namespace}/${service.name}" ${target}`
   );
 }
 
@@ -144,24 +192,32 @@ export interface FamilyPlan {
  * their byte, so that incremental changes, which insert by that order, always agree with a full
  * sync.
  */
-export function familyTarget(family: FamilyRuleset, masqueradeMark: number): TargetState {
-  return familyPlan(family, masqueradeMark).target;
+export function familyTarget(
+  family: FamilyRuleset,
+  settings: Pick<RulesetSettings, "masqueradeMark" | "markPodTraffic">,
+): TargetState {
+  return familyPlan(family, settings).target;
 }
 
 /** {@link familyTarget}, with the DNAT keys it sorted by. */
-export function familyPlan(family: FamilyRuleset, masqueradeMark: number): FamilyPlan {
-  const mark = hex(masqueradeMark);
+export function familyPlan(
+  family: FamilyRuleset,
+  settings: Pick<RulesetSettings, "masqueradeMark" | "markPodTraffic">,
+): FamilyPlan {
+  const mark = hex(settings.masqueradeMark);
   const dnat = canonicalOrder(family.mappings);
-  const toServices = `-j ${CHAINS.services}`;
+  const podChain = settings.markPodTraffic ? CHAINS.services : CHAINS.pods;
+  const toPods = `-j ${podChain}`;
   const localPods = family.localPods;
   const prerouting =
     localPods.kind === "sourceCIDRs"
-      ? localPods.cidrs.map((cidr) => `${sourceMatch(cidr)}${toServices}`)
+      ? localPods.cidrs.map((cidr) => `${sourceMatch(cidr)}${toPods}`)
       : localPods.kind === "inputInterface"
-        ? [`-i ${localPods.name} ${toServices}`]
-        : [`-i ${localPods.prefix}+ ${toServices}`];
+        ? [`-i ${localPods.name} ${toPods}`]
+        : [`-i ${localPods.prefix}+ ${toPods}`];
+  // Only destinations that are addresses of this node: see LOCAL_DESTINATIONS_ONLY.
+  const pods = [LOCAL_DESTINATIONS_ONLY, `-j ${CHAINS.dnat}`];
   const services = [
-    // Only destinations that are addresses of this node: see LOCAL_DESTINATIONS_ONLY.
     LOCAL_DESTINATIONS_ONLY,
     `-m mark --mark ${mark}/${mark} -j ${CHAINS.dnat}`,
     `-m mark --mark ${mark}/${mark} -j RETURN`,
@@ -177,15 +233,21 @@ export function familyPlan(family: FamilyRuleset, masqueradeMark: number): Famil
     else rules.push(dnatRule(mapping));
   });
   const order = [...buckets.keys()].sort();
+  const restricted = dnat.mappings.filter((mapping) => mapping.allowedSources !== undefined);
   const target: TargetState = {
     chains: new Map([
       [CHAINS.prerouting, prerouting],
-      [CHAINS.output, [`-m addrtype --src-type LOCAL ${toServices}`]],
+      [CHAINS.output, [`-m addrtype --src-type LOCAL -j ${CHAINS.services}`]],
+      ...(settings.markPodTraffic ? [] : [[CHAINS.pods, pods] as [string, string[]]]),
       [CHAINS.services, services],
       [CHAINS.dnat, order.map((bucket) => bucketJump(family.family, bucket))],
       ...order.map((bucket): [string, string[]] => [
         bucketChain(bucket),
         buckets.get(bucket) as string[],
+      ]),
+      ...restricted.map((mapping): [string, string[]] => [
+        sourceChain(mapping),
+        sourceRules(mapping),
       ]),
     ]),
     jumps: [
@@ -204,9 +266,7 @@ export function rulesetTargets(ruleset: Ruleset): Map<IpFamily, TargetState> {
 /** Validates a whole ruleset (core's canonical check) and returns the per-family plans. */
 export function rulesetPlans(ruleset: Ruleset): Map<IpFamily, FamilyPlan> {
   validateRuleset(ruleset);
-  return new Map(
-    ruleset.families.map((family) => [family.family, familyPlan(family, ruleset.masqueradeMark)]),
-  );
+  return new Map(ruleset.families.map((family) => [family.family, familyPlan(family, ruleset)]));
 }
 
 function sameRules(live: readonly string[] | undefined, target: readonly string[]): boolean {

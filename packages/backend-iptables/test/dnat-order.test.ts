@@ -12,7 +12,7 @@ import fc from "fast-check";
 import { describe, expect, it } from "vitest";
 import { bucketOf, DnatBuckets, DnatOrder, dnatKey, lowerBound } from "../src/dnat-order.js";
 import { bucketChain, bucketJump, CHAINS, dnatRule, familyTarget } from "../src/render.js";
-import { family, mapping } from "./fixtures.js";
+import { family, mapping, SETTINGS } from "./fixtures.js";
 
 const POD_CIDRS = { kind: "sourceCIDRs", cidrs: ["10.244.1.0/24"] } as const;
 
@@ -70,14 +70,14 @@ describe("familyTarget", () => {
       fc.property(fc.uniqueArray(anyMapping, { selector: dnatKey, maxLength: 40 }), (list) => {
         for (const f of ["ipv4", "ipv6"] as const) {
           const mappings = list.filter((m) => m.family === f);
-          const chains = familyTarget(family(f, POD_CIDRS, mappings), 0x4000).chains;
+          const chains = familyTarget(family(f, POD_CIDRS, mappings), SETTINGS).chains;
           const buckets = [...new Set(mappings.map((m) => bucketOf(dnatKey(m))))].sort();
           expect(chains.get(CHAINS.dnat)).toEqual(buckets.map((b) => bucketJump(f, b)));
           for (const bucket of buckets) {
             const inBucket = mappings.filter((m) => bucketOf(dnatKey(m)) === bucket);
             expect(chains.get(bucketChain(bucket))).toEqual(sortMappings(inBucket).map(dnatRule));
           }
-          expect(chains.size).toBe(4 + buckets.length);
+          expect(chains.size).toBe(5 + buckets.length);
         }
       }),
     );

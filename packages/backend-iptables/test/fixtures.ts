@@ -43,8 +43,12 @@ export function family(
   return { family: ipFamily, localPods, mappings };
 }
 
-export function ruleset(families: readonly FamilyRuleset[], masqueradeMark = 0x4000): Ruleset {
-  return { masqueradeMark, families };
+export function ruleset(
+  families: readonly FamilyRuleset[],
+  masqueradeMark = 0x4000,
+  markPodTraffic = false,
+): Ruleset {
+  return { masqueradeMark, markPodTraffic, families };
 }
 
 /** Strings that try to break out of an iptables-restore document, or are just invalid. */
@@ -196,3 +200,6 @@ export const rulesetArbitrary: fc.Arbitrary<Ruleset> = fc
       ),
     ]);
   });
+
+/** The settings of {@link ruleset} by default: kube-proxy's mark, pod traffic unmarked. */
+export const SETTINGS = { masqueradeMark: 0x4000, markPodTraffic: false } as const;

@@ -81,7 +81,7 @@ describe.skipIf(!enabled)("iptables variant detection on the kernel", () => {
     expect(await backend.variant()).toBe("legacy");
     expect(messages[0]).toMatch(/^using iptables-legacy: iptables-legacy sees more rules/);
     expect((await runner("iptables-legacy-save", ["-t", "nat"])).stdout).toContain(
-      "-A IPVSNC-PREROUTING -i cni0 -j IPVSNC-SERVICES",
+      "-A IPVSNC-PREROUTING -i cni0 -j IPVSNC-PODS",
     );
     expect((await runner("iptables-nft-save", ["-t", "nat"])).stdout).not.toContain("IPVSNC");
     expect(await backend.cleanup()).toBe(true);

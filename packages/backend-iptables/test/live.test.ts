@@ -99,8 +99,8 @@ describe("parseDnatRule", () => {
 
 describe("iptablesLiveRules", () => {
   const [ipv4, ipv6] = desired.families as [FamilyRuleset, FamilyRuleset];
-  const target4 = familyTarget(ipv4, desired.masqueradeMark);
-  const target6 = familyTarget(ipv6, desired.masqueradeMark);
+  const target4 = familyTarget(ipv4, desired);
+  const target6 = familyTarget(ipv6, desired);
 
   it("finds every translation and nothing wrong in what a sync writes", () => {
     const result = iptablesLiveRules(

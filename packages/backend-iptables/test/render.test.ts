@@ -20,7 +20,7 @@ import {
   rulesetTargets,
   tokenize,
 } from "../src/index.js";
-import { family, hostileString, mapping, ruleset, serviceArbitrary } from "./fixtures.js";
+import { family, hostileString, mapping, ruleset, SETTINGS, serviceArbitrary } from "./fixtures.js";
 
 const POD_CIDRS: LocalPodMatch = { kind: "sourceCIDRs", cidrs: ["10.244.1.0/24"] };
 
@@ -45,12 +45,16 @@ describe("renderRuleset", () => {
         "*nat",
         ":IPVSNC-PREROUTING - [0:0]",
         ":IPVSNC-OUTPUT - [0:0]",
+        ":IPVSNC-PODS - [0:0]",
         ":IPVSNC-SERVICES - [0:0]",
         ":IPVSNC-DNAT - [0:0]",
         ":IPVSNC-DNAT-07 - [0:0]",
         ":IPVSNC-DNAT-0A - [0:0]",
-        "-A IPVSNC-PREROUTING -s 10.244.1.0/24 -j IPVSNC-SERVICES",
+        "-A IPVSNC-PREROUTING -s 10.244.1.0/24 -j IPVSNC-PODS",
         "-A IPVSNC-OUTPUT -m addrtype --src-type LOCAL -j IPVSNC-SERVICES",
+        // Pod traffic keeps its source address: no mark.
+        "-A IPVSNC-PODS -m addrtype ! --dst-type LOCAL -j RETURN",
+        "-A IPVSNC-PODS -j IPVSNC-DNAT",
         "-A IPVSNC-SERVICES -m addrtype ! --dst-type LOCAL -j RETURN",
         "-A IPVSNC-SERVICES -m mark --mark 0x4000/0x4000 -j IPVSNC-DNAT",
         "-A IPVSNC-SERVICES -m mark --mark 0x4000/0x4000 -j RETURN",
@@ -71,12 +75,15 @@ describe("renderRuleset", () => {
         "*nat",
         ":IPVSNC-PREROUTING - [0:0]",
         ":IPVSNC-OUTPUT - [0:0]",
+        ":IPVSNC-PODS - [0:0]",
         ":IPVSNC-SERVICES - [0:0]",
         ":IPVSNC-DNAT - [0:0]",
         ":IPVSNC-DNAT-00 - [0:0]",
         ":IPVSNC-DNAT-10 - [0:0]",
-        "-A IPVSNC-PREROUTING -i cali+ -j IPVSNC-SERVICES",
+        "-A IPVSNC-PREROUTING -i cali+ -j IPVSNC-PODS",
         "-A IPVSNC-OUTPUT -m addrtype --src-type LOCAL -j IPVSNC-SERVICES",
+        "-A IPVSNC-PODS -m addrtype ! --dst-type LOCAL -j RETURN",
+        "-A IPVSNC-PODS -j IPVSNC-DNAT",
         "-A IPVSNC-SERVICES -m addrtype ! --dst-type LOCAL -j RETURN",
         "-A IPVSNC-SERVICES -m mark --mark 0x4000/0x4000 -j IPVSNC-DNAT",
         "-A IPVSNC-SERVICES -m mark --mark 0x4000/0x4000 -j RETURN",
@@ -123,7 +130,7 @@ describe("renderRuleset", () => {
   });
 
   it("renders an enabled family without mappings as chains with an empty DNAT list", () => {
-    const target = familyTarget(family("ipv4", POD_CIDRS, []), 0x4000);
+    const target = familyTarget(family("ipv4", POD_CIDRS, []), SETTINGS);
     expect(target.chains.get(CHAINS.dnat)).toEqual([]);
     expect([...target.chains.keys()]).toEqual(Object.values(CHAINS));
     expect(target.chains.get(CHAINS.prerouting)).toHaveLength(1);
@@ -139,7 +146,7 @@ describe("local-pod matching", () => {
     {
       name: "one CIDR per rule",
       localPods: { kind: "sourceCIDRs", cidrs: ["10.244.1.0/24", "10.245.0.0/16"] },
-      rules: ["-s 10.244.1.0/24 -j IPVSNC-SERVICES", "-s 10.245.0.0/16 -j IPVSNC-SERVICES"],
+      rules: ["-s 10.244.1.0/24 -j IPVSNC-PODS", "-s 10.245.0.0/16 -j IPVSNC-PODS"],
     },
     {
       name: "no CIDR: no pod traffic recognised",
@@ -149,33 +156,42 @@ describe("local-pod matching", () => {
     {
       name: "a /0 CIDR is printed without -s, as iptables-save does",
       localPods: { kind: "sourceCIDRs", cidrs: ["0.0.0.0/0"] },
-      rules: ["-j IPVSNC-SERVICES"],
+      rules: ["-j IPVSNC-PODS"],
     },
     {
       name: "a bridge interface",
       localPods: { kind: "inputInterface", name: "cni0" },
-      rules: ["-i cni0 -j IPVSNC-SERVICES"],
+      rules: ["-i cni0 -j IPVSNC-PODS"],
     },
     {
       name: "an interface prefix",
       localPods: { kind: "inputInterfacePrefix", prefix: "veth" },
-      rules: ["-i veth+ -j IPVSNC-SERVICES"],
+      rules: ["-i veth+ -j IPVSNC-PODS"],
     },
   ];
   it.each(cases)("$name", ({ localPods, rules }) => {
     expect(
-      familyTarget(family("ipv4", localPods, []), 0x4000).chains.get(CHAINS.prerouting),
+      familyTarget(family("ipv4", localPods, []), SETTINGS).chains.get(CHAINS.prerouting),
     ).toEqual(rules);
+  });
+
+  it("sends pod traffic through the marking chain when the ruleset marks it", () => {
+    const target = familyTarget(family("ipv4", POD_CIDRS, []), {
+      ...SETTINGS,
+      markPodTraffic: true,
+    });
+    expect(target.chains.get(CHAINS.prerouting)).toEqual(["-s 10.244.1.0/24 -j IPVSNC-SERVICES"]);
+    expect(target.chains.has(CHAINS.pods)).toBe(false);
   });
 
   it("matches IPv6 pod CIDRs in the IPv6 document", () => {
     const target = familyTarget(
       family("ipv6", { kind: "sourceCIDRs", cidrs: ["fd00:10:244:1::/64", "::/0"] }, []),
-      0x4000,
+      SETTINGS,
     );
     expect(target.chains.get(CHAINS.prerouting)).toEqual([
-      "-s fd00:10:244:1::/64 -j IPVSNC-SERVICES",
-      "-j IPVSNC-SERVICES",
+      "-s fd00:10:244:1::/64 -j IPVSNC-PODS",
+      "-j IPVSNC-PODS",
     ]);
   });
 });
@@ -186,7 +202,10 @@ describe("masquerade mark", () => {
     [0x1, "0x1"],
     [0x80000000, "0x80000000"],
   ])("prints mark %i as %s", (mark, printed) => {
-    const services = familyTarget(family("ipv4", POD_CIDRS, []), mark).chains.get(CHAINS.services);
+    const services = familyTarget(family("ipv4", POD_CIDRS, []), {
+      ...SETTINGS,
+      masqueradeMark: mark,
+    }).chains.get(CHAINS.services);
     expect(services).toContain(`-j MARK --set-xmark ${printed}/${printed}`);
     expect(services).toContain(`-j MARK --set-xmark 0x0/${printed}`);
     expect(services).toContain(`-m mark --mark ${printed}/${printed} -j RETURN`);
@@ -269,12 +288,14 @@ describe("refusing values that could break the document", () => {
 const LINE_GRAMMAR = [
   /^# ipv[46]: ip6?tables-restore --noflush -w$/,
   /^\*nat$/,
-  /^:IPVSNC-(PREROUTING|OUTPUT|SERVICES|DNAT|DNAT-[0-9A-F]{2}) - \[0:0\]$/,
-  /^-A IPVSNC-PREROUTING (-s [0-9a-f.:]+\/\d+ |-i [A-Za-z0-9_.-]+\+? )?-j IPVSNC-SERVICES$/,
+  /^:IPVSNC-(PREROUTING|OUTPUT|PODS|SERVICES|DNAT|DNAT-[0-9A-F]{2}|SRC-[0-9A-F]{16}) - \[0:0\]$/,
+  /^-A IPVSNC-PREROUTING (-s [0-9a-f.:]+\/\d+ |-i [A-Za-z0-9_.-]+\+? )?-j IPVSNC-(PODS|SERVICES)$/,
+  /^-A IPVSNC-PODS (-m addrtype ! --dst-type LOCAL -j RETURN|-j IPVSNC-DNAT)$/,
   /^-A IPVSNC-OUTPUT -m addrtype --src-type LOCAL -j IPVSNC-SERVICES$/,
   /^-A IPVSNC-SERVICES (-m addrtype ! --dst-type LOCAL -j RETURN|-m mark --mark 0x[0-9a-f]+\/0x[0-9a-f]+ -j (IPVSNC-DNAT|RETURN)|-j MARK --set-xmark 0x[0-9a-f]+\/0x[0-9a-f]+|-j IPVSNC-DNAT)$/,
   /^-A IPVSNC-DNAT -d (0\.0\.0\.\d{1,3}\/0\.0\.0\.255|::[0-9a-f]{0,2}\/::ff) -g IPVSNC-DNAT-[0-9A-F]{2}$/,
-  /^-A IPVSNC-DNAT-[0-9A-F]{2} -d [0-9a-f.:]+\/(32|128) -p (tcp|udp|sctp) -m (tcp|udp|sctp) --dport \d+ -m comment --comment "[a-z0-9-]+\/[a-z0-9-]+" -j DNAT --to-destination (\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]):\d+$/,
+  /^-A IPVSNC-DNAT-[0-9A-F]{2} -d [0-9a-f.:]+\/(32|128) -p (tcp|udp|sctp) -m (tcp|udp|sctp) --dport \d+ -m comment --comment "[a-z0-9-]+\/[a-z0-9-]+" (-j DNAT --to-destination (\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]):\d+|-g IPVSNC-SRC-[0-9A-F]{16})$/,
+  /^-A IPVSNC-SRC-[0-9A-F]{16} -s [0-9a-f.:]+\/\d+ -p (tcp|udp|sctp) -j DNAT --to-destination (\d+\.\d+\.\d+\.\d+|\[[0-9a-f:]+\]):\d+$/,
   /^-I (PREROUTING|OUTPUT) 1 -m comment --comment ipvs-node-controller -j IPVSNC-(PREROUTING|OUTPUT)$/,
   /^COMMIT$/,
   /^$/,
@@ -459,7 +480,7 @@ describe("parseNatSave", () => {
 describe("planTransition", () => {
   const target = familyTarget(
     family("ipv4", POD_CIDRS, [mapping("192.0.2.1", 80, "10.96.0.1")]),
-    0x4000,
+    SETTINGS,
   );
   const applied = (): string => {
     // What iptables-save prints after the target went into an empty table.

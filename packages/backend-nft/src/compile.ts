@@ -1,25 +1,38 @@
 /**
  * Compiles a {@link Ruleset} to libnftables JSON (`nft -j -f -`).
  *
- * Layout of the one `inet` table (names for a table called `ipvs-node-controller`):
+ * Layout of the one `inet` table (names for a table called `ipvs-node-controller`), per family:
  *
  * - map `mappings-ipv4`: `ipv4_addr . inet_proto . inet_service : ipv4_addr`, external IP, protocol
- *   and port to cluster IP (same for `-ipv6`). One lookup per packet whatever the number of Services.
+ *   and port to cluster IP, for every mapping (same for `-ipv6`). One hash lookup per packet
+ *   whatever the number of Services.
+ * - set `restricted-ipv4`: the keys of the mappings that admit only some sources
+ *   (`loadBalancerSourceRanges`), and interval set `allowed-ipv4`:
+ *   `ipv4_addr . inet_proto . inet_service . ipv4_addr`, each key with each source range it admits.
  * - set `pod-cidrs-ipv4` (interval), only when local pods are recognised by source CIDR.
- * - chain `prerouting` (nat, hook prerouting, priority -110): per family,
+ * - chain `prerouting` (nat, hook prerouting, priority -110), per family:
  *   `<local-pod match> ip daddr . meta l4proto . th dport @mappings-ipv4 fib daddr type local
- *    meta mark set meta mark | MARK dnat ip to ip daddr . meta l4proto . th dport map @mappings-ipv4`
- * - chain `output` (nat, hook output, priority -110): the same with `fib saddr type local` as the match.
+ *    goto translate-ipv4`
+ * - chain `output` (nat, hook output, priority -110): the same with `fib saddr type local` as the
+ *   match, going to `translate-masquerade-ipv4`.
+ * - chains `translate-ipv4` and `translate-masquerade-ipv4`: leave a restricted key from a source
+ *   it does not admit untranslated (`... @restricted-ipv4 ... . ip saddr != @allowed-ipv4 return`),
+ *   then DNAT through the map; the second one first sets the masquerade mark. Pod traffic goes to
+ *   the first, so an endpoint sees the pod's own address, unless the ruleset marks pod traffic too.
  *
- * The membership test before the mark keeps untranslated packets unmarked; a lookup miss ends the
- * rule without a verdict, so traffic to anything else passes untouched.
+ * A packet to anything else costs the one membership test of the map: the locality guard, the
+ * source check and the DNAT run only for a key we translate, and only on a connection's first
+ * packet (nat chains see no other). A lookup miss ends the rule without a verdict, so traffic to
+ * anything else passes untouched, and no packet is marked that is not translated.
  *
  * `fib daddr type local` confines translation to nodes where the bug exists: kube-proxy's IPVS
  * mode binds every LoadBalancer IP and externalIP to `kube-ipvs0`, so there they are local
  * addresses. Where kube-proxy runs in nftables or iptables mode those IPs are virtual; a DNAT of
  * ours would run before kube-proxy's chains, which are then skipped for the connection, and route
- * the cluster IP off the node. The route lookup comes after the map lookup, so a packet to any
- * other destination still costs one hash lookup.
+ * the cluster IP off the node.
+ *
+ * A source that a restriction does not admit is left alone rather than dropped: the packet then
+ * meets kube-proxy's own source-range firewall for the LoadBalancer IP, as it would without us.
  */
 import {
   cidrRange,
@@ -27,6 +40,7 @@ import {
   type IpFamily,
   type LocalPodMatch,
   type Mapping,
+  outermostCIDRs,
   type Ruleset,
   type RulesetDiff,
   type RulesetSettings,
@@ -43,7 +57,7 @@ export interface NftDocument {
 /** Hook priority of both chains: before iptables' and kube-proxy's nat (-100), after conntrack. */
 export const CHAIN_PRIORITY = -110;
 
-/** Names of the objects inside our table. */
+/** The base chains, hooked at prerouting and output. */
 export const CHAINS = { prerouting: "prerouting", output: "output" } as const;
 
 /** The map holding one family's translations. */
@@ -51,15 +65,35 @@ export function mapName(family: IpFamily): string {
   return `mappings-${family}`;
 }
 
+/** The set of the keys of one family's mappings that admit only some sources. */
+export function restrictedSetName(family: IpFamily): string {
+  return `restricted-${family}`;
+}
+
+/** The interval set of (key . source range) that the restricted keys of one family admit. */
+export function allowedSetName(family: IpFamily): string {
+  return `allowed-${family}`;
+}
+
 /** The interval set of one family's pod CIDRs. */
 export function podSetName(family: IpFamily): string {
   return `pod-cidrs-${family}`;
+}
+
+/** The regular chain that translates one family's packets, with or without the mark. */
+export function translateChainName(family: IpFamily, marked: boolean): string {
+  return marked ? `translate-masquerade-${family}` : `translate-${family}`;
 }
 
 const NFT_PROTOCOL: Record<IpFamily, { payload: "ip" | "ip6"; addressType: string }> = {
   ipv4: { payload: "ip", addressType: "ipv4_addr" },
   ipv6: { payload: "ip6", addressType: "ipv6_addr" },
 };
+
+/** The nft type of a family's addresses: `ipv4_addr` or `ipv6_addr`. */
+export function addressType(family: IpFamily): string {
+  return NFT_PROTOCOL[family].addressType;
+}
 
 /**
  * `namespace/name` for an element comment. Both parts are DNS labels (the core's
@@ -93,27 +127,66 @@ function mapElement(mapping: Mapping): unknown[] {
   ];
 }
 
+/** The element of `restricted-<family>` for a restricted mapping, with its owner as comment. */
+function restrictedElement(mapping: Mapping): NftObject {
+  return { elem: { val: elementKey(mapping), comment: elementComment(mapping.service) } };
+}
+
+function cidrElement(cidr: string): NftObject {
+  const [addr = "", len = ""] = cidr.split("/");
+  return { prefix: { addr, len: Number(len) } };
+}
+
+/** The elements of `allowed-<family>` for a mapping: one per source range it admits. */
+function allowedElements(mapping: Mapping): NftObject[] {
+  return (mapping.allowedSources ?? []).map((cidr) => ({
+    concat: [mapping.externalIP, mapping.protocol, mapping.port, cidrElement(cidr)],
+  }));
+}
+
 /** The external IP is an address of this node, as kube-proxy's IPVS mode makes it. */
 const DESTINATION_LOCAL: NftObject = {
   match: { op: "==", left: { fib: { result: "type", flags: ["daddr"] } }, right: "local" },
 };
 
-/** The statements shared by both chains: membership test, locality guard, mark, DNAT from the map. */
-function translate(family: IpFamily, mark: number): NftObject[] {
-  const map = `@${mapName(family)}`;
+const HOST_ORIGINATED: NftObject = {
+  match: { op: "==", left: { fib: { result: "type", flags: ["saddr"] } }, right: "local" },
+};
+
+/** Membership of the packet's key in the family's map: the one lookup every packet costs. */
+function translated(family: IpFamily): NftObject {
+  return { match: { op: "==", left: lookupKey(family), right: `@${mapName(family)}` } };
+}
+
+/** Leaves a restricted key untranslated for a source it does not admit. */
+function unadmittedSourceReturns(family: IpFamily): NftObject[] {
+  const { payload } = NFT_PROTOCOL[family];
+  const keyWithSource = {
+    concat: [
+      ...(lookupKey(family).concat as NftObject[]),
+      { payload: { protocol: payload, field: "saddr" } },
+    ],
+  };
   return [
-    { match: { op: "==", left: lookupKey(family), right: map } },
-    DESTINATION_LOCAL,
-    {
-      mangle: { key: { meta: { key: "mark" } }, value: { "|": [{ meta: { key: "mark" } }, mark] } },
-    },
-    {
-      dnat: {
-        family: NFT_PROTOCOL[family].payload,
-        addr: { map: { key: lookupKey(family), data: map } },
-      },
-    },
+    { match: { op: "==", left: lookupKey(family), right: `@${restrictedSetName(family)}` } },
+    { match: { op: "!=", left: keyWithSource, right: `@${allowedSetName(family)}` } },
+    { return: null },
   ];
+}
+
+function dnat(family: IpFamily): NftObject {
+  return {
+    dnat: {
+      family: NFT_PROTOCOL[family].payload,
+      addr: { map: { key: lookupKey(family), data: `@${mapName(family)}` } },
+    },
+  };
+}
+
+function setMark(mark: number): NftObject {
+  return {
+    mangle: { key: { meta: { key: "mark" } }, value: { "|": [{ meta: { key: "mark" } }, mark] } },
+  };
 }
 
 function localPodMatch(family: IpFamily, match: LocalPodMatch): NftObject {
@@ -135,25 +208,83 @@ function localPodMatch(family: IpFamily, match: LocalPodMatch): NftObject {
   }
 }
 
-const HOST_ORIGINATED: NftObject = {
-  match: { op: "==", left: { fib: { result: "type", flags: ["saddr"] } }, right: "local" },
-};
+/** One chain of our table: a base chain when it has a hook, a regular one otherwise. */
+export interface ChainSpec {
+  readonly name: string;
+  readonly hook?: "prerouting" | "output";
+  /** The rule expressions, in order, exactly as `nft -j list` prints them back. */
+  readonly rules: readonly NftObject[][];
+}
 
 /**
- * The rule expressions of each chain, in order, exactly as `nft -j list` prints them back. They
- * depend only on the settings, never on the mappings.
+ * Every chain of the table and its rules, in the order they are created (a chain that others go
+ * to comes first). They depend only on the settings, never on the mappings.
  */
-export function chainRules(settings: RulesetSettings): Record<keyof typeof CHAINS, NftObject[][]> {
-  return {
-    prerouting: settings.families.map(({ family, localPods }) => [
+export function tableChains(settings: RulesetSettings): ChainSpec[] {
+  const regular: ChainSpec[] = [];
+  const prerouting: NftObject[][] = [];
+  const output: NftObject[][] = [];
+  for (const { family, localPods } of settings.families) {
+    const podChain = translateChainName(family, settings.markPodTraffic);
+    const hostChain = translateChainName(family, true);
+    if (podChain !== hostChain) {
+      regular.push({ name: podChain, rules: [unadmittedSourceReturns(family), [dnat(family)]] });
+    }
+    regular.push({
+      name: hostChain,
+      rules: [unadmittedSourceReturns(family), [setMark(settings.masqueradeMark), dnat(family)]],
+    });
+    prerouting.push([
       localPodMatch(family, localPods),
-      ...translate(family, settings.masqueradeMark),
-    ]),
-    output: settings.families.map(({ family }) => [
+      translated(family),
+      DESTINATION_LOCAL,
+      { goto: { target: podChain } },
+    ]);
+    output.push([
       HOST_ORIGINATED,
-      ...translate(family, settings.masqueradeMark),
-    ]),
-  };
+      translated(family),
+      DESTINATION_LOCAL,
+      { goto: { target: hostChain } },
+    ]);
+  }
+  return [
+    ...regular,
+    { name: CHAINS.prerouting, hook: "prerouting", rules: prerouting },
+    { name: CHAINS.output, hook: "output", rules: output },
+  ];
+}
+
+/** One set or map of our table, as nft lists it back (elements aside). */
+export interface CollectionSpec {
+  readonly name: string;
+  /** True for a map (`map` is then the type of its values). */
+  readonly isMap: boolean;
+  readonly type: string | readonly string[];
+  readonly map?: string;
+  readonly flags?: readonly string[];
+}
+
+/** Every set and map of the table, in the order they are created. */
+export function tableCollections(settings: RulesetSettings): CollectionSpec[] {
+  const collections: CollectionSpec[] = [];
+  for (const { family, localPods } of settings.families) {
+    const address = addressType(family);
+    if (localPods.kind === "sourceCIDRs") {
+      collections.push({
+        name: podSetName(family),
+        isMap: false,
+        type: address,
+        flags: ["interval"],
+      });
+    }
+    const key = [address, "inet_proto", "inet_service"];
+    collections.push(
+      { name: mapName(family), isMap: true, type: key, map: address },
+      { name: restrictedSetName(family), isMap: false, type: key },
+      { name: allowedSetName(family), isMap: false, type: [...key, address], flags: ["interval"] },
+    );
+  }
+  return collections;
 }
 
 /** A closed interval of addresses. */
@@ -188,89 +319,67 @@ export function mergeIntervals(intervals: readonly AddressInterval[]): AddressIn
 }
 
 /**
- * Drops CIDRs contained in another one of the list (and duplicates) and sorts the rest by address.
- * nft refuses overlapping intervals in one set; CIDRs never partially overlap, so this is all it
- * takes. The order makes the document independent of the order of the input.
+ * The `elem` value of each collection of one family that has elements, by name; `mapElements`
+ * stands for the map's elements (the elements themselves, or a placeholder that
+ * {@link fullSyncJson} fills).
  */
-export function outermostCIDRs(cidrs: readonly string[]): string[] {
-  const withIntervals = cidrs.map((cidr) => ({ cidr, interval: cidrInterval(cidr) }));
-  const coveredByAnother = (interval: AddressInterval, index: number) =>
-    withIntervals.some((other, otherIndex) => {
-      if (otherIndex === index) return false;
-      const covers = other.interval.first <= interval.first && other.interval.last >= interval.last;
-      const same = other.interval.first === interval.first && other.interval.last === interval.last;
-      // Of two equal CIDRs the first one stays.
-      return covers && (!same || otherIndex < index);
-    });
-  return withIntervals
-    .filter(({ interval }, index) => !coveredByAnother(interval, index))
-    .sort((a, b) => (a.interval.first < b.interval.first ? -1 : 1))
-    .map(({ cidr }) => cidr);
+function familyElements(family: FamilyRuleset, mapElements: unknown): Map<string, unknown> {
+  const elements = new Map<string, unknown>();
+  if (family.localPods.kind === "sourceCIDRs" && family.localPods.cidrs.length > 0) {
+    elements.set(
+      podSetName(family.family),
+      outermostCIDRs(family.localPods.cidrs).map(cidrElement),
+    );
+  }
+  if (family.mappings.length > 0) elements.set(mapName(family.family), mapElements);
+  const restricted = family.mappings.filter((mapping) => mapping.allowedSources !== undefined);
+  if (restricted.length > 0) {
+    elements.set(restrictedSetName(family.family), restricted.map(restrictedElement));
+    elements.set(allowedSetName(family.family), restricted.flatMap(allowedElements));
+  }
+  return elements;
 }
 
-function cidrElement(cidr: string): NftObject {
-  const [addr = "", len = ""] = cidr.split("/");
-  return { prefix: { addr, len: Number(len) } };
-}
-
-/**
- * The definitions of everything inside the table. `elements` turns a family's mappings into the
- * map's `elem` value: the elements themselves, or a placeholder that {@link fullSyncJson} fills.
- */
+/** The definitions of everything inside the table; see {@link familyElements} for `mapElements`. */
 function tableContents(
   ruleset: Ruleset,
   table: string,
-  elements: (family: FamilyRuleset) => unknown = (family) => family.mappings.map(mapElement),
+  mapElements: (family: FamilyRuleset) => unknown = (family) => family.mappings.map(mapElement),
 ): NftObject[] {
   const base = { family: "inet", table };
   const commands: NftObject[] = [];
   for (const family of ruleset.families) {
-    const addressType = NFT_PROTOCOL[family.family].addressType;
-    if (family.localPods.kind === "sourceCIDRs") {
-      const cidrs = outermostCIDRs(family.localPods.cidrs);
+    const elements = familyElements(family, mapElements(family));
+    for (const { name, isMap, type, map, flags } of tableCollections({
+      ...ruleset,
+      families: [family],
+    })) {
+      const elem = elements.get(name);
       commands.push({
         add: {
-          set: {
+          [isMap ? "map" : "set"]: {
             ...base,
-            name: podSetName(family.family),
-            type: addressType,
-            flags: ["interval"],
-            ...(cidrs.length > 0 ? { elem: cidrs.map(cidrElement) } : {}),
+            name,
+            type,
+            ...(map === undefined ? {} : { map }),
+            ...(flags === undefined ? {} : { flags }),
+            ...(elem === undefined ? {} : { elem }),
           },
         },
       });
     }
-    commands.push({
-      add: {
-        map: {
-          ...base,
-          name: mapName(family.family),
-          type: [addressType, "inet_proto", "inet_service"],
-          map: addressType,
-          ...(family.mappings.length > 0 ? { elem: elements(family) } : {}),
-        },
-      },
-    });
   }
-  for (const [chain, hook] of [
-    [CHAINS.prerouting, "prerouting"],
-    [CHAINS.output, "output"],
-  ] as const) {
-    commands.push({
-      add: {
-        chain: { ...base, name: chain, type: "nat", hook, prio: CHAIN_PRIORITY, policy: "accept" },
-      },
-    });
+  const chains = tableChains(ruleset);
+  for (const { name, hook } of chains) {
+    const baseChain = { type: "nat", hook, prio: CHAIN_PRIORITY, policy: "accept" };
+    commands.push({ add: { chain: { ...base, name, ...(hook === undefined ? {} : baseChain) } } });
   }
-  commands.push(...ruleCommands(ruleset, table));
+  for (const chain of chains) {
+    for (const expr of chain.rules) {
+      commands.push({ add: { rule: { ...base, chain: chain.name, expr } } });
+    }
+  }
   return commands;
-}
-
-function ruleCommands(settings: RulesetSettings, table: string): NftObject[] {
-  const rules = chainRules(settings);
-  return (Object.keys(rules) as (keyof typeof rules)[]).flatMap((chain) =>
-    rules[chain].map((expr) => ({ add: { rule: { family: "inet", table, chain, expr } } })),
-  );
 }
 
 /**
@@ -321,31 +430,35 @@ export function fullSyncJson(ruleset: Ruleset, table: string): string {
 /**
  * An incremental sync: element changes only, so that its cost follows the change. (Rewriting the
  * chains' rules too would make nft fetch every element of the maps they reference: 41 ms instead
- * of 23 ms at 10,000 Services.) Deleting an element that is gone, or adding one to a map that is
- * gone, fails the whole transaction, which the caller answers with a full sync; rules that someone
+ * of 23 ms at 10,000 Services.) A changed mapping is deleted and added again, with its source
+ * restriction. Deleting an element that is gone, or adding one to a collection that is gone,
+ * fails the whole transaction, which the caller answers with a full sync; rules that someone
  * flushed are found by `verify`.
  */
 export function incrementalDocument(diff: RulesetDiff, table: string): NftDocument {
   const base = { family: "inet", table };
-  const commands: NftObject[] = [];
   const deletions = [...diff.removed, ...diff.changed.map(({ before }) => before)];
   const additions = [...diff.added, ...diff.changed.map(({ after }) => after)];
-  for (const family of ["ipv4", "ipv6"] as const) {
-    const deleted = deletions.filter((mapping) => mapping.family === family);
-    if (deleted.length > 0) {
-      commands.push({
-        delete: { element: { ...base, name: mapName(family), elem: deleted.map(elementKey) } },
-      });
+  const commands: NftObject[] = [];
+  const elementCommands = (verb: "add" | "delete", mappings: readonly Mapping[]) => {
+    for (const family of ["ipv4", "ipv6"] as const) {
+      const own = mappings.filter((mapping) => mapping.family === family);
+      const restricted = own.filter((mapping) => mapping.allowedSources !== undefined);
+      const lists: [string, unknown[]][] = [
+        [mapName(family), verb === "add" ? own.map(mapElement) : own.map(elementKey)],
+        [
+          restrictedSetName(family),
+          verb === "add" ? restricted.map(restrictedElement) : restricted.map(elementKey),
+        ],
+        [allowedSetName(family), restricted.flatMap(allowedElements)],
+      ];
+      for (const [name, elem] of lists) {
+        if (elem.length > 0) commands.push({ [verb]: { element: { ...base, name, elem } } });
+      }
     }
-  }
-  for (const family of ["ipv4", "ipv6"] as const) {
-    const added = additions.filter((mapping) => mapping.family === family);
-    if (added.length > 0) {
-      commands.push({
-        add: { element: { ...base, name: mapName(family), elem: added.map(mapElement) } },
-      });
-    }
-  }
+  };
+  elementCommands("delete", deletions);
+  elementCommands("add", additions);
   return { nftables: commands };
 }
 

@@ -1,10 +1,9 @@
 /**
- * Reads back our table (`nft -j list table inet NAME`) and compares it with what a full sync of a
- * ruleset would create. Anything unexpected (a missing or extra object, a changed rule, an element
- * too many or too few, a different cluster IP or comment) means "not in sync".
- *
- * For a diagnosis rather than a yes or no, {@link listedMappings} reads the translations out of
- * a listing and {@link structureProblems} names what differs around them.
+ * Reads back our table (`nft -j list table inet NAME`): the translations it holds
+ * ({@link listedMappings}), how everything around them differs from what a full sync writes
+ * ({@link structureProblems}), and, from both, whether the table is exactly what a full sync of a
+ * ruleset creates ({@link tableMatches}). The periodic verify and `doctor` make the same
+ * comparison.
  */
 import { isDeepStrictEqual } from "node:util";
 import {
@@ -14,22 +13,29 @@ import {
   type IpFamily,
   type L4Protocol,
   type LiveMapping,
+  type Mapping,
+  parseCIDR,
   parseIP,
   quote,
   type Ruleset,
   type RulesetSettings,
+  sortMappings,
 } from "@ipvs-node-controller/core";
 import {
   type AddressInterval,
+  allowedSetName,
   CHAIN_PRIORITY,
-  CHAINS,
-  chainRules,
+  type ChainSpec,
+  type CollectionSpec,
   cidrInterval,
   elementComment,
   mapName,
   mergeIntervals,
   type NftObject,
   podSetName,
+  restrictedSetName,
+  tableChains,
+  tableCollections,
 } from "./compile.js";
 
 interface LiveChain {
@@ -43,6 +49,7 @@ interface LiveChain {
 interface LiveCollection {
   type?: unknown;
   map?: unknown;
+  flags?: unknown;
   elem?: unknown;
   isMap: boolean;
 }
@@ -52,6 +59,9 @@ export interface LiveTable {
   chains: Map<string, LiveChain>;
   collections: Map<string, LiveCollection>;
 }
+
+const FAMILIES: readonly IpFamily[] = ["ipv4", "ipv6"];
+const PROTOCOLS: ReadonlySet<string> = new Set<L4Protocol>(["tcp", "udp", "sctp"]);
 
 function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null && !Array.isArray(value);
@@ -77,6 +87,7 @@ export function parseListing(stdout: string): LiveTable {
       live.collections.set(String(collection.name), {
         type: collection.type,
         map: collection.map,
+        flags: collection.flags,
         elem: collection.elem,
         isMap: isObject(item.map),
       });
@@ -109,39 +120,6 @@ function setElementInterval(element: unknown): AddressInterval | undefined {
   return undefined;
 }
 
-/** The parts of one translation-map element as nft lists it, the key unwrapped from `elem` when it carries a comment. */
-interface MapElementParts {
-  readonly address: unknown;
-  readonly protocol: unknown;
-  readonly port: unknown;
-  readonly data: unknown;
-  /** The element's comment; empty when it has none. */
-  readonly comment: string;
-}
-
-/** Splits `[key, data]` into its parts, or undefined when its shape is not a map element of ours. */
-function mapElementParts(element: unknown): MapElementParts | undefined {
-  if (!Array.isArray(element) || element.length !== 2) return undefined;
-  const [keyPart, data] = element as [unknown, unknown];
-  let key = keyPart;
-  let comment = "";
-  if (isObject(keyPart) && isObject(keyPart.elem)) {
-    key = keyPart.elem.val;
-    comment = typeof keyPart.elem.comment === "string" ? keyPart.elem.comment : "";
-  }
-  if (!isObject(key) || !Array.isArray(key.concat) || key.concat.length !== 3) return undefined;
-  const [address, protocol, port] = key.concat as unknown[];
-  return { address, protocol, port, data, comment };
-}
-
-/** One map element as `ip|protocol|port` -> `clusterIP|comment`. */
-function mapElementEntry(element: unknown): [string, string] | undefined {
-  const parts = mapElementParts(element);
-  if (parts === undefined) return undefined;
-  const { address, protocol, port, data, comment } = parts;
-  return [`${String(address)}|${String(protocol)}|${String(port)}`, `${String(data)}|${comment}`];
-}
-
 function sameIntervals(live: unknown, cidrs: readonly string[]): boolean {
   const elements = live === undefined ? [] : live;
   if (!Array.isArray(elements)) return false;
@@ -154,86 +132,20 @@ function sameIntervals(live: unknown, cidrs: readonly string[]): boolean {
   return isDeepStrictEqual(mergeIntervals(liveIntervals), mergeIntervals(cidrs.map(cidrInterval)));
 }
 
-function sameMapElements(live: unknown, expected: Map<string, string>): boolean {
-  const elements = live === undefined ? [] : live;
-  if (!Array.isArray(elements) || elements.length !== expected.size) return false;
-  for (const element of elements) {
-    const entry = mapElementEntry(element);
-    if (entry === undefined || expected.get(entry[0]) !== entry[1]) return false;
-  }
-  return true;
+/** A key of ours as nft lists it: `external IP . protocol . port`, all three checked. */
+interface ListedKey {
+  readonly externalIP: string;
+  readonly protocol: L4Protocol;
+  readonly port: number;
 }
 
-/** True when the listed table holds exactly what a full sync of `ruleset` creates. */
-export function tableMatches(live: LiveTable, ruleset: Ruleset): boolean {
-  const expectedRules = chainRules(ruleset);
-  if (live.chains.size !== Object.keys(CHAINS).length) return false;
-  for (const [name, hook] of [
-    [CHAINS.prerouting, "prerouting"],
-    [CHAINS.output, "output"],
-  ] as const) {
-    const chain = live.chains.get(name);
-    if (
-      chain === undefined ||
-      chain.type !== "nat" ||
-      chain.hook !== hook ||
-      chain.prio !== CHAIN_PRIORITY ||
-      chain.policy !== "accept" ||
-      !isDeepStrictEqual(chain.rules, expectedRules[name] as NftObject[][])
-    ) {
-      return false;
-    }
-  }
-
-  let expectedCollections = 0;
-  for (const family of ruleset.families) {
-    const addressType = family.family === "ipv4" ? "ipv4_addr" : "ipv6_addr";
-    if (family.localPods.kind === "sourceCIDRs") {
-      expectedCollections += 1;
-      const set = live.collections.get(podSetName(family.family));
-      if (set === undefined || set.isMap || set.type !== addressType) return false;
-      if (!sameIntervals(set.elem, family.localPods.cidrs)) return false;
-    }
-    expectedCollections += 1;
-    const map = live.collections.get(mapName(family.family));
-    if (
-      map === undefined ||
-      !map.isMap ||
-      map.map !== addressType ||
-      !isDeepStrictEqual(map.type, [addressType, "inet_proto", "inet_service"])
-    ) {
-      return false;
-    }
-    const expected = new Map(
-      family.mappings.map((mapping) => [
-        `${mapping.externalIP}|${mapping.protocol}|${mapping.port}`,
-        `${mapping.clusterIP}|${elementComment(mapping.service)}`,
-      ]),
-    );
-    if (!sameMapElements(map.elem, expected)) return false;
-  }
-  return live.collections.size === expectedCollections;
-}
-
-/** The family whose translations a map of that name holds, if it is one of ours. */
-function mapFamily(name: string): IpFamily | undefined {
-  return (["ipv4", "ipv6"] as const).find((family) => mapName(family) === name);
-}
-
-const PROTOCOLS: ReadonlySet<string> = new Set<L4Protocol>(["tcp", "udp", "sctp"]);
-
-/** One element of a translation map as a {@link LiveMapping}, or undefined if it is not one. */
-function liveMapping(family: IpFamily, element: unknown): LiveMapping | undefined {
-  const parts = mapElementParts(element);
-  if (parts === undefined) return undefined;
-  const { address, protocol, port, data, comment: owner } = parts;
+/** Reads `[address, protocol, port, ...rest]` of a listed concatenation; undefined if not ours. */
+function listedKey(family: IpFamily, parts: readonly unknown[]): ListedKey | undefined {
+  const [address, protocol, port] = parts;
   const external = parseIP(address);
-  const cluster = parseIP(data);
   if (
     !external.ok ||
     external.value.family !== family ||
-    !cluster.ok ||
-    cluster.value.family !== family ||
     typeof protocol !== "string" ||
     !PROTOCOLS.has(protocol) ||
     typeof port !== "number" ||
@@ -243,38 +155,141 @@ function liveMapping(family: IpFamily, element: unknown): LiveMapping | undefine
   ) {
     return undefined;
   }
-  return {
-    family,
-    externalIP: external.value.address,
-    protocol: protocol as L4Protocol,
-    port,
-    clusterIP: cluster.value.address,
-    owner,
-  };
+  return { externalIP: external.value.address, protocol: protocol as L4Protocol, port };
+}
+
+const keyText = (key: ListedKey) => `${key.externalIP}|${key.protocol}|${key.port}`;
+
+/** An element's value and comment, unwrapped from `{elem: {val, comment}}` when it has one. */
+function unwrap(element: unknown): { value: unknown; comment: string } {
+  if (isObject(element) && isObject(element.elem)) {
+    const comment = element.elem.comment;
+    return { value: element.elem.val, comment: typeof comment === "string" ? comment : "" };
+  }
+  return { value: element, comment: "" };
+}
+
+function concatParts(value: unknown, length: number): unknown[] | undefined {
+  return isObject(value) && Array.isArray(value.concat) && value.concat.length === length
+    ? value.concat
+    : undefined;
+}
+
+/** The source of an `allowed-*` element as a canonical CIDR: a prefix, or one address. */
+function listedSource(family: IpFamily, value: unknown): string | undefined {
+  const hostBits = family === "ipv4" ? 32 : 128;
+  const text =
+    typeof value === "string"
+      ? `${value}/${hostBits}`
+      : isObject(value) && isObject(value.prefix)
+        ? `${String(value.prefix.addr)}/${String(value.prefix.len)}`
+        : undefined;
+  const parsed = parseCIDR(text);
+  return parsed.ok && parsed.value.family === family ? parsed.value.cidr : undefined;
+}
+
+function sortSources(cidrs: readonly string[]): string[] {
+  const keyed = cidrs.map((cidr) => ({ cidr, range: cidrRange(cidr) }));
+  keyed.sort((a, b) => {
+    const x = a.range?.first ?? 0n;
+    const y = b.range?.first ?? 0n;
+    return x < y ? -1 : x > y ? 1 : Number(a.cidr.split("/")[1]) - Number(b.cidr.split("/")[1]);
+  });
+  return keyed.map(({ cidr }) => cidr);
+}
+
+function elementsOf(collection: LiveCollection | undefined): unknown[] {
+  return collection !== undefined && Array.isArray(collection.elem) ? collection.elem : [];
+}
+
+/** The translations of one family: its map, with the restrictions of its two sets. */
+function familyMappings(live: LiveTable, family: IpFamily, mappings: LiveMapping[]): string[] {
+  const unreadable: string[] = [];
+  const restricted = new Set<string>();
+  const restrictedName = restrictedSetName(family);
+  for (const element of elementsOf(live.collections.get(restrictedName))) {
+    const parts = concatParts(unwrap(element).value, 3);
+    const key = parts && listedKey(family, parts);
+    if (key) restricted.add(keyText(key));
+    else
+      unreadable.push(`set ${restrictedName} holds an element that is not a key: ${show(element)}`);
+  }
+  const sources = new Map<string, string[]>();
+  const allowedName = allowedSetName(family);
+  for (const element of elementsOf(live.collections.get(allowedName))) {
+    const parts = concatParts(unwrap(element).value, 4);
+    const key = parts && listedKey(family, parts);
+    const source = parts && listedSource(family, parts[3]);
+    if (key === undefined || source === undefined) {
+      unreadable.push(
+        `set ${allowedName} holds an element that is not a key and source: ${show(element)}`,
+      );
+      continue;
+    }
+    const list = sources.get(keyText(key));
+    if (list === undefined) sources.set(keyText(key), [source]);
+    else list.push(source);
+  }
+  const name = mapName(family);
+  const translated = new Set<string>();
+  const map = live.collections.get(name);
+  for (const element of map?.isMap ? elementsOf(map) : []) {
+    const pair = Array.isArray(element) && element.length === 2 ? element : undefined;
+    const { value, comment } = unwrap(pair?.[0]);
+    const parts = concatParts(value, 3);
+    const key = parts && listedKey(family, parts);
+    const cluster = parseIP(pair?.[1]);
+    if (key === undefined || !cluster.ok || cluster.value.family !== family) {
+      unreadable.push(`map ${name} holds an element that is not a translation: ${show(element)}`);
+      continue;
+    }
+    const text = keyText(key);
+    translated.add(text);
+    mappings.push({
+      family,
+      ...key,
+      clusterIP: cluster.value.address,
+      owner: comment,
+      ...(restricted.has(text) ? { allowedSources: sortSources(sources.get(text) ?? []) } : {}),
+    });
+  }
+  for (const text of restricted) {
+    if (!translated.has(text)) {
+      unreadable.push(
+        `set ${restrictedName} restricts ${describeKey(text)}, which ${name} does not translate`,
+      );
+    }
+  }
+  for (const text of sources.keys()) {
+    if (!restricted.has(text)) {
+      unreadable.push(
+        `set ${allowedName} admits sources for ${describeKey(text)}, which ${restrictedName} does not restrict: every source is translated`,
+      );
+    }
+  }
+  return unreadable;
+}
+
+function show(element: unknown): string {
+  return quote(JSON.stringify(element));
+}
+
+function describeKey(text: string): string {
+  const [address, protocol, port] = text.split("|");
+  return `${address} ${protocol}/${port}`;
 }
 
 /**
- * The translations held by the maps of a listed table, in canonical order, and a sentence for each
- * element that is not a translation of ours (which only a hand edit can put there).
+ * The translations held by the table, in canonical order, each with the sources it admits when
+ * it is restricted, and a sentence for each element that is not what a sync writes (which only
+ * a hand edit can put there).
  */
 export function listedMappings(live: LiveTable): {
   readonly mappings: LiveMapping[];
   readonly unreadable: string[];
 } {
   const mappings: LiveMapping[] = [];
-  const unreadable: string[] = [];
-  for (const [name, collection] of live.collections) {
-    const family = mapFamily(name);
-    if (family === undefined || !collection.isMap || !Array.isArray(collection.elem)) continue;
-    for (const element of collection.elem as unknown[]) {
-      const found = liveMapping(family, element);
-      if (found) mappings.push(found);
-      else
-        unreadable.push(
-          `map ${name} holds an element that is not a translation: ${quote(JSON.stringify(element))}`,
-        );
-    }
-  }
+  const unreadable = FAMILIES.flatMap((family) => familyMappings(live, family, mappings));
   return { mappings: mappings.sort(compareMappings), unreadable };
 }
 
@@ -282,103 +297,138 @@ function describeRules(count: number): string {
   return count === 1 ? "1 rule" : `${count} rules`;
 }
 
-/** How one base chain differs from what a full sync writes into it. */
-function chainProblems(
-  name: string,
-  hook: string,
-  chain: LiveChain | undefined,
-  expected: readonly NftObject[][],
-): string[] {
+/** How one chain differs from what a full sync writes into it. */
+function chainProblems(expected: ChainSpec, chain: LiveChain | undefined): string[] {
+  const { name, hook } = expected;
   if (chain === undefined) return [`chain ${name} is missing`];
   const problems: string[] = [];
-  if (
-    chain.type !== "nat" ||
-    chain.hook !== hook ||
-    chain.prio !== CHAIN_PRIORITY ||
-    chain.policy !== "accept"
-  ) {
+  const baseAsExpected =
+    hook === undefined
+      ? chain.hook === undefined
+      : chain.type === "nat" &&
+        chain.hook === hook &&
+        chain.prio === CHAIN_PRIORITY &&
+        chain.policy === "accept";
+  if (!baseAsExpected) {
     problems.push(
-      `chain ${name} is not a nat chain at hook ${hook}, priority ${CHAIN_PRIORITY}, policy accept`,
+      hook === undefined
+        ? `chain ${name} is hooked, where a sync makes it a regular chain`
+        : `chain ${name} is not a nat chain at hook ${hook}, priority ${CHAIN_PRIORITY}, policy accept`,
     );
   }
-  const missing = expected.filter(
+  const rules = expected.rules as NftObject[][];
+  const missing = rules.filter(
     (rule) => !chain.rules.some((liveRule) => isDeepStrictEqual(liveRule, rule)),
   ).length;
   const extra = chain.rules.filter(
-    (liveRule) => !expected.some((rule) => isDeepStrictEqual(liveRule, rule)),
+    (liveRule) => !rules.some((rule) => isDeepStrictEqual(liveRule, rule)),
   ).length;
   if (missing > 0) {
     problems.push(
-      `chain ${name} lacks ${describeRules(missing)} of the ${expected.length} a sync writes`,
+      `chain ${name} lacks ${describeRules(missing)} of the ${rules.length} a sync writes`,
     );
   }
   if (extra > 0) problems.push(`chain ${name} holds ${describeRules(extra)} a sync does not write`);
-  if (missing === 0 && extra === 0 && !isDeepStrictEqual(chain.rules, expected as NftObject[][])) {
+  if (missing === 0 && extra === 0 && !isDeepStrictEqual(chain.rules, rules)) {
     problems.push(`chain ${name} holds its rules in another order or more than once`);
   }
   return problems;
 }
 
+function describeType(spec: CollectionSpec): string {
+  const type = Array.isArray(spec.type) ? spec.type.join(" . ") : String(spec.type);
+  const flags = spec.flags === undefined ? "" : ` (${spec.flags.join(", ")})`;
+  return spec.isMap ? `a map of ${type} to ${spec.map}` : `a set of ${type}${flags}`;
+}
+
+function sameFlags(live: unknown, expected: readonly string[] | undefined): boolean {
+  const listed = live === undefined ? [] : live;
+  return (
+    Array.isArray(listed) && isDeepStrictEqual([...listed].sort(), [...(expected ?? [])].sort())
+  );
+}
+
+/** The family a collection of that name would belong to, if it has the name of one of ours. */
+function collectionFamily(name: string): IpFamily | undefined {
+  return FAMILIES.find((family) =>
+    [mapName, restrictedSetName, allowedSetName, podSetName].some((of) => of(family) === name),
+  );
+}
+
 /**
  * How a listed table differs from what a full sync of `settings` creates, leaving the elements of
- * the translation maps aside (those are compared one by one): its chains and their rules, the
- * sets of pod CIDRs, the type of the maps, and objects a sync does not create. One sentence each;
- * empty when the table is exactly as a sync leaves it.
+ * the translation map and its restrictions aside (those are compared mapping by mapping): its
+ * chains and their rules, the sets of pod CIDRs, the types of the collections, and objects a sync
+ * does not create. One sentence each; empty when the table is exactly as a sync leaves it.
  */
 export function structureProblems(live: LiveTable, settings: RulesetSettings): string[] {
   const problems: string[] = [];
-  const expectedRules = chainRules(settings);
-  for (const [name, hook] of [
-    [CHAINS.prerouting, "prerouting"],
-    [CHAINS.output, "output"],
-  ] as const) {
-    problems.push(...chainProblems(name, hook, live.chains.get(name), expectedRules[name]));
-  }
-  const chainNames: ReadonlySet<string> = new Set(Object.values(CHAINS));
+  const chains = tableChains(settings);
+  for (const chain of chains) problems.push(...chainProblems(chain, live.chains.get(chain.name)));
+  const chainNames = new Set(chains.map((chain) => chain.name));
   for (const name of live.chains.keys()) {
     if (!chainNames.has(name)) problems.push(`chain ${name} is not one a sync creates`);
   }
 
-  const expectedCollections = new Set<string>();
-  for (const { family, localPods } of settings.families) {
-    const addressType = family === "ipv4" ? "ipv4_addr" : "ipv6_addr";
-    if (localPods.kind === "sourceCIDRs") {
-      const name = podSetName(family);
-      expectedCollections.add(name);
-      const set = live.collections.get(name);
-      if (set === undefined) {
-        problems.push(`set ${name} is missing`);
-      } else if (set.isMap || set.type !== addressType) {
-        problems.push(`set ${name} is not a set of ${addressType}`);
-      } else if (!sameIntervals(set.elem, localPods.cidrs)) {
-        const cidrs = localPods.cidrs.length > 0 ? localPods.cidrs.join(", ") : "none";
-        problems.push(`set ${name} holds other addresses than the pod CIDRs (${cidrs})`);
-      }
+  const expected = new Map(tableCollections(settings).map((spec) => [spec.name, spec]));
+  for (const spec of expected.values()) {
+    const collection = live.collections.get(spec.name);
+    const kind = spec.isMap ? "map" : "set";
+    if (collection === undefined) {
+      problems.push(`${kind} ${spec.name} is missing`);
+      continue;
     }
-    const name = mapName(family);
-    expectedCollections.add(name);
-    const map = live.collections.get(name);
-    if (map === undefined) {
-      problems.push(`map ${name} is missing`);
-    } else if (
-      !map.isMap ||
-      map.map !== addressType ||
-      !isDeepStrictEqual(map.type, [addressType, "inet_proto", "inet_service"])
+    if (
+      collection.isMap !== spec.isMap ||
+      !isDeepStrictEqual(collection.type, spec.type) ||
+      collection.map !== spec.map ||
+      !sameFlags(collection.flags, spec.flags)
     ) {
-      problems.push(
-        `map ${name} is not a map of ${addressType} . inet_proto . inet_service to ${addressType}`,
-      );
+      problems.push(`${kind} ${spec.name} is not ${describeType(spec)}`);
+    }
+  }
+  for (const { family, localPods } of settings.families) {
+    const name = podSetName(family);
+    const set = live.collections.get(name);
+    if (localPods.kind === "sourceCIDRs" && set && !sameIntervals(set.elem, localPods.cidrs)) {
+      const cidrs = localPods.cidrs.length > 0 ? localPods.cidrs.join(", ") : "none";
+      problems.push(`set ${name} holds other addresses than the pod CIDRs (${cidrs})`);
     }
   }
   for (const [name, collection] of live.collections) {
-    if (expectedCollections.has(name)) continue;
+    if (expected.has(name)) continue;
     const kind = collection.isMap ? "map" : "set";
     problems.push(
-      mapFamily(name) === undefined &&
-        !(["ipv4", "ipv6"] as const).some((family) => podSetName(family) === name)
+      collectionFamily(name) === undefined
         ? `${kind} ${name} is not one a sync creates`
         : `${kind} ${name} belongs to an IP family that is not enabled`,
     );
   }
   return problems;
+}
+
+/** Whether a translation read back is exactly the one a sync of `mapping` writes. */
+function sameAsWritten(live: LiveMapping, mapping: Mapping): boolean {
+  return (
+    live.family === mapping.family &&
+    live.externalIP === mapping.externalIP &&
+    live.protocol === mapping.protocol &&
+    live.port === mapping.port &&
+    live.clusterIP === mapping.clusterIP &&
+    live.owner === elementComment(mapping.service) &&
+    isDeepStrictEqual(live.allowedSources, mapping.allowedSources)
+  );
+}
+
+/** True when the listed table holds exactly what a full sync of `ruleset` creates. */
+export function tableMatches(live: LiveTable, ruleset: Ruleset): boolean {
+  if (structureProblems(live, ruleset).length > 0) return false;
+  const { mappings, unreadable } = listedMappings(live);
+  const wanted = sortMappings(ruleset.families.flatMap((family) => family.mappings));
+  return (
+    unreadable.length === 0 &&
+    mappings.length === wanted.length &&
+    // Both lists are in canonical order.
+    mappings.every((found, i) => sameAsWritten(found, wanted[i] as Mapping))
+  );
 }

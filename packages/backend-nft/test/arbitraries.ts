@@ -4,6 +4,7 @@ import {
   type LocalPodMatch,
   type Mapping,
   mappingKey,
+  outermostCIDRs,
   parseClusterIP,
   parseExternalIP,
   parseIP,
@@ -47,21 +48,6 @@ const externalAddressOf = (family: IpFamily) =>
 const clusterAddressOf = (family: IpFamily) =>
   addressOf[family].filter((address) => parseClusterIP(address).ok);
 
-function mappingOf(family: IpFamily, hostileNames: boolean): fc.Arbitrary<Mapping> {
-  const label = fc.constantFrom("web", "api", "dns", "kube-system");
-  const name = hostileNames
-    ? fc.oneof({ weight: 3, arbitrary: label }, { weight: 1, arbitrary: hostileString })
-    : label;
-  return fc.record({
-    family: fc.constant(family),
-    externalIP: externalAddressOf(family),
-    protocol: fc.constantFrom("tcp", "udp", "sctp"),
-    port: fc.integer({ min: 1, max: 65535 }),
-    clusterIP: clusterAddressOf(family),
-    service: fc.record({ namespace: name, name }),
-  });
-}
-
 const cidrOf: Record<IpFamily, fc.Arbitrary<string>> = {
   ipv4: fc.constantFrom(
     "10.244.0.0/16",
@@ -72,6 +58,27 @@ const cidrOf: Record<IpFamily, fc.Arbitrary<string>> = {
   ),
   ipv6: fc.constantFrom("fd00:10:244::/48", "fd00:10:244:1::/64", "2001:db8::/32", "::/0"),
 };
+
+function mappingOf(family: IpFamily, hostileNames: boolean): fc.Arbitrary<Mapping> {
+  const label = fc.constantFrom("web", "api", "dns", "kube-system");
+  const name = hostileNames
+    ? fc.oneof({ weight: 3, arbitrary: label }, { weight: 1, arbitrary: hostileString })
+    : label;
+  return fc.record(
+    {
+      family: fc.constant(family),
+      externalIP: externalAddressOf(family),
+      protocol: fc.constantFrom("tcp", "udp", "sctp"),
+      port: fc.integer({ min: 1, max: 65535 }),
+      clusterIP: clusterAddressOf(family),
+      service: fc.record({ namespace: name, name }),
+      allowedSources: fc
+        .uniqueArray(cidrOf[family], { minLength: 1, maxLength: 3 })
+        .map(outermostCIDRs),
+    },
+    { requiredKeys: ["family", "externalIP", "protocol", "port", "clusterIP", "service"] },
+  );
+}
 
 function localPodsOf(family: IpFamily): fc.Arbitrary<LocalPodMatch> {
   return fc.oneof(
@@ -109,6 +116,7 @@ export function arbitraryRuleset(
     });
   return fc.record({
     masqueradeMark: fc.integer({ min: 0, max: 31 }).map((bit) => 2 ** bit),
+    markPodTraffic: fc.boolean(),
     families: fc.oneof(
       fc.tuple(familyRuleset("ipv4")),
       fc.tuple(familyRuleset("ipv6")),

@@ -2,13 +2,12 @@ import { diffRulesets, type LocalPodMatch } from "@ipvs-node-controller/core";
 import { describe, expect, it } from "vitest";
 import {
   CHAIN_PRIORITY,
-  chainRules,
   elementComment,
   formatJson,
   fullSyncDocument,
   incrementalDocument,
   type NftObject,
-  outermostCIDRs,
+  tableChains,
 } from "../src/compile.js";
 import { mapping, ruleset } from "./helpers.js";
 
@@ -21,6 +20,19 @@ const dns4 = mapping({
   port: 53,
 });
 const web6 = mapping({ externalIP: "2001:db8::10", clusterIP: "fd00::10" });
+
+/** The rules of one chain of the table a sync of `rules` creates. */
+function rulesOf(rules: Parameters<typeof tableChains>[0], chain: string): NftObject[][] {
+  return (tableChains(rules).find((spec) => spec.name === chain)?.rules ?? []) as NftObject[][];
+}
+
+const KEY4 = {
+  concat: [
+    { payload: { protocol: "ip", field: "daddr" } },
+    { meta: { key: "l4proto" } },
+    { payload: { protocol: "th", field: "dport" } },
+  ],
+};
 
 /** The commands of a document with the given verb and object, e.g. ("add", "map"). */
 function commands(document: { nftables: NftObject[] }, verb: string, object: string): NftObject[] {
@@ -40,27 +52,17 @@ describe("full sync document", () => {
     ]);
   });
 
-  it("creates nat chains on prerouting and output at the numeric priority -110", () => {
+  it("creates regular translation chains, then nat chains on prerouting and output at -110", () => {
     expect(CHAIN_PRIORITY).toBe(-110);
+    const base = { family: "inet", table: TABLE };
+    const hooked = { type: "nat", prio: -110, policy: "accept" };
     expect(commands(document, "add", "chain")).toEqual([
-      {
-        family: "inet",
-        table: TABLE,
-        name: "prerouting",
-        type: "nat",
-        hook: "prerouting",
-        prio: -110,
-        policy: "accept",
-      },
-      {
-        family: "inet",
-        table: TABLE,
-        name: "output",
-        type: "nat",
-        hook: "output",
-        prio: -110,
-        policy: "accept",
-      },
+      { ...base, name: "translate-ipv4" },
+      { ...base, name: "translate-masquerade-ipv4" },
+      { ...base, name: "translate-ipv6" },
+      { ...base, name: "translate-masquerade-ipv6" },
+      { ...base, name: "prerouting", ...hooked, hook: "prerouting" },
+      { ...base, name: "output", ...hooked, hook: "output" },
     ]);
   });
 
@@ -87,54 +89,110 @@ describe("full sync document", () => {
     expect(maps[1]).not.toHaveProperty("elem");
   });
 
-  it("marks, then DNATs through the map, only after a membership test and the locality guard", () => {
-    const [rule] = chainRules(ruleset([web4], { families: ["ipv4"] })).output;
+  it("goes to the translation chain only after a membership test and the locality guard", () => {
+    const [rule] = rulesOf(ruleset([web4], { families: ["ipv4"] }), "output");
     expect(rule).toEqual([
       { match: { op: "==", left: { fib: { result: "type", flags: ["saddr"] } }, right: "local" } },
-      {
-        match: {
-          op: "==",
-          left: {
-            concat: [
-              { payload: { protocol: "ip", field: "daddr" } },
-              { meta: { key: "l4proto" } },
-              { payload: { protocol: "th", field: "dport" } },
-            ],
-          },
-          right: "@mappings-ipv4",
-        },
-      },
+      { match: { op: "==", left: KEY4, right: "@mappings-ipv4" } },
       { match: { op: "==", left: { fib: { result: "type", flags: ["daddr"] } }, right: "local" } },
-      {
-        mangle: {
-          key: { meta: { key: "mark" } },
-          value: { "|": [{ meta: { key: "mark" } }, 0x4000] },
-        },
-      },
-      {
-        dnat: {
-          family: "ip",
-          addr: {
-            map: {
-              key: {
-                concat: [
-                  { payload: { protocol: "ip", field: "daddr" } },
-                  { meta: { key: "l4proto" } },
-                  { payload: { protocol: "th", field: "dport" } },
-                ],
-              },
-              data: "@mappings-ipv4",
-            },
-          },
-        },
-      },
+      { goto: { target: "translate-masquerade-ipv4" } },
     ]);
   });
 
+  it("leaves a restricted key from a source it does not admit, then marks and DNATs", () => {
+    const rules = rulesOf(ruleset([web4], { families: ["ipv4"] }), "translate-masquerade-ipv4");
+    const dnat = { dnat: { family: "ip", addr: { map: { key: KEY4, data: "@mappings-ipv4" } } } };
+    expect(rules).toEqual([
+      [
+        { match: { op: "==", left: KEY4, right: "@restricted-ipv4" } },
+        {
+          match: {
+            op: "!=",
+            left: { concat: [...KEY4.concat, { payload: { protocol: "ip", field: "saddr" } }] },
+            right: "@allowed-ipv4",
+          },
+        },
+        { return: null },
+      ],
+      [
+        {
+          mangle: {
+            key: { meta: { key: "mark" } },
+            value: { "|": [{ meta: { key: "mark" } }, 0x4000] },
+          },
+        },
+        dnat,
+      ],
+    ]);
+    const unmarked = rulesOf(ruleset([web4], { families: ["ipv4"] }), "translate-ipv4");
+    expect(unmarked).toEqual([rules[0], [dnat]]);
+  });
+
+  it("keeps pod traffic unmarked unless the ruleset marks it", () => {
+    const target = (markPodTraffic: boolean) =>
+      rulesOf(ruleset([web4], { families: ["ipv4"], markPodTraffic }), "prerouting")[0]?.at(-1);
+    expect(target(false)).toEqual({ goto: { target: "translate-ipv4" } });
+    expect(target(true)).toEqual({ goto: { target: "translate-masquerade-ipv4" } });
+    const names = tableChains(ruleset([], { families: ["ipv4"], markPodTraffic: true })).map(
+      (chain) => chain.name,
+    );
+    expect(names).toEqual(["translate-masquerade-ipv4", "prerouting", "output"]);
+  });
+
   it("uses the ruleset's mark", () => {
-    const rules = chainRules(ruleset([web6], { families: ["ipv6"], mark: 0x80000000 }));
+    const rules = tableChains(ruleset([web6], { families: ["ipv6"], mark: 0x80000000 }));
     expect(JSON.stringify(rules)).toContain('{"|":[{"meta":{"key":"mark"}},2147483648]}');
     expect(JSON.stringify(rules)).toContain('"dnat":{"family":"ip6"');
+  });
+});
+
+describe("source restrictions", () => {
+  const restricted = { ...web4, allowedSources: ["10.244.0.0/16", "203.0.113.10/32"] };
+  const document = fullSyncDocument(ruleset([restricted, dns4], { families: ["ipv4"] }), TABLE);
+  const set = (name: string) => commands(document, "add", "set").find((s) => s.name === name);
+
+  it("lists the restricted key with its owner, and each source it admits as an interval", () => {
+    expect(set("restricted-ipv4")).toEqual({
+      family: "inet",
+      table: TABLE,
+      name: "restricted-ipv4",
+      type: ["ipv4_addr", "inet_proto", "inet_service"],
+      elem: [{ elem: { val: { concat: ["203.0.113.10", "tcp", 80] }, comment: "default/web" } }],
+    });
+    expect(set("allowed-ipv4")).toEqual({
+      family: "inet",
+      table: TABLE,
+      name: "allowed-ipv4",
+      type: ["ipv4_addr", "inet_proto", "inet_service", "ipv4_addr"],
+      flags: ["interval"],
+      elem: [
+        { concat: ["203.0.113.10", "tcp", 80, { prefix: { addr: "10.244.0.0", len: 16 } }] },
+        { concat: ["203.0.113.10", "tcp", 80, { prefix: { addr: "203.0.113.10", len: 32 } }] },
+      ],
+    });
+  });
+
+  it("keeps every restricted mapping in the one map as well, for the one lookup", () => {
+    const [map] = commands(document, "add", "map");
+    expect(map?.elem).toHaveLength(2);
+  });
+
+  it("changes a restriction by deleting and adding the key's elements", () => {
+    const narrower = { ...restricted, allowedSources: ["10.244.1.0/24"] };
+    const before = ruleset([restricted], { families: ["ipv4"] });
+    const after = ruleset([narrower], { families: ["ipv4"] });
+    const changes = incrementalDocument(diffRulesets(before, after), TABLE);
+    expect(changes.nftables.map((command) => Object.keys(command)[0])).toEqual([
+      "delete",
+      "delete",
+      "delete",
+      "add",
+      "add",
+      "add",
+    ]);
+    expect(commands(changes, "add", "element").at(-1)?.elem).toEqual([
+      { concat: ["203.0.113.10", "tcp", 80, { prefix: { addr: "10.244.1.0", len: 24 } }] },
+    ]);
   });
 });
 
@@ -184,9 +242,11 @@ describe("local-pod match in prerouting", () => {
 
   it.each(cases)("%s", (_name, family, localPods, expected, needsSet) => {
     const rules = ruleset([], { families: [family], localPods: () => localPods });
-    expect(chainRules(rules).prerouting[0]?.[0]).toEqual(expected);
+    expect(rulesOf(rules, "prerouting")[0]?.[0]).toEqual(expected);
     const sets = commands(fullSyncDocument(rules, TABLE), "add", "set");
-    expect(sets.length).toBe(needsSet ? 1 : 0);
+    expect(sets.filter((set) => String(set.name).startsWith("pod-cidrs")).length).toBe(
+      needsSet ? 1 : 0,
+    );
   });
 
   it("loads pod CIDRs as prefixes, dropping the ones another CIDR contains", () => {
@@ -198,7 +258,7 @@ describe("local-pod match in prerouting", () => {
       }),
     });
     const [set] = commands(fullSyncDocument(rules, TABLE), "add", "set");
-    expect(set).toMatchObject({ type: "ipv4_addr", flags: ["interval"] });
+    expect(set).toMatchObject({ name: "pod-cidrs-ipv4", type: "ipv4_addr", flags: ["interval"] });
     expect(set?.elem).toEqual([
       { prefix: { addr: "10.0.0.0", len: 8 } },
       { prefix: { addr: "192.0.2.0", len: 24 } },
@@ -218,30 +278,6 @@ describe("local-pod match in prerouting", () => {
       type: "ipv6_addr",
       flags: ["interval"],
     });
-  });
-});
-
-describe("outermostCIDRs", () => {
-  it.each([
-    [["10.0.0.0/8", "10.1.0.0/16"], ["10.0.0.0/8"]],
-    [["10.1.0.0/16", "10.0.0.0/8"], ["10.0.0.0/8"]],
-    [
-      ["10.0.0.0/25", "10.0.0.128/25"],
-      ["10.0.0.0/25", "10.0.0.128/25"],
-    ],
-    [["10.0.0.0/24", "10.0.0.0/24"], ["10.0.0.0/24"]],
-    [["0.0.0.0/0", "192.0.2.1/32"], ["0.0.0.0/0"]],
-    [
-      ["fd00::/8", "fd00:10:244::/48", "2001:db8::/32"],
-      ["2001:db8::/32", "fd00::/8"],
-    ],
-    [
-      ["192.0.2.0/24", "10.0.0.0/8"],
-      ["10.0.0.0/8", "192.0.2.0/24"],
-    ],
-    [[], []],
-  ])("%j -> %j", (input, expected) => {
-    expect(outermostCIDRs(input)).toEqual(expected);
   });
 });
 

@@ -33,12 +33,14 @@ export function ruleset(
     families?: readonly IpFamily[];
     localPods?: (family: IpFamily) => LocalPodMatch;
     mark?: number;
+    markPodTraffic?: boolean;
   } = {},
 ): Ruleset {
   const families = options.families ?? ["ipv4", "ipv6"];
   const sorted = sortMappings(mappings);
   return {
     masqueradeMark: options.mark ?? 0x4000,
+    markPodTraffic: options.markPodTraffic ?? false,
     families: families.map(
       (family): FamilyRuleset => ({
         family,

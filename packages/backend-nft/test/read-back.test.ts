@@ -82,12 +82,16 @@ describe("nftLiveRules", () => {
     const ipv4Only = ruleset([web, dns], { families: ["ipv4"], mark: 0x8000 });
     const result = nftLiveRules(listing(listed(desired)), settingsOf(ipv4Only));
     expect(result.problems).toEqual([
-      "chain prerouting lacks 1 rule of the 1 a sync writes",
-      "chain prerouting holds 2 rules a sync does not write",
-      "chain output lacks 1 rule of the 1 a sync writes",
-      "chain output holds 2 rules a sync does not write",
+      "chain translate-masquerade-ipv4 lacks 1 rule of the 2 a sync writes",
+      "chain translate-masquerade-ipv4 holds 1 rule a sync does not write",
+      "chain prerouting holds 1 rule a sync does not write",
+      "chain output holds 1 rule a sync does not write",
+      "chain translate-ipv6 is not one a sync creates",
+      "chain translate-masquerade-ipv6 is not one a sync creates",
       "set pod-cidrs-ipv6 belongs to an IP family that is not enabled",
       "map mappings-ipv6 belongs to an IP family that is not enabled",
+      "set restricted-ipv6 belongs to an IP family that is not enabled",
+      "set allowed-ipv6 belongs to an IP family that is not enabled",
     ]);
     // What a family that is not enabled still holds is reported: no Service wants it.
     expect(result.mappings).toContainEqual(owned(web6));

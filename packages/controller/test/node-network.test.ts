@@ -31,6 +31,7 @@ function rulesetWith(ips: string[]): Ruleset {
   const all = ips.flatMap((ip) => [mapping(ip, 80), mapping(ip, 443)]);
   return {
     masqueradeMark: 0x4000,
+    markPodTraffic: false,
     families: (["ipv4", "ipv6"] as const).map((family) => ({
       family,
       localPods: { kind: "sourceCIDRs" as const, cidrs: [] },

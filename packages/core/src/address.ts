@@ -176,6 +176,45 @@ export function parseCIDR(value: unknown): Parsed<CanonicalCIDR> {
   return { ok: true, value: { family: address.value.family, cidr: `${network}/${prefixText}` } };
 }
 
+/**
+ * Parses one `spec.loadBalancerSourceRanges` entry the way kube-proxy reads it, so that both see
+ * the same range: surrounding whitespace is ignored, an IPv4 octet or a prefix length may carry
+ * leading zeros (read as decimal), and host bits are cleared. Anything else, IPv4-mapped IPv6
+ * included, is not a CIDR.
+ */
+export function parseSourceRange(value: unknown): Parsed<CanonicalCIDR> {
+  if (typeof value !== "string") return fail(`${quote(value)} is not a string`);
+  const trimmed = value.trim();
+  const slash = trimmed.indexOf("/");
+  if (slash < 0) return fail(`${quote(value)} is not a CIDR (missing "/prefix")`);
+  const address = trimmed.slice(0, slash);
+  const prefix = trimmed.slice(slash + 1);
+  if (!/^[0-9]{1,3}$/.test(prefix.replace(/^0+(?=[0-9])/, ""))) {
+    return fail(`${quote(value)} has an invalid prefix length`);
+  }
+  const octets = address.split(".");
+  const sloppyIPv4 =
+    !address.includes(":") && octets.length === 4 && octets.every((o) => /^[0-9]{1,3}$/.test(o));
+  const canonicalAddress = sloppyIPv4
+    ? octets.map((octet) => String(Number(octet))).join(".")
+    : address;
+  const parsed = parseCIDR(`${canonicalAddress}/${Number(prefix)}`);
+  return parsed.ok ? parsed : fail(`${quote(value)} is not a CIDR: ${parsed.error}`);
+}
+
+/** Whether `address` (canonical or not) lies inside the canonical `cidr`; false across families. */
+export function cidrContains(cidr: string, address: string): boolean {
+  const range = cidrRange(cidr);
+  const value = addressValue(address);
+  return (
+    range !== undefined &&
+    value !== undefined &&
+    range.family === value.family &&
+    value.value >= range.first &&
+    value.value <= range.last
+  );
+}
+
 /** A closed range of addresses of one family, as unsigned integers. */
 export interface AddressRange {
   readonly family: IpFamily;
@@ -204,4 +243,31 @@ export function cidrRange(value: unknown): AddressRange | undefined {
     first: start.value,
     last: start.value + (1n << hostBits) - 1n,
   };
+}
+
+/**
+ * The canonical form of a set of CIDRs: each address covered once, by the outermost CIDR that
+ * covers it (two CIDRs are nested or disjoint, never partly overlapping), in address order.
+ * Nested ranges add nothing, and nft refuses some of them in one interval set. `cidrs` must be
+ * canonical (see {@link parseCIDR}).
+ */
+export function outermostCIDRs(cidrs: readonly string[]): string[] {
+  const ranges = cidrs.map((cidr) => ({ cidr, range: cidrRange(cidr) as AddressRange }));
+  ranges.sort((a, b) =>
+    a.range.first < b.range.first
+      ? -1
+      : a.range.first > b.range.first
+        ? 1
+        : a.range.last > b.range.last
+          ? -1
+          : a.range.last < b.range.last
+            ? 1
+            : 0,
+  );
+  const kept: typeof ranges = [];
+  for (const entry of ranges) {
+    const last = kept.at(-1);
+    if (last === undefined || entry.range.first > last.range.last) kept.push(entry);
+  }
+  return kept.map(({ cidr }) => cidr);
 }

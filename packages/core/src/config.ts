@@ -4,7 +4,7 @@
  * Unlike Service data, which comes from other people and is skipped when bad, configuration is the
  * operator's own: a bad value stops everything with a {@link ConfigError} that names it.
  */
-import { parseCIDR } from "./address.js";
+import { parseCIDR, parseIP } from "./address.js";
 import { quote } from "./errors.js";
 import type { CoreConfig, IpFamily, LocalDetection } from "./types.js";
 
@@ -22,6 +22,8 @@ export const DEFAULT_CONFIG: CoreConfig = Object.freeze({
   localDetection: Object.freeze({ mode: "NodeCIDR" }) as LocalDetection,
   extraPodCIDRs: Object.freeze([]) as readonly string[],
   maxMappingsPerService: 65_536,
+  masqueradePodTraffic: false,
+  nodeIPs: Object.freeze([]) as readonly string[],
 });
 
 /** Characters of a Linux interface name that cannot quote or escape anything in a rule. */
@@ -89,6 +91,25 @@ function canonicalCIDRs(option: string, cidrs: readonly unknown[]): string[] {
   return [...new Set(canonical)];
 }
 
+/** Canonical node IPs, at most one per family; throws a ConfigError for a bad one. */
+function canonicalNodeIPs(values: unknown): string[] {
+  if (!Array.isArray(values)) throw new ConfigError(`node IPs: ${quote(values)} is not a list`);
+  const byFamily = new Map<string, string>();
+  for (const value of values) {
+    const parsed = parseIP(value);
+    if (!parsed.ok) throw new ConfigError(`node IP: ${parsed.error}`);
+    const { family, address } = parsed.value;
+    const earlier = byFamily.get(family);
+    if (earlier !== undefined && earlier !== address) {
+      throw new ConfigError(
+        `node IP: ${earlier} and ${address} are both ${family}; give one per family`,
+      );
+    }
+    byFamily.set(family, address);
+  }
+  return [...byFamily.values()];
+}
+
 function normaliseDetection(detection: LocalDetection): LocalDetection {
   switch (detection.mode) {
     case "NodeCIDR":
@@ -144,11 +165,18 @@ export function resolveConfig(partial: Partial<CoreConfig> = {}): CoreConfig {
   if (!Number.isInteger(cap) || cap < 1) {
     throw new ConfigError(`max mappings per Service: ${quote(cap)} is not a positive integer`);
   }
+  if (typeof merged.masqueradePodTraffic !== "boolean") {
+    throw new ConfigError(
+      `masqueradePodTraffic: ${quote(merged.masqueradePodTraffic)} is not a boolean`,
+    );
+  }
   if (!Array.isArray(merged.extraPodCIDRs)) {
     throw new ConfigError(`extra pod CIDRs: ${quote(merged.extraPodCIDRs)} is not a list`);
   }
   return {
     families: normaliseFamilies(merged.families),
+    masqueradePodTraffic: merged.masqueradePodTraffic,
+    nodeIPs: canonicalNodeIPs(merged.nodeIPs),
     extraPodCIDRs: canonicalCIDRs("pod CIDR", merged.extraPodCIDRs),
     maxMappingsPerService: cap,
     externalIPs: merged.externalIPs,

@@ -9,6 +9,7 @@
  * keeps sending. kube-proxy deletes such entries when a Service changes; so must we. TCP and SCTP
  * are left alone: their connections end, and a new one takes the new rules.
  */
+import { sameSources } from "./mapping.js";
 import type { IpFamily, Mapping, Ruleset, RulesetDiff } from "./types.js";
 
 /** A UDP destination whose conntrack entries (original direction) must go. */
@@ -30,9 +31,10 @@ export function destinationKey(destination: UdpDestination): string {
 
 /**
  * The UDP destinations whose flows `diff` makes stale: mappings added (flows that started
- * untranslated), removed (flows still translated), and changed to another cluster IP. A change
- * of owner alone keeps the translation, and its flows with it. Each destination once, in the
- * diff's order.
+ * untranslated), removed (flows still translated), changed to another cluster IP, and changed in
+ * the sources they admit (a flow from a source no longer admitted must not stay translated, one
+ * from a newly admitted source must be). A change of owner alone keeps the translation, and its
+ * flows with it. Each destination once, in the diff's order.
  */
 export function staleUdpDestinations(diff: RulesetDiff): UdpDestination[] {
   const stale = new Map<string, UdpDestination>();
@@ -44,7 +46,12 @@ export function staleUdpDestinations(diff: RulesetDiff): UdpDestination[] {
   diff.added.forEach(add);
   diff.removed.forEach(add);
   for (const { before, after } of diff.changed) {
-    if (before.clusterIP !== after.clusterIP) add(after);
+    if (
+      before.clusterIP !== after.clusterIP ||
+      !sameSources(before.allowedSources, after.allowedSources)
+    ) {
+      add(after);
+    }
   }
   return [...stale.values()];
 }

@@ -5,10 +5,18 @@
  *
  * Never throws: whatever a Service object holds, the worst outcome is a skip naming the problem.
  */
-import { type CanonicalIP, parseClusterIP, parseExternalIP } from "./address.js";
+import {
+  type CanonicalIP,
+  cidrContains,
+  outermostCIDRs,
+  parseClusterIP,
+  parseExternalIP,
+  parseSourceRange,
+} from "./address.js";
 import { quote } from "./errors.js";
 import { type ServiceInput, SKIP_ANNOTATION } from "./input.js";
-import { portKey } from "./mapping.js";
+import { portKey, sameSources } from "./mapping.js";
+import type { NodeIPs } from "./settings.js";
 import type {
   CoreConfig,
   IpFamily,
@@ -41,6 +49,11 @@ export interface Claim {
 export interface Contribution {
   readonly claims: readonly Claim[];
   readonly skipped: readonly SkippedEntry[];
+  /**
+   * True when the claims depend on the node's IPs (a restricted LoadBalancer ingress IP): the
+   * Service must be computed again when they change.
+   */
+  readonly usesNodeIPs: boolean;
 }
 
 /** Older Services win; among equals the lower namespace/name, then the lower cluster IP. */
@@ -63,6 +76,17 @@ interface Admitted {
   readonly created: number;
   readonly clusterIPs: Partial<Record<IpFamily, CanonicalIP>>;
   readonly ports: readonly { readonly protocol: L4Protocol; readonly port: number }[];
+  readonly sourceRanges: SourceRanges | undefined;
+}
+
+/**
+ * `spec.loadBalancerSourceRanges` as kube-proxy reads them: per family, the valid ranges of that
+ * family (kube-proxy's per-family proxiers each see only their own), and how many entries were
+ * not CIDRs. Undefined when the Service lists none.
+ */
+interface SourceRanges {
+  readonly byFamily: Readonly<Record<IpFamily, readonly string[]>>;
+  readonly invalid: number;
 }
 
 /** An address this Service wants translated, before validation, with where it came from. */
@@ -174,6 +198,58 @@ function servicePorts(service: ServiceInput, skip: Skip): Admitted["ports"] {
   return ports;
 }
 
+/** Reads `spec.loadBalancerSourceRanges`, reporting each entry that is not a CIDR. */
+function sourceRangesOf(service: ServiceInput, skip: Skip): SourceRanges | undefined {
+  const listed: unknown = service.spec?.loadBalancerSourceRanges;
+  if (!Array.isArray(listed) || listed.length === 0) return undefined;
+  const byFamily: Record<IpFamily, string[]> = { ipv4: [], ipv6: [] };
+  let invalid = 0;
+  listed.forEach((entry: unknown, index) => {
+    // kube-proxy skips empty entries without a word.
+    if (typeof entry === "string" && entry.trim() === "") return;
+    const parsed = parseSourceRange(entry);
+    if (!parsed.ok) {
+      invalid += 1;
+      skip(
+        "InvalidSourceRange",
+        `spec.loadBalancerSourceRanges[${index}]: ${parsed.error}; ignored, as kube-proxy ignores it`,
+      );
+      return;
+    }
+    byFamily[parsed.value.family].push(parsed.value.cidr);
+  });
+  return { byFamily, invalid };
+}
+
+/** Sentinel: an address whose ranges could not be read at all, so it must stay untranslated. */
+const UNREADABLE = Symbol("unreadable");
+
+/**
+ * The sources whose traffic to the LoadBalancer ingress IP `external` may be translated, as
+ * kube-proxy's IPVS mode lets them through its source-range firewall: undefined when the Service
+ * does not restrict this family (no range of it, or one that is /0, which kube-proxy reads as
+ * "allow any"). The node itself is admitted, through the LB IP it sends from, when its IP is
+ * inside a range.
+ */
+function allowedSourcesFor(
+  ranges: SourceRanges | undefined,
+  external: CanonicalIP,
+  nodeIPs: NodeIPs,
+): readonly string[] | undefined | typeof UNREADABLE {
+  if (ranges === undefined) return undefined;
+  const own = ranges.byFamily[external.family];
+  if (own.length === 0) {
+    // kube-proxy would leave this family open if every entry it could not read was of the other
+    // family, and closed if one was of this one: we cannot tell which, so nothing is translated.
+    return ranges.invalid > 0 ? UNREADABLE : undefined;
+  }
+  if (own.some((cidr) => cidr.endsWith("/0"))) return undefined;
+  const nodeIP = nodeIPs[external.family];
+  const admitsNode = own.some((cidr) => cidrContains(cidr, nodeIP));
+  const hostBits = external.family === "ipv4" ? 32 : 128;
+  return outermostCIDRs(admitsNode ? [...own, `${external.address}/${hostBits}`] : own);
+}
+
 /**
  * Admission: whether a Service gets mappings at all. `hasAddresses` says whether it lists any
  * external address; a Service without one is not our business (only a LoadBalancer still waiting
@@ -230,6 +306,7 @@ function admit(
     created: creationTime(service),
     clusterIPs,
     ports,
+    sourceRanges: sourceRangesOf(service, skip),
   };
 }
 
@@ -278,21 +355,41 @@ function usableAddress(
   return external;
 }
 
-/** Claims: every usable external address times every port, each (IP, protocol, port) once. */
+/**
+ * Claims: every usable external address times every port, each (IP, protocol, port) once.
+ * `restricted` is set when a claim depends on the node's IPs.
+ */
 function claim(
   admitted: Admitted,
   addresses: readonly ExternalAddress[],
   enabled: ReadonlySet<IpFamily>,
+  nodeIPs: NodeIPs,
   skip: Skip,
-): Claim[] {
+): { claims: Claim[]; restricted: boolean } {
   const claims: Claim[] = [];
   const seen: string[] = [];
+  let restricted = false;
   for (const address of addresses) {
     const external = usableAddress(address, admitted, enabled, skip);
-    // The same IP listed twice (e.g. as ingress and as externalIP) is claimed once. A Service has
-    // few addresses, so a short array beats a Set.
+    // The same IP listed twice (e.g. as ingress and as externalIP) is claimed once, with the
+    // ingress entry's restrictions: ingress comes first, and IPVS mode's source-range firewall
+    // checks every packet to the address, whichever field listed it. A Service has few
+    // addresses, so a short array beats a Set.
     if (external === undefined || seen.includes(external.address)) continue;
     seen.push(external.address);
+    // kube-proxy applies source ranges to LoadBalancer ingress IPs only, not to externalIPs.
+    const allowedSources =
+      address.field === "status.loadBalancer.ingress"
+        ? allowedSourcesFor(admitted.sourceRanges, external, nodeIPs)
+        : undefined;
+    if (allowedSources === UNREADABLE) {
+      skip(
+        "InvalidSourceRange",
+        `${originOf(address)} ${external.address}: no entry of spec.loadBalancerSourceRanges is a readable ${external.family} CIDR, so the sources kube-proxy admits are unknown; not translated`,
+      );
+      continue;
+    }
+    restricted ||= allowedSources !== undefined;
     const clusterIP = (admitted.clusterIPs[external.family] as CanonicalIP).address;
     for (const { protocol, port } of admitted.ports) {
       const mapping: Mapping = {
@@ -302,6 +399,7 @@ function claim(
         port,
         clusterIP,
         service: admitted.ref,
+        ...(allowedSources === undefined ? {} : { allowedSources }),
       };
       claims.push({
         mapping,
@@ -312,19 +410,24 @@ function claim(
       });
     }
   }
-  return claims;
+  return { claims, restricted };
 }
 
-/** Everything one Service contributes. `enabled` is the set of `config.families`. */
+/**
+ * Everything one Service contributes. `enabled` is the set of `config.families`; `nodeIPs` decide
+ * whether source ranges admit the node.
+ */
 export function contributionOf(
   service: ServiceInput,
   config: CoreConfig,
   enabled: ReadonlySet<IpFamily>,
+  nodeIPs: NodeIPs,
 ): Contribution {
   if (service === null || typeof service !== "object") {
     return {
       claims: [],
       skipped: [{ service: "?/?", reason: "InvalidMetadata", detail: "not an object" }],
+      usesNodeIPs: false,
     };
   }
   let skipped: SkippedEntry[] | undefined;
@@ -337,19 +440,32 @@ export function contributionOf(
   };
   const addresses = externalAddresses(service, config);
   const admitted = admit(service, config, addresses.length > 0, skip);
-  // Checked before any claim is built: a million of them would exhaust memory on the way.
-  const asked = admitted === undefined ? 0 : addresses.length * admitted.ports.length;
-  if (admitted !== undefined && asked > config.maxMappingsPerService) {
-    skip(
-      "TooManyMappings",
-      `${addresses.length} external addresses × ${admitted.ports.length} ports ask for ${asked} mappings, more than the ${config.maxMappingsPerService} allowed per Service`,
-    );
-    return { claims: NO_CLAIMS, skipped: skipped ?? NO_SKIPS };
+  // Checked before any claim is built: a million of them would exhaust memory on the way. A
+  // restricted mapping becomes one kernel entry per allowed source, so ranges count too.
+  if (admitted !== undefined) {
+    const ranges = admitted.sourceRanges;
+    const perMapping =
+      ranges === undefined
+        ? 1
+        : Math.max(1, ranges.byFamily.ipv4.length, ranges.byFamily.ipv6.length) + 1;
+    const asked = addresses.length * admitted.ports.length * perMapping;
+    if (asked > config.maxMappingsPerService) {
+      const sources =
+        perMapping > 1 ? ` × ${perMapping} allowed sources (loadBalancerSourceRanges)` : "";
+      skip(
+        "TooManyMappings",
+        `${addresses.length} external addresses × ${admitted.ports.length} ports${sources} ask for ${asked} mappings, more than the ${config.maxMappingsPerService} allowed per Service`,
+      );
+      return { claims: NO_CLAIMS, skipped: skipped ?? NO_SKIPS, usesNodeIPs: false };
+    }
   }
-  const claimed = admitted === undefined ? [] : claim(admitted, addresses, enabled, skip);
+  const claimed =
+    admitted === undefined
+      ? { claims: [], restricted: false }
+      : claim(admitted, addresses, enabled, nodeIPs, skip);
   // A copy of exact size: the pushed-to array reserved room for more, and this one is kept.
-  const claims = claimed.length === 0 ? NO_CLAIMS : claimed.slice();
-  return { claims, skipped: skipped ?? NO_SKIPS };
+  const claims = claimed.claims.length === 0 ? NO_CLAIMS : claimed.claims.slice();
+  return { claims, skipped: skipped ?? NO_SKIPS, usesNodeIPs: claimed.restricted };
 }
 
 function sameSkipped(a: readonly SkippedEntry[], b: readonly SkippedEntry[]): boolean {
@@ -377,7 +493,8 @@ export function sameContribution(a: Contribution, b: Contribution): boolean {
       x.owner !== y.owner ||
       x.portKey !== y.portKey ||
       x.mapping.externalIP !== y.mapping.externalIP ||
-      x.mapping.clusterIP !== y.mapping.clusterIP
+      x.mapping.clusterIP !== y.mapping.clusterIP ||
+      !sameSources(x.mapping.allowedSources, y.mapping.allowedSources)
     ) {
       return false;
     }

@@ -10,6 +10,7 @@ import type { Mapping, Ruleset, RulesetDiff, RulesetSettings } from "./types.js"
 export function settingsOf(ruleset: Ruleset): RulesetSettings {
   return {
     masqueradeMark: ruleset.masqueradeMark,
+    markPodTraffic: ruleset.markPodTraffic,
     families: ruleset.families.map(({ family, localPods }) => ({ family, localPods })),
   };
 }

@@ -28,7 +28,7 @@ import {
 } from "./contribution.js";
 import { type NodeInput, type ServiceInput, sameNodeInput } from "./input.js";
 import { compareMappings, sameTranslation } from "./mapping.js";
-import { type DerivedSettings, deriveSettings } from "./settings.js";
+import { type DerivedSettings, deriveSettings, type NodeIPs, nodeIPsOf } from "./settings.js";
 import type {
   Conflict,
   CoreConfig,
@@ -83,6 +83,8 @@ interface KeyState {
 /** One Service key. Kept after a delete until the next takeChanges() has reported its skips. */
 interface ServiceEntry {
   contribution: Contribution | undefined;
+  /** The Service itself, kept only while its contribution depends on the node's IPs. */
+  input: ServiceInput | undefined;
   /** The skips the last takeChanges() reported for this Service; set when first changed since. */
   reported: readonly SkippedEntry[] | undefined;
 }
@@ -144,6 +146,8 @@ export class RulesetEngine {
   private readonly config: CoreConfig;
   private readonly enabled: ReadonlySet<IpFamily>;
   private node: NodeInput | undefined;
+  /** Kept up to date on every setNode: contributions are computed with them. */
+  private nodeIPs: NodeIPs;
   private derived: DerivedSettings;
   private settingsDirty = false;
   private readonly services = new Map<string, ServiceEntry>();
@@ -166,6 +170,7 @@ export class RulesetEngine {
     this.config = resolveConfig(options.config);
     this.enabled = new Set(this.config.families);
     this.node = options.node;
+    this.nodeIPs = nodeIPsOf(this.config, this.node).ips;
     this.derived = deriveSettings(this.config, this.node);
     this.settingsBase = this.derived.settings;
   }
@@ -183,10 +188,12 @@ export class RulesetEngine {
   setService(key: string, service: ServiceInput | undefined): boolean {
     let entry = this.services.get(key);
     const contribution =
-      service === undefined ? undefined : contributionOf(service, this.config, this.enabled);
+      service === undefined
+        ? undefined
+        : contributionOf(service, this.config, this.enabled, this.nodeIPs);
     if (entry === undefined) {
       if (contribution === undefined) return false;
-      entry = { contribution: undefined, reported: NONE };
+      entry = { contribution: undefined, input: undefined, reported: NONE };
       this.services.set(key, entry);
       this.reportServices.push(key);
     } else if (
@@ -194,11 +201,13 @@ export class RulesetEngine {
         ? contribution === undefined
         : contribution !== undefined && sameContribution(entry.contribution, contribution)
     ) {
+      entry.input = contribution?.usesNodeIPs ? service : undefined;
       return false;
     } else if (entry.reported === undefined) {
       entry.reported = entry.contribution?.skipped ?? NONE;
       this.reportServices.push(key);
     }
+    entry.input = contribution?.usesNodeIPs ? service : undefined;
     const previous = entry.contribution;
     if (previous !== undefined) {
       for (const claim of previous.claims) {
@@ -235,6 +244,14 @@ export class RulesetEngine {
     this.node = node;
     if (same) return false;
     this.settingsDirty = true;
+    const nodeIPs = nodeIPsOf(this.config, node).ips;
+    if (nodeIPs.ipv4 !== this.nodeIPs.ipv4 || nodeIPs.ipv6 !== this.nodeIPs.ipv6) {
+      this.nodeIPs = nodeIPs;
+      // Only Services with source ranges depend on the node's IPs, and only they kept their input.
+      for (const [key, entry] of this.services) {
+        if (entry.input !== undefined) this.setService(key, entry.input);
+      }
+    }
     return true;
   }
 
@@ -335,7 +352,11 @@ export class RulesetEngine {
       ({ family, localPods }) => ({ family, localPods, mappings: byFamily[family] }),
     );
     return {
-      ruleset: { masqueradeMark: this.derived.settings.masqueradeMark, families },
+      ruleset: {
+        masqueradeMark: this.derived.settings.masqueradeMark,
+        markPodTraffic: this.derived.settings.markPodTraffic,
+        families,
+      },
       skipped: skipped.sort(compareSkipped),
       conflicts: conflicts.sort(compareConflicts),
       warnings: this.derived.warnings,

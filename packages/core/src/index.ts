@@ -12,12 +12,15 @@ export {
   addressValue,
   type CanonicalCIDR,
   type CanonicalIP,
+  cidrContains,
   cidrRange,
+  outermostCIDRs,
   type Parsed,
   parseCIDR,
   parseClusterIP,
   parseExternalIP,
   parseIP,
+  parseSourceRange,
 } from "./address.js";
 export type { ApplyResult, Backend, CommandResult, CommandRunner } from "./backend.js";
 export { computeRuleset, type RulesetInput } from "./compute.js";
@@ -48,6 +51,7 @@ export {
 export { FakeBackend, type FakeBackendCall } from "./fake-backend.js";
 export {
   type IngressInput,
+  type NodeAddressInput,
   type NodeInput,
   podCIDRsOf,
   type ServiceInput,
@@ -64,9 +68,11 @@ export {
   type MappingKeyFields,
   mappingKey,
   portKey,
+  sameSources,
   sameTranslation,
   sortMappings,
 } from "./mapping.js";
 export { MappingTable } from "./mapping-table.js";
+export { type NodeIPSource, type NodeIPs, nodeIPsOf } from "./settings.js";
 export * from "./types.js";
 export { validateChanges, validateMapping, validateRuleset } from "./validate.js";

@@ -42,17 +42,32 @@ export interface ServiceInput {
     readonly externalIPs?: readonly string[];
     readonly externalTrafficPolicy?: string;
     readonly ports?: readonly ServicePortInput[];
+    /** Who may reach the LoadBalancer ingress IPs; kube-proxy ignores the older annotation. */
+    readonly loadBalancerSourceRanges?: readonly string[];
   };
   readonly status?: {
     readonly loadBalancer?: { readonly ingress?: readonly IngressInput[] };
   };
 }
 
-/** The fields of a Node the core reads: its pod CIDRs. `V1Node` satisfies it. */
+/** One `status.addresses` entry of a Node. */
+export interface NodeAddressInput {
+  /** `InternalIP`, `ExternalIP`, `Hostname`, ... */
+  readonly type?: string;
+  readonly address?: string;
+}
+
+/**
+ * The fields of a Node the core reads: its pod CIDRs (NodeCIDR detection) and its addresses
+ * (whether `loadBalancerSourceRanges` admit the node). `V1Node` satisfies it.
+ */
 export interface NodeInput {
   readonly spec?: {
     readonly podCIDR?: string;
     readonly podCIDRs?: readonly string[];
+  };
+  readonly status?: {
+    readonly addresses?: readonly NodeAddressInput[];
   };
 }
 
@@ -108,6 +123,7 @@ export function trimService(object: unknown): ServiceInput | undefined {
       "clusterIPs",
       "externalIPs",
       "externalTrafficPolicy",
+      "loadBalancerSourceRanges",
     ]);
     put(spec, "ports", pickEach(service.spec?.ports, ["port", "protocol"]));
     trimmed.spec = isObject(service.spec) ? spec : service.spec;
@@ -125,11 +141,24 @@ export function trimService(object: unknown): ServiceInput | undefined {
   return trimmed as ServiceInput;
 }
 
-/** Keeps a Node's pod CIDRs. Returns undefined for anything that is not an object. */
+/**
+ * Keeps a Node's pod CIDRs and its InternalIP and ExternalIP addresses. Returns undefined for
+ * anything that is not an object.
+ */
 export function trimNode(object: unknown): NodeInput | undefined {
   if (!isObject(object)) return undefined;
-  const spec = (object as { spec?: Loose }).spec;
-  return isObject(spec) ? { spec: pick(spec, ["podCIDR", "podCIDRs"]) } : {};
+  const { spec, status } = object as { spec?: Loose; status?: Loose };
+  const trimmed: Record<string, unknown> = isObject(spec)
+    ? { spec: pick(spec, ["podCIDR", "podCIDRs"]) }
+    : {};
+  const addresses = isObject(status) ? status.addresses : undefined;
+  if (Array.isArray(addresses)) {
+    const kept = addresses.filter(
+      (entry) => isObject(entry) && (entry.type === "InternalIP" || entry.type === "ExternalIP"),
+    );
+    if (kept.length > 0) trimmed.status = { addresses: pickEach(kept, ["type", "address"]) };
+  }
+  return trimmed as NodeInput;
 }
 
 function creationTime(service: ServiceInput): unknown {
@@ -154,9 +183,9 @@ export function sameServiceInput(a: ServiceInput, b: ServiceInput): boolean {
   );
 }
 
-/** Whether two trimmed Nodes have the same pod CIDRs. */
+/** Whether two trimmed Nodes have the same pod CIDRs and addresses. */
 export function sameNodeInput(a: NodeInput, b: NodeInput): boolean {
-  return equal(a.spec, b.spec);
+  return equal(a.spec, b.spec) && equal(a.status?.addresses, b.status?.addresses);
 }
 
 /** `spec.podCIDRs`, falling back to the older single `spec.podCIDR`. Non-strings are dropped. */

@@ -11,6 +11,12 @@ export interface LiveMapping extends MappingKeyFields {
   readonly clusterIP: string;
   /** The `namespace/name` the rule's comment names; empty when it names none. */
   readonly owner: string;
+  /**
+   * Present when the kernel translates only some sources to this address (see
+   * `Mapping.allowedSources`): the source CIDRs it admits, canonical, in address order; empty
+   * when it admits none.
+   */
+  readonly allowedSources?: readonly string[];
 }
 
 /** Everything of one backend that is in the kernel. */

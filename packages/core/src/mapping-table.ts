@@ -90,6 +90,10 @@ export class MappingTable {
       localPods,
       mappings: all.filter((mapping) => mapping.family === family),
     }));
-    return { masqueradeMark: settings.masqueradeMark, families };
+    return {
+      masqueradeMark: settings.masqueradeMark,
+      markPodTraffic: settings.markPodTraffic,
+      families,
+    };
   }
 }

@@ -52,14 +52,25 @@ export function sortMappings(mappings: readonly Mapping[]): Mapping[] {
   return keyed.map((entry) => entry.mapping);
 }
 
+/** Whether two `allowedSources` lists admit the same sources (both canonical, or both absent). */
+export function sameSources(
+  a: readonly string[] | undefined,
+  b: readonly string[] | undefined,
+): boolean {
+  if (a === b) return true;
+  if (a === undefined || b === undefined || a.length !== b.length) return false;
+  return a.every((cidr, i) => cidr === b[i]);
+}
+
 /**
- * Whether two mappings with the same key translate to the same place for the same owner. Written out
- * rather than deep-compared: it runs for every mapping of a diff.
+ * Whether two mappings with the same key translate the same sources to the same place for the
+ * same owner. Written out rather than deep-compared: it runs for every mapping of a diff.
  */
 export function sameTranslation(a: Mapping, b: Mapping): boolean {
   return (
     a.clusterIP === b.clusterIP &&
     a.service.namespace === b.service.namespace &&
-    a.service.name === b.service.name
+    a.service.name === b.service.name &&
+    sameSources(a.allowedSources, b.allowedSources)
   );
 }

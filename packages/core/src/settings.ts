@@ -2,14 +2,19 @@
  * The per-node settings of a ruleset: the masquerade mark and, per family, how traffic from local
  * pods is recognised. They depend on the configuration and the Node, never on Services.
  */
-import { parseCIDR } from "./address.js";
+import { parseCIDR, parseIP } from "./address.js";
 import { markForBit } from "./config.js";
 import { type NodeInput, podCIDRsOf } from "./input.js";
 import type { CoreConfig, IpFamily, LocalPodMatch, RulesetSettings } from "./types.js";
 
+/** This node's address per family, as kube-proxy decides it (see {@link nodeIPsOf}). */
+export type NodeIPs = Readonly<Record<IpFamily, string>>;
+
 /** Settings and the problems met while deriving them (skipped, never fatal). */
 export interface DerivedSettings {
   readonly settings: RulesetSettings;
+  /** The node IPs `loadBalancerSourceRanges` are checked against. */
+  readonly nodeIPs: NodeIPs;
   /** E.g. a malformed pod CIDR on the Node, or no pod CIDR at all for a family. */
   readonly warnings: readonly string[];
 }
@@ -57,13 +62,54 @@ function localPodMatches(
   return result;
 }
 
+/** Where a node IP came from, for reports. */
+export type NodeIPSource = "Node status" | "configured" | "none known: loopback";
+
+/**
+ * This node's IP per family, as kube-proxy determines the "node IP" its source-range rules check:
+ * the first address of the family among the Node's InternalIP addresses, then its ExternalIP
+ * ones; an address configured for the family (kube-proxy's `--bind-address`) replaces it; with
+ * neither, the loopback address, as kube-proxy assumes.
+ */
+export function nodeIPsOf(
+  config: Pick<CoreConfig, "nodeIPs">,
+  node: NodeInput | undefined,
+): { readonly ips: NodeIPs; readonly sources: Readonly<Record<IpFamily, NodeIPSource>> } {
+  const ips: Record<IpFamily, string> = { ipv4: "127.0.0.1", ipv6: "::1" };
+  const sources: Record<IpFamily, NodeIPSource> = {
+    ipv4: "none known: loopback",
+    ipv6: "none known: loopback",
+  };
+  const addresses = Array.isArray(node?.status?.addresses) ? node.status.addresses : [];
+  const found = new Set<IpFamily>();
+  for (const type of ["InternalIP", "ExternalIP"]) {
+    for (const entry of addresses) {
+      if (entry?.type !== type) continue;
+      const parsed = parseIP(entry.address);
+      if (!parsed.ok || found.has(parsed.value.family)) continue;
+      found.add(parsed.value.family);
+      ips[parsed.value.family] = parsed.value.address;
+      sources[parsed.value.family] = "Node status";
+    }
+  }
+  for (const text of config.nodeIPs) {
+    const parsed = parseIP(text);
+    if (!parsed.ok) continue; // resolveConfig refuses such a value
+    ips[parsed.value.family] = parsed.value.address;
+    sources[parsed.value.family] = "configured";
+  }
+  return { ips, sources };
+}
+
 /** The settings for `config` (already resolved) on a node. */
 export function deriveSettings(config: CoreConfig, node: NodeInput | undefined): DerivedSettings {
   const warnings: string[] = [];
   const matches = localPodMatches(config, node, warnings);
   return {
+    nodeIPs: nodeIPsOf(config, node).ips,
     settings: {
       masqueradeMark: markForBit(config.masqueradeBit),
+      markPodTraffic: config.masqueradePodTraffic,
       families: config.families.map((family) => ({
         family,
         localPods: matches.get(family) as LocalPodMatch,

@@ -35,6 +35,18 @@ export interface Mapping {
   /** The Service's cluster IP of the same family. */
   readonly clusterIP: string;
   readonly service: ServiceRef;
+  /**
+   * Present only when the Service restricts who may reach this LoadBalancer ingress IP
+   * (`spec.loadBalancerSourceRanges`): the translation applies only to traffic whose source
+   * address is inside one of these CIDRs, exactly the sources kube-proxy's IPVS mode lets through
+   * its source-range firewall. That is the Service's ranges of this family, plus
+   * `externalIP/32` (`/128`) when an address of the node is inside one of them: traffic the node
+   * sends to a local LoadBalancer IP leaves with that IP as its source, and kube-proxy admits it
+   * exactly then. Canonical CIDRs of `family` in address order, none inside another (the
+   * outermost of nested ranges stands for them), never empty. Absent for externalIPs and
+   * unrestricted Services.
+   */
+  readonly allowedSources?: readonly string[];
 }
 
 /**
@@ -68,10 +80,19 @@ export interface FamilyRuleset {
  */
 export interface Ruleset {
   /**
-   * The packet mark OR'd into translated packets so kube-proxy's POSTROUTING masquerades them:
-   * `1 << masqueradeBit`, as an unsigned 32-bit integer (0x4000 for kube-proxy's default bit 14).
+   * The packet mark OR'd into translated packets that must leave the node masqueraded, so that
+   * kube-proxy's POSTROUTING does it: `1 << masqueradeBit`, as an unsigned 32-bit integer (0x4000
+   * for kube-proxy's default bit 14). Host-network traffic always gets it (its source is the
+   * LoadBalancer IP itself, which no endpoint can answer); traffic from local pods only when
+   * {@link Ruleset.markPodTraffic} is set.
    */
   readonly masqueradeMark: number;
+  /**
+   * Whether translated traffic from local pods gets the mark too. False by default: kube-proxy's
+   * own short-circuit keeps a pod's address, so the endpoint sees the pod, and IPVS mode already
+   * masquerades a pod that reaches its own endpoint (its loop-back set).
+   */
+  readonly markPodTraffic: boolean;
   /** One entry per enabled family, IPv4 first. A family that is enabled but has no mappings is still listed. */
   readonly families: readonly FamilyRuleset[];
 }
@@ -105,7 +126,12 @@ export type SkipReason =
   /** The Service lists more external addresses × ports than `maxMappingsPerService`. */
   | "TooManyMappings"
   /** Another Service already claims this (IP, protocol, port); see {@link Conflict}. */
-  | "Conflict";
+  | "Conflict"
+  /**
+   * A `spec.loadBalancerSourceRanges` entry that is not a CIDR. It is ignored, as kube-proxy
+   * ignores it; the Service's other ranges still apply.
+   */
+  | "InvalidSourceRange";
 
 /** A Service, or part of one, that produced no mapping. */
 export interface SkippedEntry {
@@ -158,6 +184,17 @@ export interface CoreConfig {
    * memory; such a Service is skipped as `TooManyMappings`. Default 65,536.
    */
   readonly maxMappingsPerService: number;
+  /**
+   * Mark translated traffic from local pods for masquerading as well (the behaviour of versions
+   * before source addresses were kept). Default `false`; see {@link Ruleset.markPodTraffic}.
+   */
+  readonly masqueradePodTraffic: boolean;
+  /**
+   * This node's addresses as kube-proxy's `--bind-address` would give them: each one replaces the
+   * node IP of its family that is otherwise read from the Node's `status.addresses`. Only
+   * `loadBalancerSourceRanges` use node IPs. Default none.
+   */
+  readonly nodeIPs: readonly string[];
 }
 
 /** What `computeRuleset` and `RulesetEngine.result` return. */
@@ -200,5 +237,6 @@ export interface RulesetChanges extends RulesetDiff {
 /** Everything in a {@link Ruleset} except its mappings. */
 export interface RulesetSettings {
   readonly masqueradeMark: number;
+  readonly markPodTraffic: boolean;
   readonly families: readonly { readonly family: IpFamily; readonly localPods: LocalPodMatch }[];
 }

@@ -9,7 +9,13 @@
  * through DNS), ports 1–65535, known protocols, DNS-label owners (they reach rule comments), safe
  * interface names, unique keys and a non-zero 32-bit mark.
  */
-import { parseCIDR, parseClusterIP, parseExternalIP } from "./address.js";
+import {
+  type AddressRange,
+  cidrRange,
+  parseCIDR,
+  parseClusterIP,
+  parseExternalIP,
+} from "./address.js";
 import { validateInterfaceName } from "./config.js";
 import { DNS_LABEL } from "./contribution.js";
 import { InvalidRulesetError, quote } from "./errors.js";
@@ -81,11 +87,39 @@ function checkLocalPods(field: string, match: unknown, family: IpFamily): void {
   }
 }
 
+/**
+ * A restriction must name at least one source (an empty list would read as "nobody" to one
+ * backend and "anybody" to another), each a canonical CIDR of the mapping's family, in address
+ * order and none inside another, so that a read-back compares equal and nft takes them all.
+ */
+function checkAllowedSources(field: string, sources: unknown, family: IpFamily): void {
+  if (!Array.isArray(sources)) invalid(field, "is not an array");
+  if (sources.length === 0) invalid(field, "is empty; leave it out for an unrestricted mapping");
+  let previous: AddressRange | undefined;
+  sources.forEach((cidr: unknown, index: number) => {
+    const at = `${field}[${index}]`;
+    const parsed = parseCIDR(cidr);
+    if (!parsed.ok) invalid(at, parsed.error);
+    if (parsed.value.family !== family) invalid(at, `${quote(cidr)} is not an ${family} CIDR`);
+    if (parsed.value.cidr !== cidr) {
+      invalid(at, `${quote(cidr)} is not canonical (expected "${parsed.value.cidr}")`);
+    }
+    const range = cidrRange(cidr) as AddressRange;
+    if (previous !== undefined && range.first <= previous.last) {
+      invalid(at, `${quote(cidr)} is out of address order or inside the CIDR before it`);
+    }
+    previous = range;
+  });
+}
+
 /** Checks the settings of a ruleset or diff: the mark and each family at most once. */
 function checkSettings(settings: RulesetSettings): void {
   const mark: unknown = settings.masqueradeMark;
   if (typeof mark !== "number" || !Number.isInteger(mark) || mark < 1 || mark > 0xffffffff) {
     invalid("masqueradeMark", `${quote(mark)} is not a non-zero unsigned 32-bit integer`);
+  }
+  if (typeof settings.markPodTraffic !== "boolean") {
+    invalid("markPodTraffic", `${quote(settings.markPodTraffic)} is not a boolean`);
   }
   if (!Array.isArray(settings.families)) invalid("families", "is not an array");
   const seen = new Set<string>();
@@ -128,6 +162,9 @@ export function validateMapping(
   const port: unknown = mapping.port;
   if (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535) {
     invalid(`${field}.port`, `${quote(port)} is not a port (1-65535)`);
+  }
+  if (mapping.allowedSources !== undefined) {
+    checkAllowedSources(`${field}.allowedSources`, mapping.allowedSources, own);
   }
   const service: unknown = mapping.service;
   if (!isObject(service)) invalid(`${field}.service`, "needs a namespace and a name");

@@ -13,6 +13,8 @@ export interface ServiceOptions {
   externalTrafficPolicy?: string;
   annotations?: Record<string, string>;
   created?: string;
+  /** `spec.loadBalancerSourceRanges`. */
+  sourceRanges?: string[];
 }
 
 /** A LoadBalancer Service shaped as the API returns it. */
@@ -33,10 +35,27 @@ export function lbService(options: ServiceOptions = {}): V1Service {
       clusterIPs: options.clusterIPs ?? [clusterIP],
       externalIPs: options.externalIPs,
       externalTrafficPolicy: options.externalTrafficPolicy ?? "Local",
+      loadBalancerSourceRanges: options.sourceRanges,
       ports: (options.ports ?? [
         { port: 80, protocol: "TCP", targetPort: 8080, nodePort: 30080 },
       ]) as never,
     },
     status: { loadBalancer: { ingress: options.ingress ?? [{ ip: "192.0.2.10" }] } },
+  };
+}
+
+/** A Node with pod CIDRs and InternalIP addresses, shaped as the API returns it. */
+export function nodeWith(options: { podCIDRs?: string[]; internalIPs?: string[] } = {}) {
+  return {
+    spec: { podCIDRs: options.podCIDRs ?? ["10.244.1.0/24"] },
+    status: {
+      addresses: [
+        { type: "Hostname", address: "worker-1" },
+        ...(options.internalIPs ?? ["172.18.0.2"]).map((address) => ({
+          type: "InternalIP",
+          address,
+        })),
+      ],
+    },
   };
 }

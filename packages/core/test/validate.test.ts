@@ -22,6 +22,7 @@ function mapping(fields: Partial<Mapping> & Pick<Mapping, "externalIP" | "cluste
 function ruleset(mappings: readonly Mapping[]): Ruleset {
   return {
     masqueradeMark: 0x4000,
+    markPodTraffic: false,
     families: (["ipv4", "ipv6"] as const).map((family) => ({
       family,
       localPods: {
@@ -177,6 +178,7 @@ describe("validateRuleset and the owners that reach rule comments", () => {
 describe("validateChanges", () => {
   const settings = {
     masqueradeMark: 0x4000,
+    markPodTraffic: false,
     families: ruleset([]).families.map(({ family, localPods }) => ({ family, localPods })),
   };
   const change = (fields: Record<string, unknown>) =>
