@@ -3,6 +3,7 @@
 #   - the kernel tools the backends drive and the tests use: nftables, iptables (legacy + nft), iproute2,
 #     conntrack (deletes the conntrack entries of UDP flows that a change made stale)
 #   - openssl (the test API server's service-account key)
+#   - ipset (the tests emulate the rules kube-proxy's IPVS mode writes with it)
 #   - pnpm at the version package.json pins, the workspace's dependencies, and the build.
 # Safe to run again: it installs only what is missing.
 set -euo pipefail
@@ -24,6 +25,7 @@ command -v nft >/dev/null 2>&1 || missing+=(nftables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
 command -v conntrack >/dev/null 2>&1 || missing+=(conntrack)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v ipset >/dev/null 2>&1 || missing+=(ipset)
 if ((${#missing[@]} > 0)); then
   if [[ "$(id -u)" != 0 ]]; then
     log "missing Debian packages: ${missing[*]}; run as root or install them first"

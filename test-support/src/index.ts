@@ -4,6 +4,7 @@ export * from "./heap.js";
 export * from "./helm.js";
 export * from "./hostile-services.js";
 export * from "./http.js";
+export * from "./ipvs-mode.js";
 export * from "./kube-proxy.js";
 export * from "./netns.js";
 export * from "./runner.js";

@@ -51,6 +51,8 @@ export interface ListenerSpec {
   readonly protocol: ProbeProtocol;
   /** Sent back to every TCP connection / UDP datagram, e.g. the Service's name. */
   readonly reply: string;
+  /** Append ` from <peer address>` to the reply: what the endpoint sees as its client. */
+  readonly echoPeer?: boolean;
 }
 
 /** A running listener process; stop it early with {@link Listeners.stop} or let `destroy` do it. */
@@ -87,6 +89,11 @@ export interface Topology {
    * are served by a load balancer elsewhere.
    */
   addRemoteAddresses(ips: readonly string[]): Promise<void>;
+  /**
+   * Binds addresses on the pod's `lo` and routes them there from the node: the pod serves them,
+   * as an endpoint serves a Service's cluster IP once IPVS forwarded a connection to it.
+   */
+  addPodAddresses(ips: readonly string[]): Promise<void>;
   /** Starts one listener process in `host` (default `node`) and waits until every socket is bound. */
   listen(specs: readonly ListenerSpec[], host?: Host): Promise<Listeners>;
   /** Opens one connection from `from` and returns what came back. Default timeout 1500 ms. */
@@ -219,13 +226,17 @@ const bound = () => { if (--pending === 0) process.stdout.write("ready\\n"); };
 const fail = (s, e) => { process.stderr.write(s.ip + " " + s.port + "/" + s.protocol + ": " + e.message + "\\n"); process.exit(1); };
 for (const s of specs) {
   if (s.protocol === "tcp") {
-    const server = net.createServer((socket) => { socket.on("error", () => {}); socket.end(s.reply); });
+    const server = net.createServer((socket) => {
+      socket.on("error", () => {});
+      socket.end(s.echoPeer ? s.reply + " from " + socket.remoteAddress : s.reply);
+    });
     server.on("error", (e) => fail(s, e));
     server.listen({ host: s.ip, port: s.port }, bound);
   } else {
     const socket = dgram.createSocket(s.ip.includes(":") ? "udp6" : "udp4");
     socket.on("error", (e) => fail(s, e));
-    socket.on("message", (_msg, peer) => socket.send(s.reply, peer.port, peer.address));
+    socket.on("message", (_msg, peer) =>
+      socket.send(s.echoPeer ? s.reply + " from " + peer.address : s.reply, peer.port, peer.address));
     socket.bind(s.port, s.ip, bound);
   }
 }
@@ -356,6 +367,27 @@ export async function createTopology(options: TopologyOptions = {}): Promise<Top
     return subprocess;
   };
 
+  /** Binds `ips` on a host's lo, and routes them there from the node, which forwards. */
+  const hostAddresses = async (host: "pod" | "remote", ips: readonly string[]) => {
+    const unique = [...new Set(ips)];
+    if (unique.length === 0) return;
+    await ipBatch(namespaces[host], unique.map(bindOnLoopback));
+    // The node now routes between the pod and the remote host, as a real node routes pods' traffic.
+    for (const key of ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"]) {
+      const result = await runnerIn(namespaces.node)("sysctl", ["-qw", `${key}=1`]);
+      if (result.exitCode !== 0) throw new Error(`sysctl ${key}=1: ${result.stderr.trim()}`);
+    }
+    const via = host === "pod" ? P.pod : P.remote;
+    await ipBatch(
+      namespaces.node,
+      unique.map((address) =>
+        address.includes(":")
+          ? `route add ${address}/128 via ${via.ipv6}`
+          : `route add ${address}/32 via ${via.ipv4}`,
+      ),
+    );
+  };
+
   return {
     namespaces,
     runner: (host) => runnerIn(namespaces[host]),
@@ -366,24 +398,8 @@ export async function createTopology(options: TopologyOptions = {}): Promise<Top
       if (unique.length > 0) await ipBatch(namespaces.node, unique.map(bindOnLoopback));
     },
 
-    async addRemoteAddresses(ips) {
-      const unique = [...new Set(ips)];
-      if (unique.length === 0) return;
-      await ipBatch(namespaces.remote, unique.map(bindOnLoopback));
-      // The node now routes between the pod and the remote host, as a real node routes pods' traffic.
-      for (const key of ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"]) {
-        const result = await runnerIn(namespaces.node)("sysctl", ["-qw", `${key}=1`]);
-        if (result.exitCode !== 0) throw new Error(`sysctl ${key}=1: ${result.stderr.trim()}`);
-      }
-      await ipBatch(
-        namespaces.node,
-        unique.map((address) =>
-          address.includes(":")
-            ? `route add ${address}/128 via ${P.remote.ipv6}`
-            : `route add ${address}/32 via ${P.remote.ipv4}`,
-        ),
-      );
-    },
+    addRemoteAddresses: (ips) => hostAddresses("remote", ips),
+    addPodAddresses: (ips) => hostAddresses("pod", ips),
 
     async listen(specs, host = "node") {
       if (specs.length === 0) throw new Error("listen() needs at least one ListenerSpec");

@@ -34,6 +34,8 @@ export interface RuleFlags {
   onlyLocalTrafficPolicy: boolean;
   externalIps: boolean;
   maxMappingsPerService: string;
+  masqueradePodTraffic: boolean;
+  nodeIp: string[];
 }
 
 /** Backend options as commander hands them over. */
@@ -95,8 +97,19 @@ export function addRuleOptions(command: Command): Command {
     .option("--no-external-ips", "do not translate spec.externalIPs, only LoadBalancer ingress IPs")
     .option(
       "--max-mappings-per-service <count>",
-      "skip a Service that asks for more mappings (external addresses × ports)",
+      "skip a Service that asks for more mappings (external addresses × ports × source ranges)",
       "65536",
+    )
+    .option(
+      "--masquerade-pod-traffic",
+      "mark translated pod traffic for masquerading too, so endpoints see a node address instead of the pod's (host traffic always is)",
+      false,
+    )
+    .option(
+      "--node-ip <ip>",
+      "this node's IP for loadBalancerSourceRanges, one per family, as kube-proxy's --bind-address (default: the Node's InternalIP, then ExternalIP)",
+      collect,
+      [],
     );
 }
 
@@ -173,6 +186,8 @@ export function coreConfigFromFlags(flags: RuleFlags): CoreConfig {
       1,
       Number.MAX_SAFE_INTEGER,
     ),
+    masqueradePodTraffic: flags.masqueradePodTraffic,
+    nodeIPs: flags.nodeIp,
   });
 }
 

@@ -114,7 +114,9 @@ describe("buildDoctorReport", () => {
       kernel: "6.1.0",
       kubeIpvsInterface: true,
       externalIPs: [{ family: "ipv4", total: 2, local: 2 }],
+      ips: [{ family: "ipv4", address: "127.0.0.1", source: "none known: loopback" }],
     });
+    expect(report.restrictions).toEqual([]);
     expect(report.services.map((status) => status.service)).toEqual(["default/api", "default/web"]);
     expect(report.services[1]?.mappings).toEqual([
       {
@@ -441,6 +443,95 @@ describe("buildDoctorReport", () => {
         message: "the Node worker-1 does not exist: its pod CIDRs are unknown",
       },
     ]);
+  });
+
+  describe("loadBalancerSourceRanges", () => {
+    const restricted = (ranges: string[]): ServiceInput => ({
+      ...WEB,
+      spec: { ...WEB.spec, loadBalancerSourceRanges: ranges },
+    });
+    const node: NodeInput = {
+      spec: { podCIDRs: ["10.244.1.0/24"] },
+      status: { addresses: [{ type: "InternalIP", address: "172.18.0.2" }] },
+    };
+    const restrictedRule = (allowedSources: string[]) => ({ ...WEB_RULE, allowedSources });
+
+    it("lists who reaches a restricted LB IP from this node: pods, the node", () => {
+      const report = buildDoctorReport(
+        facts({
+          services: [restricted(["10.244.0.0/16", "172.18.0.0/16"]), API],
+          node,
+          live: rules([
+            restrictedRule(["10.244.0.0/16", "172.18.0.0/16", "192.0.2.10/32"]),
+            ...API_RULES,
+          ]),
+        }),
+      );
+      expect(report).toMatchObject({ ok: true, verdict: "working" });
+      expect(report.node.ips).toEqual([
+        { family: "ipv4", address: "172.18.0.2", source: "Node status" },
+      ]);
+      expect(report.restrictions).toEqual([
+        {
+          service: "default/web",
+          addresses: [
+            {
+              family: "ipv4",
+              externalIP: "192.0.2.10",
+              ports: ["tcp/80"],
+              allowedSources: ["10.244.0.0/16", "172.18.0.0/16", "192.0.2.10/32"],
+              admitsNode: true,
+              admitsPods: "all",
+            },
+          ],
+        },
+      ]);
+      const text = formatDoctorReport(report);
+      expect(text).toContain("restricted by loadBalancerSourceRanges (1)");
+      expect(text).toMatch(
+        /192\.0\.2\.10 tcp\/80 +from 10\.244\.0\.0\/16, 172\.18\.0\.0\/16, 192\.0\.2\.10\/32 +all pods, the node/,
+      );
+    });
+
+    it("names a Service whose ranges exclude every pod CIDR of the node, as a note", () => {
+      const report = buildDoctorReport(
+        facts({
+          services: [restricted(["198.51.100.0/24"]), API],
+          node,
+          live: rules([restrictedRule(["198.51.100.0/24"]), ...API_RULES]),
+        }),
+      );
+      expect(report.ok).toBe(true);
+      expect(report.restrictions[0]?.addresses[0]).toMatchObject({
+        admitsNode: false,
+        admitsPods: "none",
+      });
+      expect(report.notes).toEqual([
+        {
+          code: "SourceRangesExcludePods",
+          message:
+            "default/web: its loadBalancerSourceRanges admit none of this node's ipv4 pod CIDRs, so pods here do not reach 192.0.2.10 (tcp/80), as kube-proxy has it; its cluster IP stays reachable",
+        },
+      ]);
+    });
+
+    it("finds a rule that admits other sources than the ranges wrong", () => {
+      const report = buildDoctorReport(
+        facts({
+          services: [restricted(["10.244.1.0/24"]), API],
+          node,
+          live: rules([WEB_RULE, ...API_RULES]),
+        }),
+      );
+      expect(codes(report.problems)).toEqual(["RuleWrongSources"]);
+      expect(report.problems[0]?.message).toBe(
+        "default/web: the rule for 192.0.2.10 tcp/80 translates every source, where its loadBalancerSourceRanges admit only 10.244.1.0/24",
+      );
+      expect(report.services[1]?.mappings[0]).toMatchObject({
+        rule: "wrong-sources",
+        allowedSources: ["10.244.1.0/24"],
+      });
+    });
   });
 
   it("is plain JSON", () => {

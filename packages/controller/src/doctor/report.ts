@@ -36,7 +36,14 @@ import {
   podCIDRsOf,
   type RulesetResult,
   type SkippedEntry,
+  sameSources,
 } from "@ipvs-node-controller/core";
+import {
+  type NodeIPReport,
+  nodeIPReport,
+  type RestrictedService,
+  restrictedServices,
+} from "./restrictions.js";
 
 /** Version of the report's JSON shape; it changes only with an incompatible change. */
 export const DOCTOR_REPORT_VERSION = 1;
@@ -138,6 +145,8 @@ export type FindingCode =
   | "RuleMissing"
   /** A local external IP's rule sends traffic to another cluster IP. */
   | "RuleWrongTarget"
+  /** A local external IP's rule translates other sources than its loadBalancerSourceRanges admit. */
+  | "RuleWrongSources"
   /** A rule of ours for a local address that no Service wants. */
   | "StaleRule"
   /** Our chains, hooks or local-pod match differ from what a sync writes. */
@@ -151,6 +160,7 @@ export type FindingCode =
   /** Notes: the same differences for addresses that are not local, where rules do nothing. */
   | "InertRuleMissing"
   | "InertRuleWrongTarget"
+  | "InertRuleWrongSources"
   | "InertStaleRule"
   | "InertRulesDamaged"
   /** Note: neither the external IP nor its cluster IP answers; no rule can change that. */
@@ -162,10 +172,15 @@ export type FindingCode =
   /** Note: the other backend's rules could not be read. */
   | "OtherBackendUnreadable"
   /** Note: the Node named by `--node-name` does not exist; its pod CIDRs are unknown. */
-  | "NodeNotFound";
+  | "NodeNotFound"
+  /**
+   * Note: a Service's loadBalancerSourceRanges admit none of this node's pod CIDRs, so its pods
+   * cannot reach the LoadBalancer IP, as kube-proxy has it.
+   */
+  | "SourceRangesExcludePods";
 
 /** Whether a translation is in the kernel. */
-export type RuleState = "present" | "missing" | "wrong-target";
+export type RuleState = "present" | "missing" | "wrong-target" | "wrong-sources";
 
 /** One (external IP, protocol, port) a Service wants translated, and what the node does with it. */
 export interface MappingStatus {
@@ -180,6 +195,10 @@ export interface MappingStatus {
   readonly rule: RuleState | "unknown";
   /** With `wrong-target`: where the rule in the kernel sends the traffic. */
   readonly liveClusterIP?: string;
+  /** The sources translated, when the Service restricts them (loadBalancerSourceRanges). */
+  readonly allowedSources?: readonly string[];
+  /** With `wrong-sources`: the sources the rule in the kernel translates; absent: all. */
+  readonly liveAllowedSources?: readonly string[];
   /**
    * With `--probe`, TCP only: the host's connection to the external IP, and to the cluster IP when
    * that failed.
@@ -272,6 +291,8 @@ export interface DoctorReport {
     readonly kubeIpvsInterface: boolean | null;
     /** Per enabled family. */
     readonly externalIPs: readonly ExternalIPCount[];
+    /** Per enabled family: the address loadBalancerSourceRanges are checked against. */
+    readonly ips: readonly NodeIPReport[];
   };
   readonly tools: {
     /** The backend `--backend` chose. */
@@ -294,6 +315,8 @@ export interface DoctorReport {
   readonly otherBackendRules: RulesSummary;
   /** Every Service that needs translation, by namespace/name. */
   readonly services: readonly ServiceStatus[];
+  /** Services whose loadBalancerSourceRanges restrict who reaches their LoadBalancer IPs. */
+  readonly restrictions: readonly RestrictedService[];
   /** Rules of ours in the kernel that no Service wants. */
   readonly staleRules: readonly StaleRule[];
   /** Services, or parts of them, that get no rule, with the reason. */
@@ -305,6 +328,13 @@ export interface DoctorReport {
 
 const describeKey = (m: { externalIP: string; protocol: string; port: number }) =>
   `${m.externalIP} ${m.protocol}/${m.port}`;
+
+const sourcesText = (sources: readonly string[] | undefined) =>
+  sources === undefined
+    ? "every source"
+    : sources.length === 0
+      ? "no source"
+      : `only ${sources.join(", ")}`;
 
 const ownerOf = (mapping: Mapping) => `${mapping.service.namespace}/${mapping.service.name}`;
 
@@ -433,9 +463,11 @@ export function buildDoctorReport(facts: DoctorFacts): DoctorReport {
         ? "unknown"
         : found === undefined
           ? "missing"
-          : found.clusterIP === mapping.clusterIP
-            ? "present"
-            : "wrong-target";
+          : found.clusterIP !== mapping.clusterIP
+            ? "wrong-target"
+            : !sameSources(found.allowedSources, mapping.allowedSources)
+              ? "wrong-sources"
+              : "present";
     const owner = ownerOf(mapping);
     const key = describeKey(mapping);
     const local = isLocal(mapping.externalIP);
@@ -471,6 +503,11 @@ export function buildDoctorReport(facts: DoctorFacts): DoctorReport {
         code: active ? "RuleWrongTarget" : "InertRuleWrongTarget",
         message: `${owner}: the rule for ${key} sends traffic to ${found.clusterIP}, not to its cluster IP ${mapping.clusterIP}${active ? symptom : "; inert while it is not a local address of this node"}`,
       });
+    } else if (rule === "wrong-sources" && found !== undefined) {
+      problemsOrNotes(active).push({
+        code: active ? "RuleWrongSources" : "InertRuleWrongSources",
+        message: `${owner}: the rule for ${key} translates ${sourcesText(found.allowedSources)}, where its loadBalancerSourceRanges admit ${sourcesText(mapping.allowedSources)}${active ? symptom : "; inert while it is not a local address of this node"}`,
+      });
     }
     if (failed) {
       const text = `${owner}: ${key} did not answer the host (${probeText(outcome)})`;
@@ -500,6 +537,10 @@ export function buildDoctorReport(facts: DoctorFacts): DoctorReport {
       local,
       rule,
       ...(rule === "wrong-target" && found ? { liveClusterIP: found.clusterIP } : {}),
+      ...(mapping.allowedSources ? { allowedSources: mapping.allowedSources } : {}),
+      ...(rule === "wrong-sources" && found?.allowedSources
+        ? { liveAllowedSources: found.allowedSources }
+        : {}),
       ...(probe ? { probe } : {}),
     };
     const list = byService.get(owner) ?? [];
@@ -539,6 +580,17 @@ export function buildDoctorReport(facts: DoctorFacts): DoctorReport {
           message: `the ${facts.backend} rules differ from what a sync writes: ${problem} (inert: no translated address is local)`,
         });
       }
+    }
+  }
+
+  const restrictions = restrictedServices(wanted, facts.config, facts.node);
+  for (const { service, addresses } of restrictions) {
+    for (const address of addresses) {
+      if (address.admitsPods !== "none") continue;
+      notes.push({
+        code: "SourceRangesExcludePods",
+        message: `${service}: its loadBalancerSourceRanges admit none of this node's ${address.family} pod CIDRs, so pods here do not reach ${address.externalIP} (${address.ports.join(", ")}), as kube-proxy has it; its cluster IP stays reachable`,
+      });
     }
   }
 
@@ -590,6 +642,7 @@ export function buildDoctorReport(facts: DoctorFacts): DoctorReport {
       kernel: facts.kernel,
       kubeIpvsInterface: network.ok ? network.kubeIpvsInterface : null,
       externalIPs,
+      ips: nodeIPReport(facts.config, facts.node),
     },
     tools: {
       backend: facts.backend,
@@ -607,6 +660,7 @@ export function buildDoctorReport(facts: DoctorFacts): DoctorReport {
     services: [...byService]
       .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
       .map(([service, mappings]) => ({ service, mappings })),
+    restrictions,
     staleRules: stale,
     skipped: facts.result.skipped,
     conflicts: facts.result.conflicts,

@@ -54,9 +54,11 @@ function mappingRow(mapping: MappingStatus): string[] {
   const rule =
     mapping.rule === "wrong-target"
       ? `rule to ${mapping.liveClusterIP ?? "?"}`
-      : mapping.rule === "present"
-        ? "rule ok"
-        : `rule ${mapping.rule}`;
+      : mapping.rule === "wrong-sources"
+        ? `rule for ${mapping.liveAllowedSources?.join(", ") ?? "every source"}`
+        : mapping.rule === "present"
+          ? "rule ok"
+          : `rule ${mapping.rule}`;
   const row = [
     `${mapping.externalIP} ${mapping.protocol}/${mapping.port}`,
     "->",
@@ -105,6 +107,12 @@ export function formatDoctorReport(report: DoctorReport): string {
               : "absent",
         ],
         ["external IPs", ipCounts],
+        [
+          "node IPs",
+          report.node.ips
+            .map(({ family, address, source }) => `${family} ${address} (${source})`)
+            .join(", "),
+        ],
         ["nft", tools.nft.version ?? `unavailable (${tools.nft.error ?? ""})`],
         [
           "iptables",
@@ -130,6 +138,30 @@ export function formatDoctorReport(report: DoctorReport): string {
   for (const service of report.services) {
     lines.push(`  ${service.service}`);
     lines.push(...columns(service.mappings.map(mappingRow), "    "));
+  }
+
+  if (report.restrictions.length > 0) {
+    const pods: Record<string, string> = {
+      all: "all pods",
+      some: "some pods",
+      none: "no pod",
+      unknown: "pods: CIDRs unknown",
+    };
+    lines.push("");
+    lines.push(`restricted by loadBalancerSourceRanges (${report.restrictions.length})`);
+    for (const { service, addresses } of report.restrictions) {
+      lines.push(`  ${service}`);
+      lines.push(
+        ...columns(
+          addresses.map((address) => [
+            `${address.externalIP} ${address.ports.join(" ")}`,
+            `from ${address.allowedSources.join(", ")}`,
+            `${pods[address.admitsPods]}, ${address.admitsNode ? "the node" : "not the node"}`,
+          ]),
+          "    ",
+        ),
+      );
+    }
   }
 
   lines.push("");
