@@ -85,3 +85,34 @@ function canonical(value: unknown): unknown {
   }
   return out;
 }
+
+/**
+ * `iptables-save` lines (as {@link iptablesSaveLines} gives them) with the rules of each chain
+ * named `prefix*` sorted, every other line in place. kube-proxy's iptables mode writes the rules
+ * of independent Services into its chains in an order that changes from one run to the next
+ * (they match disjoint destinations, so the order means nothing); the built-in chains, where the
+ * order of jumps matters, and everyone else's chains stay as listed.
+ */
+export function sortChainsNamed(lines: readonly string[], prefix: string): string[] {
+  const out: string[] = [];
+  let group: string[] = [];
+  let groupChain: string | undefined;
+  const flush = () => {
+    out.push(...group.sort());
+    group = [];
+    groupChain = undefined;
+  };
+  for (const line of lines) {
+    const chain = /^ipv[46] -A (\S+) /.exec(line)?.[1];
+    if (chain?.startsWith(prefix)) {
+      if (chain !== groupChain) flush();
+      groupChain = chain;
+      group.push(line);
+    } else {
+      flush();
+      out.push(line);
+    }
+  }
+  flush();
+  return out;
+}

@@ -12,6 +12,7 @@ import {
   kernelTestsEnabled,
   kubeProxyRules,
   nftTableLines,
+  sortChainsNamed,
   startKubeProxy,
   startTestApiServer,
   type TcpBridge,
@@ -42,6 +43,9 @@ const PLAN = {
     endpoint: "10.244.2.10",
     web: { clusterIP: "10.96.0.10", lbIP: "192.0.2.100", externalIP: "203.0.113.100" },
     ipvsNode: { clusterIP: "10.96.0.50", lbIP: "192.0.2.50" },
+    /** The node's subnet (its InternalIP is in it) and a range holding neither node nor pod. */
+    nodeRange: "198.51.100.0/24",
+    otherRange: "100.64.0.0/10",
   },
   ipv6: {
     nodeIP: ADDRESS_PLAN.nodeRemoteSide.ipv6,
@@ -50,8 +54,38 @@ const PLAN = {
     endpoint: "fd00:10:244:2::10",
     web: { clusterIP: "fd00:10:96::10", lbIP: "2001:db8:2::100", externalIP: "2001:db8:3::100" },
     ipvsNode: { clusterIP: "fd00:10:96::50", lbIP: "2001:db8:2::50" },
+    nodeRange: "2001:db8:100::/64",
+    otherRange: "fd00:ffff::/32",
   },
 } as const;
+
+/**
+ * Services restricted by loadBalancerSourceRanges, each with its own LB IPs and target port on
+ * web's endpoint: ranges holding the node's pod CIDR, the node's own address, or neither.
+ */
+const RANGED = [
+  {
+    name: "ranged-pods",
+    ranges: (family: Family) => [PLAN[family].podCIDR],
+    clusterIP: { ipv4: "10.96.0.21", ipv6: "fd00:10:96::21" },
+    lbIP: { ipv4: "192.0.2.121", ipv6: "2001:db8:2::121" },
+    targetPort: 8081,
+  },
+  {
+    name: "ranged-node",
+    ranges: (family: Family) => [PLAN[family].nodeRange],
+    clusterIP: { ipv4: "10.96.0.22", ipv6: "fd00:10:96::22" },
+    lbIP: { ipv4: "192.0.2.122", ipv6: "2001:db8:2::122" },
+    targetPort: 8082,
+  },
+  {
+    name: "ranged-other",
+    ranges: (family: Family) => [PLAN[family].otherRange],
+    clusterIP: { ipv4: "10.96.0.23", ipv6: "fd00:10:96::23" },
+    lbIP: { ipv4: "192.0.2.123", ipv6: "2001:db8:2::123" },
+    targetPort: 8083,
+  },
+] as const;
 
 const IP_FAMILY = { ipv4: "IPv4", ipv6: "IPv6" } as const;
 
@@ -59,7 +93,12 @@ const IP_FAMILY = { ipv4: "IPv4", ipv6: "IPv6" } as const;
 function loadBalancer(
   name: string,
   clusterIPs: readonly string[],
-  extra: { externalIPs?: readonly string[]; labels?: Record<string, string> } = {},
+  extra: {
+    externalIPs?: readonly string[];
+    labels?: Record<string, string>;
+    sourceRanges?: readonly string[];
+    targetPort?: number;
+  } = {},
 ) {
   return {
     apiVersion: "v1",
@@ -73,13 +112,14 @@ function loadBalancer(
       clusterIP: clusterIPs[0],
       clusterIPs,
       ...(extra.externalIPs ? { externalIPs: extra.externalIPs } : {}),
-      ports: [{ port: PORT, protocol: "TCP", targetPort: TARGET_PORT }],
+      ...(extra.sourceRanges ? { loadBalancerSourceRanges: extra.sourceRanges } : {}),
+      ports: [{ port: PORT, protocol: "TCP", targetPort: extra.targetPort ?? TARGET_PORT }],
     },
   };
 }
 
 /** An EndpointSlice of `service` with one ready endpoint on another node. */
-function endpointSlice(service: string, family: Family, address: string) {
+function endpointSlice(service: string, family: Family, address: string, port = TARGET_PORT) {
   return {
     apiVersion: "discovery.k8s.io/v1",
     kind: "EndpointSlice",
@@ -93,7 +133,7 @@ function endpointSlice(service: string, family: Family, address: string) {
     },
     addressType: IP_FAMILY[family],
     endpoints: [{ addresses: [address], conditions: { ready: true }, nodeName: "worker-2" }],
-    ports: [{ name: "", port: TARGET_PORT, protocol: "TCP" }],
+    ports: [{ name: "", port, protocol: "TCP" }],
   };
 }
 
@@ -169,6 +209,25 @@ describe.skipIf(!enabled)("the controller beside a real kube-proxy", () => {
       await apply(endpointSlice("web", family, PLAN[family].endpoint));
     }
 
+    for (const ranged of RANGED) {
+      await apply(
+        loadBalancer(
+          ranged.name,
+          FAMILIES.map((family) => ranged.clusterIP[family]),
+          {
+            sourceRanges: FAMILIES.flatMap((family) => ranged.ranges(family)),
+            targetPort: ranged.targetPort,
+          },
+        ),
+      );
+      await patchStatus("service", ranged.name, {
+        loadBalancer: { ingress: FAMILIES.map((family) => ({ ip: ranged.lbIP[family] })) },
+      });
+      for (const family of FAMILIES) {
+        await apply(endpointSlice(ranged.name, family, PLAN[family].endpoint, ranged.targetPort));
+      }
+    }
+
     await apply(
       loadBalancer(
         "ipvs-node",
@@ -219,6 +278,22 @@ describe.skipIf(!enabled)("the controller beside a real kube-proxy", () => {
       ),
     );
     /**
+     * Every restricted Service's LB IP from a pod (in, or outside, its ranges; IPv4 and IPv6) and
+     * from the host (whose node address is in, or outside, them).
+     */
+    const rangedCases: Case[] = RANGED.flatMap((ranged) =>
+      FAMILIES.flatMap((family) =>
+        (["pod", "node"] as const).map((from) => ({
+          label: `${from} -> ${ranged.name} ${ranged.lbIP[family]}`,
+          from,
+          ip: ranged.lbIP[family],
+        })),
+      ),
+    );
+    /** What kube-proxy alone makes of {@link rangedCases}, measured once it synced. */
+    let rangedReference: Record<string, Outcome>;
+
+    /**
      * The emulated IPVS node's LB IPs from a pod, and from the host in iptables mode. In nftables
      * mode kube-proxy drops traffic from the host to cluster IPs it does not serve ("Drop traffic
      * to unallocated ClusterIPs"), which kube-proxy in IPVS mode does not do, so there the host's
@@ -231,9 +306,16 @@ describe.skipIf(!enabled)("the controller beside a real kube-proxy", () => {
       }),
     );
 
-    /** kube-proxy's rules, without the controller's chains and jumps (named IPVSNC-*). */
+    /**
+     * kube-proxy's rules, without the controller's chains and jumps (named IPVSNC-*), the rules
+     * of its own KUBE-* chains sorted (see sortChainsNamed: kube-proxy orders independent
+     * Services differently from one run to the next).
+     */
     const kubeProxyOwnRules = async () =>
-      (await kubeProxyRules(node(), mode)).filter((line) => !line.includes("IPVSNC"));
+      sortChainsNamed(
+        (await kubeProxyRules(node(), mode)).filter((line) => !line.includes("IPVSNC")),
+        "KUBE-",
+      );
 
     /** The controller's rules of one backend, in the kernel. */
     const controllerRules = async (backend: "nft" | "iptables") =>
@@ -245,14 +327,14 @@ describe.skipIf(!enabled)("the controller beside a real kube-proxy", () => {
 
     /**
      * Every rule of both programs on the node, in order: kube-proxy's and the controller's nft
-     * tables and the whole iptables state. Equal snapshots mean nothing moved, not even a jump's
-     * position in a built-in chain.
+     * tables and the whole iptables state (kube-proxy's KUBE-* chains as sets of rules). Equal
+     * snapshots mean nothing moved, not even a jump's position in a built-in chain.
      */
     const nodeRules = async () => [
       ...(await nftTableLines(node(), "ip", "kube-proxy")),
       ...(await nftTableLines(node(), "ip6", "kube-proxy")),
       ...(await nftTableLines(node(), "inet", "ipvs-node-controller")),
-      ...(await iptablesSaveLines(node())),
+      ...sortChainsNamed(await iptablesSaveLines(node()), "KUBE-"),
     ];
 
     /** The last controller started (it may have been stopped since). */
@@ -292,15 +374,19 @@ describe.skipIf(!enabled)("the controller beside a real kube-proxy", () => {
           PLAN[family].endpoint,
           PLAN[family].web.lbIP,
           PLAN[family].web.externalIP,
+          ...RANGED.map((ranged) => ranged.lbIP[family]),
         ]),
       );
       await topology.listen(
-        FAMILIES.map((family) => ({
-          ip: PLAN[family].endpoint,
-          port: TARGET_PORT,
-          protocol: "tcp" as const,
-          reply: "web",
-        })),
+        FAMILIES.flatMap((family) => [
+          { ip: PLAN[family].endpoint, port: TARGET_PORT, protocol: "tcp" as const, reply: "web" },
+          ...RANGED.map((ranged) => ({
+            ip: PLAN[family].endpoint,
+            port: ranged.targetPort,
+            protocol: "tcp" as const,
+            reply: ranged.name,
+          })),
+        ]),
         "remote",
       );
       // The emulated IPVS node: LB IP and cluster IP local, the virtual server on the cluster IP.
@@ -343,6 +429,22 @@ describe.skipIf(!enabled)("the controller beside a real kube-proxy", () => {
       expect(await reach(webCases)).toEqual(every(webCases, "web"));
       expect(await reach(ipvsNodeCases)).toEqual(every(ipvsNodeCases, "refused"));
       baseline = await kubeProxyOwnRules();
+    }, 60_000);
+
+    it("kube-proxy alone: loadBalancerSourceRanges admit the pod or the host exactly when its address is inside", async () => {
+      rangedReference = await reach(rangedCases);
+      const expected: Record<string, Outcome> = {};
+      for (const ranged of RANGED) {
+        for (const family of FAMILIES) {
+          const ip = ranged.lbIP[family];
+          // A blocked connection is dropped: it times out.
+          expected[`pod -> ${ranged.name} ${ip}`] =
+            ranged.name === "ranged-pods" ? ranged.name : "timeout";
+          expected[`node -> ${ranged.name} ${ip}`] =
+            ranged.name === "ranged-node" ? ranged.name : "timeout";
+        }
+      }
+      expect(rangedReference).toEqual(expected);
       // kube-proxy's rules for web are there, in both families.
       for (const family of FAMILIES) {
         expect(baseline.some((line) => line.includes(PLAN[family].web.lbIP))).toBe(true);
@@ -362,6 +464,7 @@ describe.skipIf(!enabled)("the controller beside a real kube-proxy", () => {
         ours = await controllerRules(backend);
         expect(await reach(ipvsNodeCases)).toEqual(every(ipvsNodeCases, "ipvs"));
         expect(await reach(webCases)).toEqual(every(webCases, "web"));
+        expect(await reach(rangedCases)).toEqual(rangedReference);
         expect(await kubeProxyOwnRules()).toEqual(baseline);
         // The controller does hold mappings for web: they are inert because its IPs are not
         // addresses of this node, not because they are missing.
