@@ -1,7 +1,9 @@
 // Per packet: new TCP connections per second from a pod to the LoadBalancer IP of the last
 // Service, with that one Service in the rules and with N Services (3 ports each) in the rules.
 // Only the first packet of a connection goes through the nat hooks, so the rate of new
-// connections is where the cost of the rules per packet shows.
+// connections is where the cost of the rules per packet shows. And the cost of our rules for a
+// packet they do not translate: new connections from the pod straight to the cluster IP, with no
+// rules of ours at all and with N Services' rules.
 //
 // The node namespace binds the LB IP and the cluster IP (as kube-proxy's IPVS mode binds them on
 // kube-ipvs0), a listener on the cluster IP stands in for IPVS, and the rules are applied with the
@@ -112,7 +114,7 @@ export async function measureConnectionRate(options) {
   const cases = { 1: rulesetOf(last, n), [n]: rulesetOf(0, n) };
   const env = { ...process.env, XTABLES_LOCKFILE: `${tempDir("xtables")}/xtables.lock` };
 
-  const client = async () => {
+  const client = async (target = lbIP(last)) => {
     const child = startProcess(
       "ip",
       [
@@ -122,12 +124,7 @@ export async function measureConnectionRate(options) {
         process.execPath,
         "-e",
         CLIENT,
-        JSON.stringify([
-          lbIP(last),
-          PORT,
-          options.connectionSeconds,
-          options.connectionConcurrency,
-        ]),
+        JSON.stringify([target, PORT, options.connectionSeconds, options.connectionConcurrency]),
       ],
       { env },
     );
@@ -151,6 +148,7 @@ export async function measureConnectionRate(options) {
     const backend = kernelBackend(name, runner);
     previous = backend;
     const runs = { 1: [], [n]: [] };
+    const unmatchedRuns = { none: [], [n]: [] };
     // One run that counts for nothing: the first connections of a namespace pay for setting up
     // conntrack and NAT state.
     await backend.apply(cases[1]);
@@ -161,9 +159,15 @@ export async function measureConnectionRate(options) {
         await sleep(200);
         runs[size].push(await client());
       }
+      // A packet the rules do not translate: to the cluster IP, with and without our rules.
+      await sleep(200);
+      unmatchedRuns[n].push(await client(clusterIP(last)));
+      await backend.cleanup();
+      await sleep(200);
+      unmatchedRuns.none.push(await client(clusterIP(last)));
     }
-    const summary = (size) => {
-      const list = runs[size];
+    const summary = (size, from = runs) => {
+      const list = from[size];
       return {
         perSecond: Math.round(median(list.map((r) => r.perSecond))),
         runs: list.map((r) => Math.round(r.perSecond)),
@@ -172,10 +176,17 @@ export async function measureConnectionRate(options) {
     };
     results[name] = { 1: summary(1), [n]: summary(n) };
     results[name].ratio = round(results[name][n].perSecond / results[name][1].perSecond, 3);
+    const unmatched = { none: summary("none", unmatchedRuns), [n]: summary(n, unmatchedRuns) };
+    results[name].unmatched = {
+      ...unmatched,
+      ratio: round(unmatched[n].perSecond / unmatched.none.perSecond, 3),
+    };
     log(
       "connections",
       `${name}: ${results[name][1].perSecond}/s with 1 Service, ${results[name][n].perSecond}/s ` +
-        `with ${n} (${(results[name].ratio * 100).toFixed(1)} %)`,
+        `with ${n} (${(results[name].ratio * 100).toFixed(1)} %); to the cluster IP ` +
+        `${unmatched.none.perSecond}/s without our rules, ${unmatched[n].perSecond}/s with ${n} ` +
+        `(${(results[name].unmatched.ratio * 100).toFixed(1)} %)`,
     );
   }
   await previous?.cleanup();

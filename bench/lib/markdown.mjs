@@ -223,7 +223,49 @@ function connectionSection(report) {
           "noise of the machine, and the ratio says nothing either way.",
         ]
       : []),
+    ...unmatchedSection(data),
   ].join("\n");
+}
+
+/** New connections to the cluster IP itself: the cost of our rules for a packet they pass by. */
+function unmatchedSection(data) {
+  const n = data.services;
+  const measured = Object.entries(data).filter(
+    ([, value]) => typeof value === "object" && value?.unmatched,
+  );
+  if (measured.length === 0) return [];
+  const rows = measured.map(([backend, { unmatched }]) => [
+    backend,
+    count(unmatched.none.perSecond),
+    count(unmatched[n].perSecond),
+    percent(unmatched.ratio),
+    unmatched.none.runs.map(count).join(", "),
+    unmatched[n].runs.map(count).join(", "),
+  ]);
+  const noisy = measured
+    .filter(([, { unmatched }]) => runsOverlap(unmatched.none.runs, unmatched[n].runs))
+    .map(([backend]) => backend);
+  return [
+    "",
+    "A packet the rules do not translate: the same pod connects to the cluster IP itself, with no",
+    `rules of ours and with the ${count(n)} Services' rules (its key is not in the map, so nft stops`,
+    "after one lookup; iptables after the local-pod match and the bucket's tests).",
+    "",
+    table(
+      [
+        "backend",
+        "no rules of ours",
+        `${count(n)} Services`,
+        "ratio",
+        "runs, none",
+        `runs, ${count(n)}`,
+      ],
+      rows,
+    ),
+    ...(noisy.length > 0
+      ? ["", `For ${noisy.join(", ")}, the runs of the two cases overlap: within the noise.`]
+      : []),
+  ];
 }
 
 function memorySection(report) {
