@@ -9,10 +9,10 @@
 //   node bench/incremental-sync.mjs [--quick] [--sizes 100,1000] [--backends nft] [--changes 50]
 
 import { pathToFileURL } from "node:url";
+import { runTool } from "@ipvs-node-controller/backend";
 import { createIptablesBackend } from "@ipvs-node-controller/backend-iptables";
 import { createNftBackend } from "@ipvs-node-controller/backend-nft";
 import { RulesetEngine, trimNode, trimService } from "@ipvs-node-controller/core";
-import { runTool } from "@ipvs-node-controller/exec";
 import { ADDRESS_PLAN } from "@ipvs-node-controller/test-support";
 import { main } from "./lib/cleanup.mjs";
 import { log, sleep } from "./lib/log.mjs";

@@ -8,10 +8,10 @@
 //   node bench/original-method.mjs [--quick] [--original-sizes 250,1000] [--backends nft]
 
 import { pathToFileURL } from "node:url";
+import { runTool } from "@ipvs-node-controller/backend";
 import { createIptablesBackend } from "@ipvs-node-controller/backend-iptables";
 import { createNftBackend } from "@ipvs-node-controller/backend-nft";
 import { RulesetEngine, trimNode, trimService } from "@ipvs-node-controller/core";
-import { runTool } from "@ipvs-node-controller/exec";
 import { ADDRESS_PLAN } from "@ipvs-node-controller/test-support";
 import { main } from "./lib/cleanup.mjs";
 import { log } from "./lib/log.mjs";

@@ -2,7 +2,7 @@
 
 import { readFileSync } from "node:fs";
 import os from "node:os";
-import { runTool } from "@ipvs-node-controller/exec";
+import { runTool } from "@ipvs-node-controller/backend";
 
 async function firstLine(file, args) {
   try {

@@ -9,7 +9,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { runTool } from "@ipvs-node-controller/exec";
+import { runTool } from "@ipvs-node-controller/backend";
 import { cleanUp as cleanUpAll, cleanUpOnSignals, defer, stopChild } from "./cleanup.mjs";
 
 let counter = 0;

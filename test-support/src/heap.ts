@@ -7,7 +7,7 @@
  * The process must run with `--inspect=127.0.0.1:PORT` (in the same network namespace as
  * `runner`).
  */
-import type { CommandRunner } from "@ipvs-node-controller/core";
+import type { CommandRunner } from "@ipvs-node-controller/backend";
 
 /** Live heap after a full collection. */
 export interface LiveHeap {

@@ -2,7 +2,7 @@
  * HTTP requests made from inside a network namespace, e.g. to a controller's health and metrics
  * endpoints bound to that namespace's loopback.
  */
-import type { CommandRunner } from "@ipvs-node-controller/core";
+import type { CommandRunner } from "@ipvs-node-controller/backend";
 
 /** What an HTTP GET returned; `status` 0 when no response came (the body then holds the error). */
 export interface HttpAnswer {

@@ -1,5 +1,6 @@
 export * from "./envtest.js";
 export * from "./eventually.js";
+export * from "./fake-nft.js";
 export * from "./heap.js";
 export * from "./helm.js";
 export * from "./hostile-services.js";

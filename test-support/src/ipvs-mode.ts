@@ -18,7 +18,7 @@
  * kube-proxy's `ipset` sets are real ipsets here (Debian's `ipset`), named as kube-proxy names them
  * (IPv6 ones `KUBE-6-...`, cut to ipset's 31 characters).
  */
-import type { CommandRunner } from "@ipvs-node-controller/core";
+import type { CommandRunner } from "@ipvs-node-controller/backend";
 import ipaddr from "ipaddr.js";
 
 /** One LoadBalancer IP:port of a Service, with its `loadBalancerSourceRanges`. */

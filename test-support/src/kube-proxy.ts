@@ -24,7 +24,7 @@
  * ```
  */
 import { join } from "node:path";
-import type { CommandResult, CommandRunner } from "@ipvs-node-controller/core";
+import type { CommandResult, CommandRunner } from "@ipvs-node-controller/backend";
 import { execa, type ResultPromise } from "execa";
 import { locateEnvtestAssets } from "./envtest.js";
 import { eventually } from "./eventually.js";

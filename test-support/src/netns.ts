@@ -20,7 +20,7 @@
  * namespaces still alive when the process exits are removed by an exit hook.
  */
 import { spawnSync } from "node:child_process";
-import type { CommandRunner } from "@ipvs-node-controller/core";
+import type { CommandRunner } from "@ipvs-node-controller/backend";
 import { execa, type ResultPromise } from "execa";
 import { hostRunner, runnerIn } from "./runner.js";
 

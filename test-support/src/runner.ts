@@ -2,8 +2,8 @@
  * {@link CommandRunner}s for tests: the production runner for this namespace, and the same runner
  * wrapped in `ip netns exec` for another one.
  */
-import { type CommandRunner, ToolNotStartedError } from "@ipvs-node-controller/core";
-import { runTool } from "@ipvs-node-controller/exec";
+
+import { type CommandRunner, runTool, ToolNotStartedError } from "@ipvs-node-controller/backend";
 
 /** Runs programs in the current network namespace: the production runner itself. */
 export const hostRunner: CommandRunner = runTool;

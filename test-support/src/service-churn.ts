@@ -20,7 +20,7 @@
 
 import { readFileSync } from "node:fs";
 import { Agent, request } from "node:https";
-import type { CommandRunner } from "@ipvs-node-controller/core";
+import type { CommandRunner } from "@ipvs-node-controller/backend";
 import { seededRandom } from "./seeded-random.js";
 
 /** What a {@link KubeClient} needs of a test API server. */

@@ -2,7 +2,7 @@
  * Listings of netfilter state that two snapshots can be compared with: what is in the kernel,
  * without what changes by itself (handles, packet counters, the order a hash set prints in).
  */
-import type { CommandRunner } from "@ipvs-node-controller/core";
+import type { CommandRunner } from "@ipvs-node-controller/backend";
 
 /**
  * One nft table as a list of lines, one JSON object per line (`nft -j list table`): without

@@ -1,48 +1,51 @@
 /**
- * The iptables implementation of core's {@link Backend}: our own chains in the nat table of each
- * family, written by `iptables-restore --noflush -w`, which touches only the chains a document
- * names and applies each document atomically.
+ * The iptables backend: our own chains in the nat table of each family, written by
+ * `iptables-restore --noflush -w`, which touches only the chains a document names and applies
+ * each document atomically. What it supplies to the shared applier is the {@link Kernel} below.
  *
- * A full sync reads our part of the table back and rewrites all of our chains. A change sends only
- * the DNAT rules that change, in the bucket chains they belong to (`-D`, then `-I` at the position
- * the canonical order gives; a bucket that appears or empties also gains or loses its chain and
- * its jump), trusting the state of the last restore between verifies, and falls back to a full
- * sync when the kernel refuses it. Two families are two restores: when the second fails, the first is put back.
+ * A full sync reads our part of the table back (to know which chains and jumps to remove) and
+ * rewrites all of our chains. A change sends only the DNAT rules that change, in the bucket
+ * chains they belong to (`-D`, then `-I` at the position the canonical order gives; a bucket that
+ * appears or empties also gains or loses its chain and its jump), and is refused by the kernel
+ * when it is not where we think. Two families are two restores: when the second fails, the first
+ * is put back.
  */
 import {
-  type ApplyResult,
+  type Applied,
   type Backend,
+  type ChangeOutcome,
   type CommandRunner,
+  createBackend,
+  type Kernel,
+  runTool,
+  type ToolRefusedError,
+} from "@ipvs-node-controller/backend";
+import {
   ConfigError,
-  diffTable,
   type IpFamily,
-  MappingTable,
+  type LiveRules,
   type Ruleset,
   type RulesetDiff,
-  type ToolRefusedError,
-  validateChanges,
-  validateRuleset,
+  type RulesetSettings,
 } from "@ipvs-node-controller/core";
-import { runTool, SerialQueue } from "@ipvs-node-controller/exec";
-import { AppliedState, type FamilyChange, sameSettings } from "./applied.js";
-import {
-  changeDocument,
-  changedMappings,
-  deleteScanCost,
-  inverseChange,
-  planChanges,
-} from "./changes.js";
+import { type FamilyChange, RuleOrder } from "./applied.js";
+import { changeDocument, deleteScanCost, inverseChange, planChanges } from "./changes.js";
 import { IptablesTool } from "./iptables-tool.js";
+import { readIptablesLiveRules } from "./live.js";
 import {
   EMPTY_TARGET,
-  type FamilyPlan,
   planTransition,
   renderRuleset,
   rulesetPlans,
   type TargetState,
 } from "./render.js";
 import { hasAnything, type LiveState } from "./state.js";
-import type { IptablesBinaries, IptablesMode, IptablesVariant } from "./variant.js";
+import type {
+  IptablesBinaries,
+  IptablesMode,
+  IptablesVariant,
+  VariantDetection,
+} from "./variant.js";
 
 /** Options of {@link createIptablesBackend}. */
 export interface IptablesBackendOptions {
@@ -72,6 +75,8 @@ export interface IptablesBackend extends Backend {
   readonly name: "iptables";
   /** The variant in use (detected on the first call in `auto` mode, then cached). */
   variant(): Promise<IptablesVariant>;
+  /** The variant in use and why it was chosen. */
+  detection(): Promise<Pick<VariantDetection, "variant" | "reason">>;
 }
 
 const FAMILIES: readonly IpFamily[] = ["ipv4", "ipv6"];
@@ -91,7 +96,6 @@ const FAMILIES: readonly IpFamily[] = ["ipv4", "ipv6"];
  * spread deletes hardly ever reach that. Buckets that empty are flushed and cost nothing here.
  */
 export const MAX_DELETE_SCAN_PER_RULE = 32;
-const NOTHING: ApplyResult = { mode: "none", changedMappings: 0 };
 
 /** One family's part of a full sync. */
 interface Transition {
@@ -99,246 +103,155 @@ interface Transition {
   readonly live: LiveState;
   /** What the family must hold afterwards. */
   readonly target: TargetState;
-  readonly upToDate: boolean;
   readonly document: string;
 }
 
-/** See the module comment; create one with {@link createIptablesBackend}. */
-class IptablesNatBackend implements IptablesBackend {
+/** What iptables supplies to the shared applier. */
+class IptablesKernel implements Kernel {
   readonly name = "iptables";
-  /**
-   * Each operation plans from a state and then writes, so two running at once could both plan
-   * from the same state and insert a jump twice: operations run one at a time.
-   */
-  private readonly queue = new SerialQueue();
-  /** Undefined before the first successful sync of this instance, and after cleanup. */
-  private applied: AppliedState | undefined;
+  /** The order of our rules since the last full sync; undefined before it and after removal. */
+  private order: RuleOrder | undefined;
 
   constructor(
     private readonly tool: IptablesTool,
     private readonly log: (message: string) => void,
   ) {}
 
-  variant(): Promise<IptablesVariant> {
-    return this.tool.variant();
-  }
-
   render(ruleset: Ruleset): string {
     return renderRuleset(ruleset);
   }
 
   /**
-   * The first apply of an instance, and every `full` one, reads our chains back and rewrites what
-   * differs (nothing, without `full`, when the kernel already matches: this holds after a restart).
-   * Later ones diff `ruleset` against the applied state in memory and send only the change.
+   * Reads our part of each family that is enabled or may hold something of ours, and rewrites it
+   * whole. Two families are two restores: if the second fails, the first is put back the way it
+   * was read.
    */
-  apply(ruleset: Ruleset, options?: { readonly full?: boolean }): Promise<ApplyResult> {
-    return this.queue.run(async () => {
-      const full = options?.full === true;
-      const applied = this.applied;
-      if (full || applied === undefined || !applied.trusted) {
-        return this.fullSync(ruleset, rulesetPlans(ruleset), full);
-      }
-      validateRuleset(ruleset);
-      const diff = diffTable(applied.table, applied.settings, ruleset);
-      return this.change(diff, () => ruleset);
-    });
-  }
-
-  applyChanges(changes: RulesetDiff): Promise<ApplyResult> {
-    return this.queue.run(async () => {
-      validateChanges(changes);
-      return this.change(changes, () =>
-        (this.applied?.table ?? new MappingTable()).rulesetAfter(changes),
-      );
-    });
-  }
-
-  verify(ruleset: Ruleset): Promise<boolean> {
-    return this.queue.run(async () => {
-      const plans = rulesetPlans(ruleset);
-      for (const family of FAMILIES) {
-        const plan = plans.get(family);
-        let matches: boolean;
-        if (plan) {
-          matches = planTransition(await this.tool.readState(family), plan.target).upToDate;
-        } else if (this.mayHoldOurs(family)) {
-          const live = await this.tool.readStateIfPossible(family);
-          matches = live === undefined || !hasAnything(live);
-        } else {
-          continue;
-        }
-        if (!matches) {
-          // Drift: whatever the caller does next must not trust what we think we applied.
-          if (this.applied) this.applied.trusted = false;
-          return false;
-        }
-      }
-      return true;
-    });
-  }
-
-  cleanup(): Promise<boolean> {
-    return this.queue.run(async () => {
-      // Whatever happens next, the next apply must read the kernel again.
-      this.applied = undefined;
-      let removed = false;
-      for (const family of FAMILIES) {
-        const live =
-          family === "ipv4"
-            ? await this.tool.readState(family)
-            : await this.tool.readStateIfPossible(family);
-        if (live === undefined || !hasAnything(live)) continue;
-        const refused = await this.tool.restore(
-          family,
-          planTransition(live, EMPTY_TARGET).document,
-        );
-        if (refused) throw refused;
-        removed = true;
-      }
-      return removed;
-    });
-  }
-
-  /**
-   * Whether a family that is not enabled may still hold chains of ours: always before this
-   * instance's first sync (an earlier process may have enabled it), afterwards only if the last
-   * sync had it enabled (a full sync removes ours from every family it does not enable).
-   */
-  private mayHoldOurs(family: IpFamily): boolean {
-    return this.applied === undefined || this.applied.has(family);
-  }
-
-  /**
-   * Applies `diff` to the applied state, rule by rule; nothing applied yet, a settings change, an
-   * untrusted state or a change too large to be cheaper than a rewrite needs the whole ruleset
-   * instead, which `next` builds only then.
-   */
-  private async change(diff: RulesetDiff, next: () => Ruleset): Promise<ApplyResult> {
-    const applied = this.applied;
-    if (
-      applied === undefined ||
-      !applied.trusted ||
-      diff.settingsChanged ||
-      !sameSettings(applied.settings, diff.settings)
-    ) {
-      const ruleset = next();
-      return this.fullSync(ruleset, rulesetPlans(ruleset), false);
+  async writeFull(ruleset: Ruleset): Promise<void> {
+    const plans = rulesetPlans(ruleset);
+    const transitions: Transition[] = [];
+    for (const family of FAMILIES) {
+      const plan = plans.get(family);
+      let live: LiveState | undefined;
+      if (plan) live = await this.tool.readState(family);
+      else if (this.mayHoldOurs(family)) live = await this.tool.readStateIfPossible(family);
+      // A family that is no longer enabled loses whatever we left there earlier.
+      if (live === undefined || (!plan && !hasAnything(live))) continue;
+      const target = plan?.target ?? EMPTY_TARGET;
+      transitions.push({ family, live, target, document: planTransition(live, target).document });
     }
-    const changes = planChanges(applied, diff);
-    if (changes.length === 0) return NOTHING;
+    this.order = undefined;
+    const done: Transition[] = [];
+    for (const transition of transitions) {
+      let failure: Error | undefined;
+      try {
+        failure = await this.tool.restore(transition.family, transition.document);
+      } catch (error) {
+        failure = error as Error;
+      }
+      // A restore killed after its commit (a time limit, the OOM killer) reports a failure for
+      // rules that are in the kernel: undoing the other family then would leave one family new
+      // and one old. So a family that now holds its target counts as written; any other failure
+      // changed nothing and makes the others roll back.
+      if (failure && !(await this.inPlace(transition))) {
+        for (const earlier of done) await this.rollBack(earlier.family, earlier.live);
+        throw failure;
+      }
+      if (failure) {
+        this.log(
+          `${transition.family}: the restore failed but its rules are in place (${failure.message})`,
+        );
+      }
+      done.push(transition);
+    }
+    this.order = RuleOrder.of(plans);
+  }
+
+  /**
+   * Sends one document per family the change touches; a change that would make iptables-nft
+   * decode more than a rewrite costs is not sent ("rewrite").
+   */
+  async writeChange(diff: RulesetDiff, _applied: Applied): Promise<ChangeOutcome> {
+    const order = this.order;
+    if (order === undefined) return "rewrite";
+    const changes = planChanges(diff);
     const tooCostly = (change: FamilyChange) => {
-      const buckets = applied.buckets(change.family);
+      const buckets = order.buckets(change.family);
       return deleteScanCost(change, buckets) > MAX_DELETE_SCAN_PER_RULE * buckets.size;
     };
-    if (changes.some(tooCostly)) {
-      const ruleset = next();
-      return this.fullSync(ruleset, rulesetPlans(ruleset), false);
-    }
+    if (changes.some(tooCostly)) return "rewrite";
     const done: FamilyChange[] = [];
     let refused: ToolRefusedError | undefined;
     try {
       for (const change of changes) {
-        const document = changeDocument(change, applied.buckets(change.family));
-        refused = await this.tool.restore(change.family, document);
+        refused = await this.tool.restore(
+          change.family,
+          changeDocument(change, order.buckets(change.family)),
+        );
         if (refused) break;
-        applied.commit(change);
+        order.commit(change);
         done.push(change);
       }
     } catch (error) {
       // A program that could not start or was killed: undo what went in, then give up.
-      await this.undo(applied, done);
-      applied.trusted = false;
+      await this.undo(order, done);
+      this.order = undefined;
       throw error;
     }
-    if (refused) {
-      // The kernel disagreed with our idea of its state (a rule that someone removed or edited, a
-      // chain that is gone): nothing of that document was applied. Put back what another family
-      // took, so that the kernel is where it was should the rewrite fail too, and rewrite all.
-      this.log(`incremental change refused, rewriting our chains: ${refused.message}`);
-      await this.undo(applied, done);
-      const ruleset = next();
-      return this.fullSync(ruleset, rulesetPlans(ruleset), false);
-    }
-    return { mode: "incremental", changedMappings: changedMappings(changes) };
+    if (refused === undefined) return "written";
+    // The kernel disagreed with our idea of its state (a rule that someone removed or edited, a
+    // chain that is gone): nothing of that document was applied. Put back what another family
+    // took, so that the kernel is where it was should the rewrite fail too.
+    this.log(`incremental change refused, rewriting our chains: ${refused.message}`);
+    await this.undo(order, done);
+    return "refused";
   }
 
-  /** Reverts changes the kernel took, latest first. A failure leaves the state untrusted. */
-  private async undo(applied: AppliedState, done: readonly FamilyChange[]): Promise<void> {
+  read(settings: RulesetSettings): Promise<LiveRules> {
+    return readIptablesLiveRules(this.tool, settings);
+  }
+
+  async remove(): Promise<boolean> {
+    // Whatever happens next, the next write must read the kernel again.
+    this.order = undefined;
+    let removed = false;
+    for (const family of FAMILIES) {
+      const live =
+        family === "ipv4"
+          ? await this.tool.readState(family)
+          : await this.tool.readStateIfPossible(family);
+      if (live === undefined || !hasAnything(live)) continue;
+      const refused = await this.tool.restore(family, planTransition(live, EMPTY_TARGET).document);
+      if (refused) throw refused;
+      removed = true;
+    }
+    return removed;
+  }
+
+  /**
+   * Whether a family that is not enabled may still hold chains of ours: always before the first
+   * full sync (an earlier process may have enabled it), afterwards only if the last one had it
+   * enabled (a full sync removes ours from every family it does not enable).
+   */
+  private mayHoldOurs(family: IpFamily): boolean {
+    return this.order === undefined || this.order.has(family);
+  }
+
+  /** Reverts changes the kernel took, latest first. A failure forgets the rule order. */
+  private async undo(order: RuleOrder, done: readonly FamilyChange[]): Promise<void> {
     for (const change of [...done].reverse()) {
       const inverse = inverseChange(change);
       try {
         const refused = await this.tool.restore(
           change.family,
-          changeDocument(inverse, applied.buckets(change.family)),
+          changeDocument(inverse, order.buckets(change.family)),
         );
         if (refused) throw refused;
-        applied.commit(inverse);
+        order.commit(inverse);
         this.log(`rolled ${change.family} back to its previous rules`);
       } catch (error) {
-        applied.trusted = false;
+        this.order = undefined;
         this.log(`could not roll ${change.family} back: ${(error as Error).message}`);
       }
-    }
-  }
-
-  /**
-   * Reads our part of each family that is enabled or may hold something of ours, and rewrites
-   * the families that differ (all of them when `force`d). Two families are two restores: if the
-   * second fails, the first is put back the way it was read.
-   */
-  private async fullSync(
-    ruleset: Ruleset,
-    plans: ReadonlyMap<IpFamily, FamilyPlan>,
-    force: boolean,
-  ): Promise<ApplyResult> {
-    try {
-      const transitions: Transition[] = [];
-      for (const family of FAMILIES) {
-        const plan = plans.get(family);
-        let live: LiveState | undefined;
-        if (plan) live = await this.tool.readState(family);
-        else if (this.mayHoldOurs(family)) live = await this.tool.readStateIfPossible(family);
-        // A family that is no longer enabled loses whatever we left there earlier.
-        if (live === undefined || (!plan && !hasAnything(live))) continue;
-        const target = plan?.target ?? EMPTY_TARGET;
-        transitions.push({ family, live, target, ...planTransition(live, target) });
-      }
-      if (!force && transitions.every((transition) => transition.upToDate)) {
-        this.applied = AppliedState.of(ruleset, plans);
-        return NOTHING;
-      }
-      const done: Transition[] = [];
-      for (const transition of transitions) {
-        let failure: Error | undefined;
-        try {
-          failure = await this.tool.restore(transition.family, transition.document);
-        } catch (error) {
-          failure = error as Error;
-        }
-        // A restore killed after its commit (a time limit, the OOM killer) reports a failure for
-        // rules that are in the kernel: undoing the other family then would leave one family new
-        // and one old. So a family that had to change and now holds its target counts as
-        // applied; any other failure changed nothing and makes the others roll back.
-        if (failure && (transition.upToDate || !(await this.inPlace(transition)))) {
-          for (const earlier of done) await this.rollBack(earlier.family, earlier.live);
-          throw failure;
-        }
-        if (failure) {
-          this.log(
-            `${transition.family}: the restore failed but its rules are in place (${failure.message})`,
-          );
-        }
-        done.push(transition);
-      }
-      this.applied = AppliedState.of(ruleset, plans);
-      return {
-        mode: "full",
-        changedMappings: ruleset.families.reduce((sum, f) => sum + f.mappings.length, 0),
-      };
-    } catch (error) {
-      if (this.applied) this.applied.trusted = false;
-      throw error;
     }
   }
 
@@ -378,7 +291,7 @@ class IptablesNatBackend implements IptablesBackend {
  * ```ts
  * const backend = createIptablesBackend({ mode: "auto", log: console.log });
  * await backend.apply(ruleset); // { mode: "full", changedMappings: 3 }
- * await backend.applyChanges(engine.takeChanges()); // { mode: "incremental", changedMappings: 1 }
+ * await backend.applyChanges(engine.takeChanges()); // { mode: "incremental", changedMappings: 1, ... }
  * await backend.verify(ruleset); // true
  * await backend.cleanup(); // true: our chains and jumps are gone
  * ```
@@ -396,5 +309,16 @@ export function createIptablesBackend(options: IptablesBackendOptions = {}): Ipt
     runner: options.runner ?? runTool,
     log,
   });
-  return new IptablesNatBackend(tool, log);
+  const backend = createBackend(new IptablesKernel(tool, log));
+  return {
+    name: "iptables",
+    variant: () => tool.variant(),
+    detection: () => tool.detection(),
+    render: (ruleset) => backend.render(ruleset),
+    apply: (ruleset) => backend.apply(ruleset),
+    applyChanges: (update) => backend.applyChanges(update),
+    read: (settings) => backend.read(settings),
+    verify: (ruleset) => backend.verify(ruleset),
+    cleanup: () => backend.cleanup(),
+  };
 }

@@ -10,13 +10,8 @@
  * one is placed before is always one that was there before the document started. Jumps into
  * buckets that appear or empty are placed the same way in IPVSNC-DNAT.
  */
-import {
-  type Mapping,
-  mappingKey,
-  type RulesetDiff,
-  sameTranslation,
-} from "@ipvs-node-controller/core";
-import type { AppliedState, FamilyChange } from "./applied.js";
+import type { Mapping, RulesetDiff } from "@ipvs-node-controller/core";
+import type { FamilyChange } from "./applied.js";
 import { bucketOf, byBucket, type DnatBuckets, type DnatOrder, dnatKey } from "./dnat-order.js";
 import { bucketChain, bucketJump, CHAINS, dnatRule, sourceChain, sourceRules } from "./render.js";
 
@@ -28,38 +23,33 @@ interface Keyed {
 const byKey = (a: Keyed, b: Keyed) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0);
 
 /**
- * What `diff` changes in the kernel, per family, measured against what was applied rather than
- * against what the diff says was there: a mapping the kernel already holds is not inserted twice
- * (which iptables would accept, unlike nft), and a removed one the kernel never had is not
- * deleted. O(changed · log changed).
+ * What `diff` (measured against what the kernel holds) changes in each family: the rules to
+ * delete, as the kernel holds them, and the rules to insert, both in key order, IPv4 first.
+ * O(changed · log changed).
  */
 export function planChanges(
-  applied: AppliedState,
   diff: Pick<RulesetDiff, "added" | "removed" | "changed">,
 ): FamilyChange[] {
-  // The last word on every key the diff touches, in the order MappingTable.apply reads it.
-  const wanted = new Map<string, { readonly ref: Mapping; readonly next: Mapping | undefined }>();
-  for (const mapping of diff.removed)
-    wanted.set(mappingKey(mapping), { ref: mapping, next: undefined });
-  for (const { after } of diff.changed) wanted.set(mappingKey(after), { ref: after, next: after });
-  for (const mapping of diff.added)
-    wanted.set(mappingKey(mapping), { ref: mapping, next: mapping });
-
   const families = new Map<Mapping["family"], { deletes: Keyed[]; inserts: Keyed[] }>();
-  for (const { ref, next } of wanted.values()) {
-    const current = applied.table.get(ref);
-    if (current === next || (current && next && sameTranslation(current, next))) continue;
-    let lists = families.get(ref.family);
+  const listsOf = (family: Mapping["family"]) => {
+    let lists = families.get(family);
     if (lists === undefined) {
       lists = { deletes: [], inserts: [] };
-      families.set(ref.family, lists);
+      families.set(family, lists);
     }
-    const key = dnatKey(ref);
-    if (current) lists.deletes.push({ key, mapping: current });
-    if (next) lists.inserts.push({ key, mapping: next });
+    return lists;
+  };
+  for (const mapping of diff.removed) {
+    listsOf(mapping.family).deletes.push({ key: dnatKey(mapping), mapping });
   }
-
-  // IPv4 first, like a full sync, whatever order the diff listed its mappings in.
+  for (const mapping of diff.added) {
+    listsOf(mapping.family).inserts.push({ key: dnatKey(mapping), mapping });
+  }
+  for (const { before, after } of diff.changed) {
+    const lists = listsOf(after.family);
+    lists.deletes.push({ key: dnatKey(before), mapping: before });
+    lists.inserts.push({ key: dnatKey(after), mapping: after });
+  }
   const ordered = [...families].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   return ordered.map(([family, { deletes, inserts }]) => {
     deletes.sort(byKey);

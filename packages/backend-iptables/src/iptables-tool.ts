@@ -6,10 +6,10 @@ import {
   BackendError,
   type CommandResult,
   type CommandRunner,
-  type IpFamily,
   ToolNotStartedError,
   ToolRefusedError,
-} from "@ipvs-node-controller/core";
+} from "@ipvs-node-controller/backend";
+import type { IpFamily } from "@ipvs-node-controller/core";
 import { legacyTables } from "./legacy-tables.js";
 import { EMPTY_STATE, type LiveState, parseNatSave } from "./state.js";
 import {
@@ -17,6 +17,7 @@ import {
   type IptablesBinaries,
   type IptablesMode,
   type IptablesVariant,
+  type VariantDetection,
   variantBinaries,
 } from "./variant.js";
 
@@ -43,20 +44,30 @@ function trimmed(text: string): string {
 
 /** One variant's four programs and the runner that starts them. */
 export class IptablesTool {
-  private detected: Promise<IptablesVariant> | undefined;
+  private detected: Promise<VariantDetection> | undefined;
   /** Families whose legacy nat table was seen to exist: it cannot go away, so look no more. */
   private readonly legacyNatSeen = new Set<IpFamily>();
 
   constructor(private readonly options: IptablesToolOptions) {}
 
   /** The variant in use: detected on the first call in `auto` mode, then cached. */
-  variant(): Promise<IptablesVariant> {
+  async variant(): Promise<IptablesVariant> {
+    const { mode } = this.options;
+    return mode === "auto" ? (await this.detection()).variant : mode;
+  }
+
+  /**
+   * The variant and why it was chosen: detected (without creating any table) on the first call,
+   * then cached; `--iptables-mode` forcing one is a reason too.
+   */
+  detection(): Promise<Pick<VariantDetection, "variant" | "reason">> {
     const { mode, runner, binDir, log } = this.options;
-    if (mode !== "auto") return Promise.resolve(mode);
+    if (mode !== "auto")
+      return Promise.resolve({ variant: mode, reason: "forced by --iptables-mode" });
     if (this.detected === undefined) {
       const detection = detectIptablesVariant(runner, binDir).then((found) => {
         log(`using iptables-${found.variant}: ${found.reason}`);
-        return found.variant;
+        return found;
       });
       this.detected = detection;
       // A failed detection (tools missing) is retried on the next call instead of cached.

@@ -8,7 +8,8 @@
  * and `/proc/net/ip6_tables_names`, and reading those creates nothing: so we read them first and
  * run legacy tools only where a table exists.
  */
-import { type CommandRunner, type IpFamily, ToolNotStartedError } from "@ipvs-node-controller/core";
+import { type CommandRunner, ToolNotStartedError } from "@ipvs-node-controller/backend";
+import type { IpFamily } from "@ipvs-node-controller/core";
 
 /** Where the kernel lists the existing legacy tables of each family. */
 export const LEGACY_TABLE_LISTS: Readonly<Record<IpFamily, string>> = {

@@ -4,7 +4,6 @@
  * call that creates a table (see `legacyTables`).
  */
 import {
-  type CommandRunner,
   cidrRange,
   compareMappings,
   type IpFamily,
@@ -16,12 +15,9 @@ import {
   parseIP,
   quote,
   type RulesetSettings,
-  ToolNotStartedError,
-  ToolRefusedError,
 } from "@ipvs-node-controller/core";
-import { runTool } from "@ipvs-node-controller/exec";
 import { bucketOf, dnatKey } from "./dnat-order.js";
-import { legacyTables } from "./legacy-tables.js";
+import type { IptablesTool } from "./iptables-tool.js";
 import {
   BUCKET_CHAIN_PREFIX,
   bucketChain,
@@ -30,14 +26,8 @@ import {
   familyTarget,
   SOURCE_CHAIN_PREFIX,
 } from "./render.js";
-import { EMPTY_STATE, type LiveState, normalizeSpec, parseNatSave, tokenize } from "./state.js";
-import {
-  detectIptablesVariant,
-  type IptablesMode,
-  type IptablesVariant,
-  type VariantDetection,
-  variantBinaries,
-} from "./variant.js";
+import { EMPTY_STATE, type LiveState, normalizeSpec, tokenize } from "./state.js";
+import type { IptablesVariant } from "./variant.js";
 
 const FAMILIES: readonly IpFamily[] = ["ipv4", "ipv6"];
 const PROTOCOLS: ReadonlySet<string> = new Set<L4Protocol>(["tcp", "udp", "sctp"]);
@@ -388,22 +378,10 @@ export function iptablesLiveRules(
   return { backend: "iptables", tool, present, mappings: mappings.sort(compareMappings), problems };
 }
 
-/** Options of {@link readIptablesLiveRules}: the backend's, minus the writing parts. */
-export interface IptablesReadBackOptions {
-  /** `auto` (default) detects the host's variant without creating a table; the others force one. */
-  readonly mode?: IptablesMode;
-  /** Directory holding the `iptables-<variant>-*` tools; default: looked up on `PATH`. */
-  readonly binDir?: string;
-  /** Starts processes. Default: `runTool`. */
-  readonly runner?: CommandRunner;
-}
-
 /** {@link LiveRules} of the iptables backend, with the variant they were read from. */
 export interface IptablesLiveRules extends LiveRules {
   readonly backend: "iptables";
   readonly variant: IptablesVariant;
-  /** How the variant was chosen; absent when `mode` forced it. */
-  readonly detection?: VariantDetection;
 }
 
 /**
@@ -414,40 +392,20 @@ export interface IptablesLiveRules extends LiveRules {
  * fails, e.g. on a kernel without IPv6. Throws `ToolNotStartedError` / `ToolRefusedError`.
  */
 export async function readIptablesLiveRules(
-  options: IptablesReadBackOptions,
+  tool: IptablesTool,
   settings: RulesetSettings,
 ): Promise<IptablesLiveRules> {
-  const runner = options.runner ?? runTool;
-  const mode = options.mode ?? "auto";
-  const detection =
-    mode === "auto" ? await detectIptablesVariant(runner, options.binDir) : undefined;
-  const variant = detection?.variant ?? (mode as IptablesVariant);
-  const binaries = variantBinaries(variant, options.binDir);
+  const variant = await tool.variant();
   const states = new Map<IpFamily, LiveState>();
   for (const family of FAMILIES) {
     const enabled = settings.families.some((candidate) => candidate.family === family);
-    // Unknown (the list could not be read) counts as present: reading then creates nothing new.
-    if (variant === "legacy" && !((await legacyTables(runner, family))?.has("nat") ?? true))
-      continue;
-    const file = family === "ipv4" ? binaries.iptablesSave : binaries.ip6tablesSave;
-    let result: Awaited<ReturnType<CommandRunner>>;
-    try {
-      result = await runner(file, ["-t", "nat"]);
-    } catch (error) {
-      if (error instanceof ToolNotStartedError) throw error;
-      throw new ToolNotStartedError(file, (error as Error).message);
-    }
-    if (result.exitCode !== 0) {
-      if (!enabled) continue;
-      const stderr = result.stderr.trim();
-      throw new ToolRefusedError(`${file} -t nat failed: ${stderr}`, file, result.exitCode, stderr);
-    }
-    states.set(family, parseNatSave(result.stdout));
+    const state = enabled ? await tool.readState(family) : await tool.readStateIfPossible(family);
+    if (state !== undefined) states.set(family, state);
   }
+  const binaries = await tool.binaries();
   return {
     ...iptablesLiveRules(states, settings, binaries.iptablesSave),
     backend: "iptables",
     variant,
-    ...(detection === undefined ? {} : { detection }),
   };
 }

@@ -6,7 +6,7 @@
  * image ships: the kubelet's hint chain first, then whichever variant sees more rules.
  */
 import { join } from "node:path";
-import { type CommandRunner, ToolNotStartedError } from "@ipvs-node-controller/core";
+import { type CommandRunner, ToolNotStartedError } from "@ipvs-node-controller/backend";
 import { legacyTables } from "./legacy-tables.js";
 
 /** The two implementations of the iptables tools. */

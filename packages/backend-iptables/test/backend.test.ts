@@ -1,15 +1,18 @@
 /**
  * The backend's process handling, with scripted runners instead of the kernel.
  */
+
 import {
   type CommandResult,
   type CommandRunner,
-  ConfigError,
-  diffRulesets,
-  InvalidRulesetError,
-  type Mapping,
   ToolNotStartedError,
   ToolRefusedError,
+} from "@ipvs-node-controller/backend";
+import {
+  ConfigError,
+  InvalidRulesetError,
+  type Mapping,
+  updateBetween,
 } from "@ipvs-node-controller/core";
 import { describe, expect, it } from "vitest";
 import {
@@ -272,7 +275,7 @@ describe("createIptablesBackend", () => {
     await expect(cleanup).rejects.toBeInstanceOf(ToolNotStartedError);
   });
 
-  it("runs concurrent operations one after another", async () => {
+  it("runs concurrent writes one after another", async () => {
     const events: string[] = [];
     let inFlight = 0;
     const slow = (name: string, result: () => CommandResult) => async () => {
@@ -291,7 +294,7 @@ describe("createIptablesBackend", () => {
       backend.apply(simple),
       backend.apply(ruleset([family("ipx" as never, { kind: "sourceCIDRs", cidrs: [] }, [])])),
       backend.cleanup(),
-      backend.verify(simple),
+      backend.apply(simple),
     ]);
     expect(results.map((r) => r.status)).toEqual([
       "fulfilled",
@@ -350,9 +353,9 @@ describe("changes", () => {
   it("sends only the rules that change, and reads nothing back", async () => {
     const { runner, calls } = accepting();
     const backend = createIptablesBackend({ mode: "nft", runner });
-    await backend.apply(v4(web), { full: true });
+    await backend.apply(v4(web));
     calls.length = 0;
-    expect(await backend.applyChanges(diffRulesets(v4(web), v4(web, api)))).toEqual({
+    expect(await backend.applyChanges(updateBetween(v4(web), v4(web, api)))).toMatchObject({
       mode: "incremental",
       changedMappings: 1,
     });
@@ -363,12 +366,18 @@ describe("changes", () => {
         input: doc(`-A IPVSNC-DNAT-01 ${dnatRule(api)}`),
       },
     ]);
-    // apply() without `full` diffs against the applied state in memory, and sends the change.
+    // An update is measured against what was applied, in memory.
     calls.length = 0;
-    expect(await backend.apply(v4(api))).toEqual({ mode: "incremental", changedMappings: 1 });
+    expect(await backend.applyChanges(updateBetween(v4(web, api), v4(api)))).toMatchObject({
+      mode: "incremental",
+      changedMappings: 1,
+    });
     expect(calls.map((c) => c.input)).toEqual([doc(`-D IPVSNC-DNAT-01 ${dnatRule(web)}`)]);
     calls.length = 0;
-    expect(await backend.apply(v4(api))).toEqual({ mode: "none", changedMappings: 0 });
+    expect(await backend.applyChanges(updateBetween(v4(web), v4(api)))).toEqual({
+      mode: "none",
+      changedMappings: 0,
+    });
     expect(calls).toEqual([]);
   });
 
@@ -379,10 +388,13 @@ describe("changes", () => {
     // The first sync of an instance looks everywhere: an earlier process may have enabled IPv6.
     await backend.apply(v4(web));
     expect(saves()).toEqual(["iptables-nft-save", "ip6tables-nft-save"]);
+    // A full sync looks at IPv4 only now; a verify reads both, to find rules left anywhere.
     calls.length = 0;
-    await backend.apply(v4(web), { full: true });
+    await backend.apply(v4(web));
+    expect(saves()).toEqual(["iptables-nft-save"]);
+    calls.length = 0;
     await backend.verify(v4(web));
-    expect(saves()).toEqual(["iptables-nft-save", "iptables-nft-save"]);
+    expect(saves()).toEqual(["iptables-nft-save", "ip6tables-nft-save"]);
     // Enabling IPv6 is a settings change: a full sync of both.
     calls.length = 0;
     expect((await backend.apply(dual([web], [web6]))).mode).toBe("full");
@@ -404,9 +416,9 @@ describe("changes", () => {
       "ip6tables-nft-save": () => ok(EMPTY_NAT),
     });
     const backend = createIptablesBackend({ mode: "nft", runner, log: (m) => messages.push(m) });
-    await backend.apply(v4(web, api), { full: true });
+    await backend.apply(v4(web, api));
     calls.length = 0;
-    expect(await backend.applyChanges(diffRulesets(v4(web, api), v4(api)))).toEqual({
+    expect(await backend.applyChanges(updateBetween(v4(web, api), v4(api)))).toEqual({
       mode: "full",
       changedMappings: 1,
     });
@@ -422,7 +434,7 @@ describe("changes", () => {
       ),
     ]);
     // From the rewritten state, changes are incremental again.
-    expect((await backend.applyChanges(diffRulesets(v4(api), v4(api, web)))).mode).toBe(
+    expect((await backend.applyChanges(updateBetween(v4(api), v4(api, web)))).mode).toBe(
       "incremental",
     );
   });
@@ -430,10 +442,10 @@ describe("changes", () => {
   it("rewrites everything when the settings change", async () => {
     const { runner, calls } = accepting();
     const backend = createIptablesBackend({ mode: "nft", runner });
-    await backend.apply(v4(web), { full: true });
+    await backend.apply(v4(web));
     calls.length = 0;
     const marked = { ...v4(web), masqueradeMark: 0x8000 };
-    expect(await backend.applyChanges(diffRulesets(v4(web), marked))).toEqual({
+    expect(await backend.applyChanges(updateBetween(v4(web), marked))).toEqual({
       mode: "full",
       changedMappings: 1,
     });
@@ -450,43 +462,41 @@ describe("changes", () => {
     );
     const { runner, calls } = accepting();
     const backend = createIptablesBackend({ mode: "nft", runner });
-    await backend.apply(v4(...ports), { full: true });
+    await backend.apply(v4(...ports));
     calls.length = 0;
     const tooMany = size - MAX_DELETE_SCAN_PER_RULE - 1;
-    expect(await backend.apply(keep(ports, tooMany))).toEqual({
+    expect(await backend.applyChanges(updateBetween(v4(...ports), keep(ports, tooMany)))).toEqual({
       mode: "full",
       changedMappings: tooMany,
     });
     expect(calls.map((c) => c.file)).toEqual(["iptables-nft-save", "iptables-nft-restore"]);
-    await backend.apply(v4(...ports), { full: true });
+    await backend.apply(v4(...ports));
     calls.length = 0;
-    expect(await backend.apply(keep(ports, tooMany + 1))).toEqual({
-      mode: "incremental",
-      changedMappings: MAX_DELETE_SCAN_PER_RULE,
-    });
+    expect(
+      await backend.applyChanges(updateBetween(v4(...ports), keep(ports, tooMany + 1))),
+    ).toMatchObject({ mode: "incremental", changedMappings: MAX_DELETE_SCAN_PER_RULE });
     expect(calls.map((c) => c.file)).toEqual(["iptables-nft-restore"]);
 
     // One bucket per mapping: the buckets that empty are flushed, not read rule by rule.
     const addresses = Array.from({ length: size }, (_, i) =>
       mapping(`192.0.2.${i + 1}`, 443, "10.96.0.1", { name: `svc-${i}` }),
     );
-    await backend.apply(v4(...addresses), { full: true });
+    await backend.apply(v4(...addresses));
     calls.length = 0;
-    expect(await backend.apply(keep(addresses, 1))).toEqual({
-      mode: "incremental",
-      changedMappings: size - 1,
-    });
+    expect(
+      await backend.applyChanges(updateBetween(v4(...addresses), keep(addresses, 1))),
+    ).toMatchObject({ mode: "incremental", changedMappings: size - 1 });
     expect(calls.map((c) => c.input?.match(/^-[DFX] /gm)?.length)).toEqual([3 * (size - 1)]);
   });
 
   it("stops trusting what it applied once a verify found drift", async () => {
     const { runner, calls } = accepting();
     const backend = createIptablesBackend({ mode: "nft", runner });
-    await backend.apply(v4(web), { full: true });
+    await backend.apply(v4(web));
     // The scripted kernel never holds anything: every verify finds drift.
     expect(await backend.verify(v4(web))).toBe(false);
     calls.length = 0;
-    expect((await backend.applyChanges(diffRulesets(v4(web), v4(web, api)))).mode).toBe("full");
+    expect((await backend.applyChanges(updateBetween(v4(web), v4(web, api)))).mode).toBe("full");
     expect(calls.map((c) => c.file)).toEqual(["iptables-nft-save", "iptables-nft-restore"]);
   });
 
@@ -505,10 +515,10 @@ describe("changes", () => {
     const backend = createIptablesBackend({ mode: "nft", runner, log: (m) => messages.push(m) });
     const before = dual([web], [web6]);
     const after = dual([web, api], []);
-    await backend.apply(before, { full: true });
+    await backend.apply(before);
     calls.length = 0;
     ip6Missing = true;
-    await expect(backend.applyChanges(diffRulesets(before, after))).rejects.toThrow(
+    await expect(backend.applyChanges(updateBetween(before, after))).rejects.toThrow(
       ToolNotStartedError,
     );
     expect(calls.map((c) => [c.file, c.input])).toEqual([
@@ -526,7 +536,7 @@ describe("changes", () => {
     expect(messages).toEqual(["rolled ipv4 back to its previous rules"]);
     calls.length = 0;
     ip6Missing = false;
-    expect((await backend.applyChanges(diffRulesets(before, after))).mode).toBe("full");
+    expect((await backend.applyChanges(updateBetween(before, after))).mode).toBe("full");
     expect(calls.map((c) => c.file)).toEqual([
       "iptables-nft-save",
       "ip6tables-nft-save",

@@ -22,7 +22,12 @@ export function mapping(
   externalIP: string,
   port: number,
   clusterIP: string,
-  options: { protocol?: L4Protocol; namespace?: string; name?: string } = {},
+  options: {
+    protocol?: L4Protocol;
+    namespace?: string;
+    name?: string;
+    allowedSources?: readonly string[];
+  } = {},
 ): Mapping {
   return {
     family: externalIP.includes(":") ? "ipv6" : "ipv4",
@@ -31,6 +36,7 @@ export function mapping(
     port,
     clusterIP,
     service: { namespace: options.namespace ?? "default", name: options.name ?? "web" },
+    ...(options.allowedSources === undefined ? {} : { allowedSources: options.allowedSources }),
   };
 }
 
@@ -153,12 +159,17 @@ const CLUSTER_IPS = {
   ipv4: ["10.96.0.1", "10.96.0.2", "10.96.0.3"],
   ipv6: ["fd00:96::1", "fd00:96::2", "fd00:96::3"],
 } as const;
+/** Restrictions a mapping may carry: none (most), or one of a few lists of admitted sources. */
+const SOURCES = {
+  ipv4: [undefined, undefined, ["10.244.0.0/16"], ["10.244.1.0/24", "172.18.0.0/16"]],
+  ipv6: [undefined, undefined, ["fd00:10:244::/48"], ["2001:db8:100::/64", "fd00:10:244::/48"]],
+} as const;
 
 /**
  * A small dual-stack ruleset in canonical form (both families enabled with pod CIDRs, mark 0x4000)
  * whose mappings come from a pool of 72 keys per family (6 addresses, 3 protocols, 4 ports), so
- * that two of them share many keys and differ in a few, some only in their cluster IP or owner, and
- * DNAT buckets appear and empty between them.
+ * that two of them share many keys and differ in a few, some only in their cluster IP, owner or
+ * admitted sources, and DNAT buckets (and source chains) appear and empty between them.
  */
 export const rulesetArbitrary: fc.Arbitrary<Ruleset> = fc
   .array(
@@ -169,6 +180,7 @@ export const rulesetArbitrary: fc.Arbitrary<Ruleset> = fc
       port: fc.constantFrom(53, 80, 443, 8080),
       cluster: fc.nat(2),
       name: fc.constantFrom("web", "api"),
+      sources: fc.nat(3),
     }),
     { maxLength: 12 },
   )
@@ -182,6 +194,7 @@ export const rulesetArbitrary: fc.Arbitrary<Ruleset> = fc
         {
           protocol: e.protocol,
           name: e.name,
+          allowedSources: SOURCES[e.family][e.sources],
         },
       );
       byKey.set(mappingKey(m), m);

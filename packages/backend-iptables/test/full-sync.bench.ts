@@ -72,7 +72,7 @@ for (const variant of VARIANTS) {
       bench(
         "full re-sync",
         async () => {
-          await backend.apply(desired, { full: true });
+          await backend.apply(desired);
         },
         options,
       );

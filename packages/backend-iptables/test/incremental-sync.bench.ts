@@ -15,13 +15,8 @@
  */
 import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
-import {
-  type CommandRunner,
-  diffRulesets,
-  type Mapping,
-  type Ruleset,
-  type RulesetDiff,
-} from "@ipvs-node-controller/core";
+import type { CommandRunner } from "@ipvs-node-controller/backend";
+import { type Mapping, type Ruleset, updateBetween } from "@ipvs-node-controller/core";
 import { hostRunner, kernelTestsEnabled, runnerIn } from "@ipvs-node-controller/test-support";
 import { bench, describe } from "vitest";
 import { createIptablesBackend, type IptablesVariant } from "../src/index.js";
@@ -115,8 +110,8 @@ for (const variant of VARIANTS) {
         });
         const base = services(size);
         const moved = services(size, { index: Math.floor(size / 2), to });
-        const forth: RulesetDiff = diffRulesets(base, moved);
-        const back: RulesetDiff = diffRulesets(moved, base);
+        const forth = updateBetween(base, moved);
+        const back = updateBetween(moved, base);
         const applyMs: number[] = [];
         const modes = new Map<string, number>();
         let toolMs = 0;
@@ -147,7 +142,7 @@ for (const variant of VARIANTS) {
             warmupTime: 0,
             setup: async () => {
               addNamespace(namespace);
-              await backend.apply(base, { full: true });
+              await backend.apply(base);
               flip = false;
               applyMs.length = 0;
               modes.clear();

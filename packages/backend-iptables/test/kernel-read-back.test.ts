@@ -2,19 +2,12 @@
  * Reading our rules back on the real kernel, with each iptables variant: what the save tools
  * print, before and after tampering, and that reading creates no table.
  */
-import {
-  type CommandRunner,
-  quote,
-  settingsOf,
-  ToolNotStartedError,
-} from "@ipvs-node-controller/core";
+
+import { type CommandRunner, ToolNotStartedError } from "@ipvs-node-controller/backend";
+import { quote, settingsOf } from "@ipvs-node-controller/core";
 import { hostRunner, kernelTestsEnabled, runnerIn } from "@ipvs-node-controller/test-support";
 import { afterAll, describe, expect, it } from "vitest";
-import {
-  createIptablesBackend,
-  type IptablesVariant,
-  readIptablesLiveRules,
-} from "../src/index.js";
+import { createIptablesBackend, type IptablesVariant } from "../src/index.js";
 import { family, mapping, ruleset } from "./fixtures.js";
 
 const kernel = await kernelTestsEnabled("iptables read-back kernel tests");
@@ -56,7 +49,7 @@ describe.skipIf(!kernel)("iptables read-back on the kernel", () => {
 
   it("reads nothing from a fresh namespace, detects nft, and leaves no legacy table behind", async () => {
     const run = await freshNamespace();
-    const live = await readIptablesLiveRules({ runner: run }, settings);
+    const live = await createIptablesBackend({ runner: run }).read(settings);
     expect(live).toMatchObject({ present: false, mappings: [], problems: [], variant: "nft" });
     expect(await legacyTables(run)).toEqual([]);
     const listed = await run("nft", ["list", "tables"]);
@@ -70,7 +63,7 @@ describe.skipIf(!kernel)("iptables read-back on the kernel", () => {
       await createIptablesBackend({ runner: run, mode: variant }).apply(desired);
       const tablesBefore = await legacyTables(run);
       // Detected, not forced: the variant holding our rules sees more rules.
-      const live = await readIptablesLiveRules({ runner: run }, settings);
+      const live = await createIptablesBackend({ runner: run }).read(settings);
       expect(live).toMatchObject({ present: true, problems: [], variant });
       expect(live.mappings).toEqual([owned(web), owned(dns), owned(web6)]);
       expect(await legacyTables(run)).toEqual(tablesBefore);
@@ -87,7 +80,7 @@ describe.skipIf(!kernel)("iptables read-back on the kernel", () => {
       await iptables("-A", "IPVSNC-DNAT-0A", ...translation("192.0.2.99").split(" "));
       await iptables("-D", "OUTPUT", "1");
       await iptables("-I", "PREROUTING", "1", "-j", "RETURN");
-      const tampered = await readIptablesLiveRules({ runner: run, mode: variant }, settings);
+      const tampered = await createIptablesBackend({ runner: run, mode: variant }).read(settings);
       expect(tampered.mappings).toEqual([
         owned(web),
         owned(mapping("192.0.2.10", 8080, "10.96.0.99"), ""),
@@ -105,10 +98,10 @@ describe.skipIf(!kernel)("iptables read-back on the kernel", () => {
   it("throws the backend's error when no iptables program can start", async () => {
     const run = await freshNamespace();
     await expect(
-      readIptablesLiveRules({ runner: run, binDir: "/nonexistent" }, settings),
+      createIptablesBackend({ runner: run, binDir: "/nonexistent" }).read(settings),
     ).rejects.toThrow(ToolNotStartedError);
     await expect(
-      readIptablesLiveRules({ runner: run, binDir: "/nonexistent", mode: "nft" }, settings),
+      createIptablesBackend({ runner: run, binDir: "/nonexistent", mode: "nft" }).read(settings),
     ).rejects.toThrow(ToolNotStartedError);
   });
 });

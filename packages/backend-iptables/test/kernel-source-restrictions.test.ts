@@ -7,7 +7,7 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { Mapping } from "@ipvs-node-controller/core";
+import { type Mapping, updateBetween } from "@ipvs-node-controller/core";
 import {
   ADDRESS_PLAN,
   createTopology,
@@ -69,10 +69,9 @@ describe.skipIf(!kernel).each(["nft", "legacy"] as const)(
         all.map((m) => (m.externalIP === pods.lb ? mapping : m));
       // The pod is 10.244.1.2: the upper half of its CIDR no longer admits it.
       const narrowed = replace(restrictionMapping(pods, { allowedSources: ["10.244.1.128/25"] }));
-      expect(await backend.apply(rulesetOf(narrowed))).toEqual({
-        mode: "incremental",
-        changedMappings: 1,
-      });
+      expect(
+        await backend.applyChanges(updateBetween(rulesetOf(all), rulesetOf(narrowed))),
+      ).toMatchObject({ mode: "incremental", changedMappings: 1 });
       expect(await backend.verify(rulesetOf(narrowed))).toBe(true);
       expect(await reachedHosts(topology, pods)).toEqual({
         pod: false,
@@ -80,17 +79,23 @@ describe.skipIf(!kernel).each(["nft", "legacy"] as const)(
         remote: false,
       });
       const opened = replace(restrictionMapping(pods, {}));
-      expect(await backend.apply(rulesetOf(opened))).toMatchObject({ mode: "incremental" });
+      expect(
+        await backend.applyChanges(updateBetween(rulesetOf(narrowed), rulesetOf(opened))),
+      ).toMatchObject({ mode: "incremental" });
       expect(await backend.verify(rulesetOf(opened))).toBe(true);
       expect(await reachedHosts(topology, pods)).toEqual({ pod: true, node: true, remote: false });
-      expect(await backend.apply(rulesetOf(all))).toMatchObject({ mode: "incremental" });
+      expect(
+        await backend.applyChanges(updateBetween(rulesetOf(opened), rulesetOf(all))),
+      ).toMatchObject({ mode: "incremental" });
       expect(await backend.verify(rulesetOf(all))).toBe(true);
       expect(await reachedHosts(topology, pods)).toEqual(pods.answered);
     });
 
     it("removes every source chain with its mapping, and cleanup leaves nothing", async () => {
       const open = all.filter((m) => m.allowedSources === undefined);
-      expect(await backend.apply(rulesetOf(open))).toMatchObject({ mode: "incremental" });
+      expect(
+        await backend.applyChanges(updateBetween(rulesetOf(all), rulesetOf(open))),
+      ).toMatchObject({ mode: "incremental" });
       expect(await backend.verify(rulesetOf(open))).toBe(true);
       const save = await topology.runner("node")(`iptables-${variant}-save`, ["-t", "nat"]);
       expect(save.stdout).not.toContain("IPVSNC-SRC-");

@@ -2,14 +2,14 @@
  * Reading our rules back, without a kernel: DNAT rules as translations, and the differences
  * between what a save lists and what a sync writes, named one by one.
  */
+
+import { type CommandRunner, ToolNotStartedError } from "@ipvs-node-controller/backend";
 import {
-  type CommandRunner,
   compareMappings,
   type FamilyRuleset,
   type Mapping,
   quote,
   settingsOf,
-  ToolNotStartedError,
 } from "@ipvs-node-controller/core";
 import { describe, expect, it } from "vitest";
 import {

@@ -15,4 +15,4 @@ export {
   type NftObject,
   podSetName,
 } from "./compile.js";
-export { type NftReadBackOptions, nftLiveRules, readNftLiveRules } from "./read-back.js";
+export { nftLiveRules } from "./read-back.js";

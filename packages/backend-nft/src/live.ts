@@ -1,9 +1,8 @@
 /**
  * Reads back our table (`nft -j list table inet NAME`): the translations it holds
- * ({@link listedMappings}), how everything around them differs from what a full sync writes
- * ({@link structureProblems}), and, from both, whether the table is exactly what a full sync of a
- * ruleset creates ({@link tableMatches}). The periodic verify and `doctor` make the same
- * comparison.
+ * ({@link listedMappings}) and how everything around them differs from what a full sync writes
+ * ({@link structureProblems}). The periodic verify and `doctor` compare both with the desired
+ * state the same way (the core's `compareLive`).
  */
 import { isDeepStrictEqual } from "node:util";
 import {
@@ -11,15 +10,13 @@ import {
   cidrRange,
   compareMappings,
   type IpFamily,
+  isObject as isAnyObject,
   type L4Protocol,
   type LiveMapping,
-  type Mapping,
   parseCIDR,
   parseIP,
   quote,
-  type Ruleset,
   type RulesetSettings,
-  sortMappings,
 } from "@ipvs-node-controller/core";
 import {
   type AddressInterval,
@@ -28,7 +25,6 @@ import {
   type ChainSpec,
   type CollectionSpec,
   cidrInterval,
-  elementComment,
   mapName,
   mergeIntervals,
   type NftObject,
@@ -63,8 +59,9 @@ export interface LiveTable {
 const FAMILIES: readonly IpFamily[] = ["ipv4", "ipv6"];
 const PROTOCOLS: ReadonlySet<string> = new Set<L4Protocol>(["tcp", "udp", "sctp"]);
 
+/** An object that is not an array: how nft's JSON spells one. */
 function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value);
+  return isAnyObject(value) && !Array.isArray(value);
 }
 
 /** Indexes the listing of one table. Throws on a document that is not nft's JSON at all. */
@@ -405,30 +402,4 @@ export function structureProblems(live: LiveTable, settings: RulesetSettings): s
     );
   }
   return problems;
-}
-
-/** Whether a translation read back is exactly the one a sync of `mapping` writes. */
-function sameAsWritten(live: LiveMapping, mapping: Mapping): boolean {
-  return (
-    live.family === mapping.family &&
-    live.externalIP === mapping.externalIP &&
-    live.protocol === mapping.protocol &&
-    live.port === mapping.port &&
-    live.clusterIP === mapping.clusterIP &&
-    live.owner === elementComment(mapping.service) &&
-    isDeepStrictEqual(live.allowedSources, mapping.allowedSources)
-  );
-}
-
-/** True when the listed table holds exactly what a full sync of `ruleset` creates. */
-export function tableMatches(live: LiveTable, ruleset: Ruleset): boolean {
-  if (structureProblems(live, ruleset).length > 0) return false;
-  const { mappings, unreadable } = listedMappings(live);
-  const wanted = sortMappings(ruleset.families.flatMap((family) => family.mappings));
-  return (
-    unreadable.length === 0 &&
-    mappings.length === wanted.length &&
-    // Both lists are in canonical order.
-    mappings.every((found, i) => sameAsWritten(found, wanted[i] as Mapping))
-  );
 }

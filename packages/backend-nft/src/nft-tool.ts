@@ -2,8 +2,11 @@
  * nft as this backend uses it: transactions in libnftables JSON, listings of our table, and the
  * difference between "refused" and "not there".
  */
-import type { CommandResult, CommandRunner } from "@ipvs-node-controller/core";
-import { ToolRefusedError } from "@ipvs-node-controller/core";
+import {
+  type CommandResult,
+  type CommandRunner,
+  ToolRefusedError,
+} from "@ipvs-node-controller/backend";
 import type { NftDocument } from "./compile.js";
 
 /** Matches nft's message when an object (table, chain, element) does not exist. */

@@ -1,107 +1,127 @@
 /**
- * The backend's decisions (full, incremental, none, fallback, errors) with a scripted runner: no kernel.
+ * The backend's decisions (full, incremental, none, fallback, errors) against nft without a
+ * kernel: test-support's FakeNft applies the documents the backend sends, all or nothing, and
+ * lists the table back, so every answer of `verify` and `read` goes through the real read-back.
+ * The kernel tests prove the same on the real kernel.
  */
 import {
-  type CommandResult,
   type CommandRunner,
-  ConfigError,
-  InvalidRulesetError,
-  type RulesetDiff,
-  settingsOf,
   ToolNotStartedError,
   ToolRefusedError,
+} from "@ipvs-node-controller/backend";
+import {
+  ConfigError,
+  InvalidRulesetError,
+  settingsOf,
+  updateBetween,
 } from "@ipvs-node-controller/core";
+import { FakeNft } from "@ipvs-node-controller/test-support";
 import { describe, expect, it } from "vitest";
 import { createNftBackend } from "../src/index.js";
 import { mapping, ruleset } from "./helpers.js";
 
-interface Call {
-  file: string;
-  args: readonly string[];
-  input?: string;
-}
-
-/** A runner that records calls and answers from a script (default: success, empty output). */
-function scriptedRunner(answer: (call: Call) => Partial<CommandResult> = () => ({})) {
-  const calls: Call[] = [];
-  const runner: CommandRunner = async (file, args, options) => {
-    const call = { file, args, input: options?.input };
-    calls.push(call);
-    return { stdout: "", stderr: "", exitCode: 0, ...answer(call) };
-  };
-  return { runner, calls };
-}
-
+const TABLE = "ipvs-node-controller";
 const web = mapping({ externalIP: "203.0.113.10", clusterIP: "10.96.0.10" });
 const api = mapping({ externalIP: "203.0.113.11", clusterIP: "10.96.0.11", port: 443 });
+const admin = {
+  ...mapping({ externalIP: "203.0.113.12", clusterIP: "10.96.0.12" }),
+  allowedSources: ["10.244.0.0/16", "203.0.113.12/32"],
+};
 const v1 = ruleset([web]);
 const v2 = ruleset([web, api]);
 
-function isFullSync(call: Call | undefined): boolean {
-  return call?.input?.includes('{"delete":{"table"') === true;
+/** Whether a transaction rebuilt the table. */
+const isFullSync = (document: Record<string, unknown>[] | undefined) =>
+  document?.some((command) => "delete" in command && "table" in (command.delete as object)) ===
+  true;
+
+function setUp() {
+  const nft = new FakeNft();
+  return { nft, backend: createNftBackend({ runner: nft.runner }) };
 }
 
-describe("apply", () => {
-  it("syncs fully first, then incrementally, and skips the kernel when nothing changed", async () => {
-    const { runner, calls } = scriptedRunner();
-    const backend = createNftBackend({ runner });
+describe("apply and applyChanges", () => {
+  it("syncs fully with apply, then sends only the changed elements", async () => {
+    const { nft, backend } = setUp();
     expect(await backend.apply(v1)).toEqual({ mode: "full", changedMappings: 1 });
-    expect(calls[0]?.args).toEqual(["-j", "-f", "-"]);
-    expect(isFullSync(calls[0])).toBe(true);
-    expect(await backend.apply(v1)).toEqual({ mode: "none", changedMappings: 0 });
-    expect(calls).toHaveLength(1);
-    expect(await backend.apply(v2)).toEqual({ mode: "incremental", changedMappings: 1 });
-    expect(isFullSync(calls[1])).toBe(false);
-    expect(calls[1]?.input).toContain('"203.0.113.11","tcp",443');
-    expect(calls[1]?.input).not.toContain('"203.0.113.10","tcp",80');
+    const changes = await backend.applyChanges(updateBetween(v1, v2));
+    expect(changes).toMatchObject({ mode: "incremental", changedMappings: 1 });
+    expect(changes.changes?.added).toEqual([api]);
+    const [full, incremental] = nft.documents();
+    expect(isFullSync(full)).toBe(true);
+    expect(isFullSync(incremental)).toBe(false);
+    expect(JSON.stringify(incremental)).toContain('"203.0.113.11","tcp",443');
+    expect(JSON.stringify(incremental)).not.toContain('"203.0.113.10"');
+    expect(await backend.verify(v2)).toBe(true);
   });
 
-  it("syncs fully when asked to, and when settings change", async () => {
-    const { runner, calls } = scriptedRunner();
-    const backend = createNftBackend({ runner });
-    await backend.apply(v1);
-    expect(await backend.apply(v1, { full: true })).toEqual({ mode: "full", changedMappings: 1 });
-    expect(await backend.apply(ruleset([web], { mark: 0x8000 }))).toMatchObject({ mode: "full" });
-    expect(calls.map(isFullSync)).toEqual([true, true, true]);
+  it("measures an update against the kernel: keys that hold what they should cost nothing", async () => {
+    const { nft, backend } = setUp();
+    await backend.apply(v2);
+    expect(
+      await backend.applyChanges({ settings: settingsOf(v2), mappings: [web, api], removed: [] }),
+    ).toEqual({ mode: "none", changedMappings: 0 });
+    expect(nft.documents()).toHaveLength(1);
   });
 
-  it("falls back to a full sync when the incremental transaction fails", async () => {
-    const { runner, calls } = scriptedRunner((call) =>
-      isFullSync(call) ? {} : { exitCode: 1, stderr: "Error: No such file or directory" },
-    );
-    const backend = createNftBackend({ runner });
+  it("adds, narrows and removes a restriction element by element", async () => {
+    const { nft, backend } = setUp();
     await backend.apply(v1);
-    expect(await backend.apply(v2)).toEqual({ mode: "full", changedMappings: 2 });
-    expect(calls.map(isFullSync)).toEqual([true, false, true]);
+    const restricted = ruleset([web, admin]);
+    expect(await backend.applyChanges(updateBetween(v1, restricted))).toMatchObject({
+      mode: "incremental",
+    });
+    expect(await backend.verify(restricted)).toBe(true);
+    const narrowed = ruleset([web, { ...admin, allowedSources: ["10.244.1.0/24"] }]);
+    expect(await backend.applyChanges(updateBetween(restricted, narrowed))).toMatchObject({
+      mode: "incremental",
+    });
+    expect(await backend.verify(narrowed)).toBe(true);
+    expect(await backend.applyChanges(updateBetween(narrowed, v1))).toMatchObject({
+      mode: "incremental",
+    });
+    expect(await backend.verify(v1)).toBe(true);
+    expect(nft.documents().filter(isFullSync)).toHaveLength(1);
   });
 
-  it("throws ToolRefusedError with nft's stderr and keeps its idea of the last ruleset", async () => {
-    let failing = false;
-    const { runner, calls } = scriptedRunner(() =>
-      failing ? { exitCode: 1, stderr: "Error: Could not process rule: Invalid argument\n" } : {},
-    );
-    const backend = createNftBackend({ runner });
+  it("answers a settings change, or a change the kernel refuses, with a full sync of the result", async () => {
+    const { nft, backend } = setUp();
     await backend.apply(v1);
-    failing = true;
+    const marked = ruleset([web], { mark: 0x8000 });
+    expect(await backend.applyChanges(updateBetween(v1, marked))).toEqual({
+      mode: "full",
+      changedMappings: 1,
+    });
+    // An element removed behind our back: deleting it again is refused, the table is rebuilt.
+    nft.deleteElement(TABLE, "mappings-ipv4", { concat: ["203.0.113.10", "tcp", 80] });
+    const moved = ruleset([{ ...web, clusterIP: "10.96.0.99" }], { mark: 0x8000 });
+    expect(await backend.applyChanges(updateBetween(marked, moved))).toEqual({
+      mode: "full",
+      changedMappings: 1,
+    });
+    expect(nft.documents().map(isFullSync)).toEqual([true, true, false, true]);
+    expect(await backend.verify(moved)).toBe(true);
+  });
+
+  it("throws ToolRefusedError with nft's stderr, and keeps the kernel's previous rules", async () => {
+    const { nft, backend } = setUp();
+    await backend.apply(v1);
+    nft.refuseNext("Error: Could not process rule: Invalid argument");
     const error = await backend.apply(v2).catch((caught: unknown) => caught);
     expect(error).toBeInstanceOf(ToolRefusedError);
     expect(error).toMatchObject({
       tool: "nft",
       exitCode: 1,
       stderr: "Error: Could not process rule: Invalid argument",
-      message: expect.stringContaining(
-        "nft rejected the full sync of table inet ipvs-node-controller",
-      ),
+      message: expect.stringContaining(`nft rejected the full sync of table inet ${TABLE}`),
     });
-    failing = false;
-    // Still diffed against v1: the failed apply did not count.
-    expect(await backend.apply(v2)).toEqual({ mode: "incremental", changedMappings: 1 });
-    expect(calls).toHaveLength(4);
+    expect(await backend.verify(v1)).toBe(true);
+    // After a failed write the next change is a full sync.
+    expect(await backend.applyChanges(updateBetween(v1, v2))).toMatchObject({ mode: "full" });
   });
 
-  it("rejects an invalid ruleset before running nft", async () => {
-    const { runner, calls } = scriptedRunner();
-    const backend = createNftBackend({ runner });
+  it("rejects an invalid ruleset or update before running nft", async () => {
+    const { nft, backend } = setUp();
     const bad = ruleset([
       mapping({ externalIP: "203.0.113.10", clusterIP: "10.96.0.10", port: 70000 }),
     ]);
@@ -109,87 +129,25 @@ describe("apply", () => {
       /families\[0\]\.mappings\[0\]\.port 70000 is not a port/,
     );
     await expect(backend.apply(bad)).rejects.toBeInstanceOf(InvalidRulesetError);
-    const change = {
-      added: [{ ...web, port: 0 }],
-      removed: [],
-      changed: [],
-      settingsChanged: false,
-      settings: settingsOf(v1),
-    };
-    await expect(backend.applyChanges(change)).rejects.toThrow(/added\[0\]\.port 0/);
-    expect(calls).toHaveLength(0);
+    await expect(
+      backend.applyChanges({
+        settings: settingsOf(v1),
+        mappings: [{ ...web, port: 0 }],
+        removed: [],
+      }),
+    ).rejects.toThrow(/mappings\[0\]\.port 0/);
+    expect(nft.calls).toHaveLength(0);
   });
 
-  it("serialises concurrent applies", async () => {
-    const { runner, calls } = scriptedRunner();
-    const backend = createNftBackend({ runner });
-    const results = await Promise.all([backend.apply(v1), backend.apply(v2), backend.apply(v2)]);
+  it("serialises concurrent writes", async () => {
+    const { nft, backend } = setUp();
+    const results = await Promise.all([
+      backend.apply(v1),
+      backend.applyChanges(updateBetween(v1, v2)),
+      backend.applyChanges(updateBetween(v1, v2)),
+    ]);
     expect(results.map((result) => result.mode)).toEqual(["full", "incremental", "none"]);
-    expect(calls).toHaveLength(2);
-  });
-});
-
-describe("applyChanges", () => {
-  const change = (fields: Partial<RulesetDiff> = {}): RulesetDiff => ({
-    added: [],
-    removed: [],
-    changed: [],
-    settingsChanged: false,
-    settings: settingsOf(v1),
-    ...fields,
-  });
-
-  it("applies the first change as a full sync of the resulting ruleset", async () => {
-    const { runner, calls } = scriptedRunner();
-    const backend = createNftBackend({ runner });
-    expect(await backend.applyChanges(change({ added: [web, api] }))).toEqual({
-      mode: "full",
-      changedMappings: 2,
-    });
-    expect(isFullSync(calls[0])).toBe(true);
-    expect(calls[0]?.input).toContain('"203.0.113.11","tcp",443');
-  });
-
-  it("then sends only the changed elements, whatever else the table holds", async () => {
-    const { runner, calls } = scriptedRunner();
-    const backend = createNftBackend({ runner });
-    await backend.apply(v2);
-    const moved = { ...api, clusterIP: "10.96.0.99" };
-    expect(
-      await backend.applyChanges(change({ changed: [{ before: api, after: moved }] })),
-    ).toEqual({ mode: "incremental", changedMappings: 1 });
-    expect(isFullSync(calls[1])).toBe(false);
-    expect(calls[1]?.input).toContain("10.96.0.99");
-    expect(calls[1]?.input).not.toContain('"203.0.113.10"');
-    expect(await backend.applyChanges(change())).toEqual({ mode: "none", changedMappings: 0 });
-    expect(calls).toHaveLength(2);
-    // What it applied is what it diffs against next.
-    expect(await backend.apply(ruleset([web, moved]))).toEqual({
-      mode: "none",
-      changedMappings: 0,
-    });
-  });
-
-  it("answers a settings change, or a refused change, with a full sync of the result", async () => {
-    let refuse = false;
-    const { runner, calls } = scriptedRunner((call) =>
-      refuse && !isFullSync(call)
-        ? { exitCode: 1, stderr: "Error: No such file or directory" }
-        : {},
-    );
-    const backend = createNftBackend({ runner });
-    await backend.apply(v1);
-    const marked = settingsOf(ruleset([web], { mark: 0x8000 }));
-    expect(await backend.applyChanges(change({ settingsChanged: true, settings: marked }))).toEqual(
-      { mode: "full", changedMappings: 1 },
-    );
-    expect(calls[1]?.input).toContain("32768");
-    refuse = true;
-    expect(await backend.applyChanges(change({ added: [api], settings: marked }))).toEqual({
-      mode: "full",
-      changedMappings: 2,
-    });
-    expect(calls.map(isFullSync)).toEqual([true, true, false, true]);
+    expect(nft.documents()).toHaveLength(2);
   });
 });
 
@@ -221,70 +179,74 @@ describe("missing or broken nft", () => {
   });
 });
 
-describe("verify and cleanup", () => {
-  it("verify is false when the table is absent and throws on other nft errors", async () => {
-    const absent = scriptedRunner(() => ({
-      exitCode: 1,
-      stderr: "Error: No such file or directory",
-    }));
-    expect(await createNftBackend({ runner: absent.runner }).verify(v1)).toBe(false);
-    expect(absent.calls[0]?.args).toEqual(["-j", "list", "table", "inet", "ipvs-node-controller"]);
-    const denied = scriptedRunner(() => ({
-      exitCode: 1,
+describe("read, verify and cleanup", () => {
+  it("verify is false when the table is absent, and read says so; other nft errors throw", async () => {
+    const { backend } = setUp();
+    expect(await backend.verify(v1)).toBe(false);
+    expect(await backend.read(settingsOf(v1))).toMatchObject({ present: false, mappings: [] });
+    const denied: CommandRunner = async () => ({
+      stdout: "",
       stderr: "Error: Operation not permitted",
-    }));
-    await expect(createNftBackend({ runner: denied.runner }).verify(v1)).rejects.toThrow(
+      exitCode: 1,
+    });
+    await expect(createNftBackend({ runner: denied }).verify(v1)).rejects.toThrow(
       /Operation not permitted/,
     );
   });
 
+  it("reads back every translation with its owner and sources", async () => {
+    const { backend } = setUp();
+    const restricted = ruleset([web, admin]);
+    await backend.apply(restricted);
+    const live = await backend.read(settingsOf(restricted));
+    expect(live).toMatchObject({ backend: "nft", present: true, problems: [] });
+    expect(live.mappings.map((m) => [m.externalIP, m.owner, m.allowedSources])).toEqual([
+      ["203.0.113.10", "default/web", undefined],
+      ["203.0.113.12", "default/web", ["10.244.0.0/16", "203.0.113.12/32"]],
+    ]);
+  });
+
   it("verify reads without holding up a change, and answers true when one landed meanwhile", async () => {
-    let release = (_listing: string) => {};
-    const listing = new Promise<string>((resolve) => {
+    const nft = new FakeNft();
+    let release = () => {};
+    const held = new Promise<void>((resolve) => {
       release = resolve;
     });
-    const runner: CommandRunner = async (_file, args) => ({
-      stdout: args[1] === "list" ? await listing : "",
-      stderr: "",
-      exitCode: 0,
-    });
+    const runner: CommandRunner = async (file, args, options) => {
+      const result = await nft.runner(file, args, options);
+      if (args[1] === "list") await held;
+      return result;
+    };
     const backend = createNftBackend({ runner });
     await backend.apply(v1);
     const verified = backend.verify(v1);
-    // The change is not queued behind the half-second read.
-    expect(await backend.apply(v2)).toEqual({ mode: "incremental", changedMappings: 1 });
-    release('{"nftables":[]}');
+    // The change is not queued behind the read.
+    expect(await backend.applyChanges(updateBetween(v1, v2))).toMatchObject({
+      mode: "incremental",
+    });
+    release();
     expect(await verified).toBe(true);
-    // The same listing with no change in between is drift.
-    const alone = createNftBackend({ runner });
-    await alone.apply(v1);
-    expect(await alone.verify(v1)).toBe(false);
   });
 
-  it("verify is false for a listing that is not ours", async () => {
-    const { runner } = scriptedRunner(() => ({
-      stdout: '{"nftables":[{"chain":{"name":"prerouting"}}]}',
-    }));
-    expect(await createNftBackend({ runner }).verify(v1)).toBe(false);
+  it("verify is false when someone changed the table, and the next change is a full sync", async () => {
+    const { nft, backend } = setUp();
+    await backend.apply(v2);
+    nft.deleteElement(TABLE, "mappings-ipv4", { concat: ["203.0.113.11", "tcp", 443] });
+    expect(await backend.verify(v2)).toBe(false);
+    const moved = ruleset([{ ...web, clusterIP: "10.96.0.99" }, api]);
+    expect(await backend.applyChanges(updateBetween(v2, moved))).toMatchObject({ mode: "full" });
+    expect(await backend.verify(moved)).toBe(true);
   });
 
   it("cleanup deletes only its own table, and only when present", async () => {
-    const tables = (names: string[]) =>
-      JSON.stringify({ nftables: names.map((name) => ({ table: { family: "inet", name } })) });
-    const present = scriptedRunner((call) =>
-      call.args[1] === "list" ? { stdout: tables(["other", "mine"]) } : {},
-    );
-    expect(await createNftBackend({ runner: present.runner, tableName: "mine" }).cleanup()).toBe(
-      true,
-    );
-    expect(present.calls.map((call) => call.args)).toEqual([
-      ["-j", "list", "tables", "inet"],
-      ["delete", "table", "inet", "mine"],
-    ]);
-    const absent = scriptedRunner(() => ({ stdout: tables(["other"]) }));
-    expect(await createNftBackend({ runner: absent.runner, tableName: "mine" }).cleanup()).toBe(
-      false,
-    );
-    expect(absent.calls).toHaveLength(1);
+    const nft = new FakeNft();
+    const other = createNftBackend({ runner: nft.runner, tableName: "other" });
+    const mine = createNftBackend({ runner: nft.runner, tableName: "mine" });
+    await other.apply(v1);
+    await mine.apply(v1);
+    expect(await mine.cleanup()).toBe(true);
+    expect(await mine.cleanup()).toBe(false);
+    expect(nft.table("mine")).toBeUndefined();
+    expect(await other.verify(v1)).toBe(true);
   });
 });

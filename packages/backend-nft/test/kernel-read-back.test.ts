@@ -1,10 +1,12 @@
 /**
  * Reading the table back on the real kernel: nft's own listings, before and after tampering.
  */
-import { type CommandRunner, settingsOf, ToolNotStartedError } from "@ipvs-node-controller/core";
+
+import { type CommandRunner, ToolNotStartedError } from "@ipvs-node-controller/backend";
+import { settingsOf } from "@ipvs-node-controller/core";
 import { hostRunner, kernelTestsEnabled, runnerIn } from "@ipvs-node-controller/test-support";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { createNftBackend, readNftLiveRules } from "../src/index.js";
+import { createNftBackend } from "../src/index.js";
 import { READ_BACK_FIXTURE } from "./helpers.js";
 
 const kernel = await kernelTestsEnabled("nft read-back kernel tests");
@@ -35,12 +37,12 @@ describe.skipIf(!kernel)("nft read-back on the kernel", () => {
   });
 
   it("reads nothing before a sync, everything after it, and no problem", async () => {
-    expect(await readNftLiveRules({ runner: run }, settings)).toMatchObject({
+    expect(await createNftBackend({ runner: run }).read(settings)).toMatchObject({
       present: false,
       mappings: [],
     });
     await createNftBackend({ runner: run }).apply(desired);
-    const live = await readNftLiveRules({ runner: run }, settings);
+    const live = await createNftBackend({ runner: run }).read(settings);
     expect(live).toMatchObject({ backend: "nft", tool: "nft", present: true, problems: [] });
     expect(live.mappings).toEqual([owned(web), owned(dns), owned(web6)]);
   });
@@ -58,7 +60,7 @@ describe.skipIf(!kernel)("nft read-back on the kernel", () => {
     await nft("flush", "chain", ...table, "output");
     await nft("flush", "set", ...table, "pod-cidrs-ipv4");
     await nft("add", "chain", ...table, "extra");
-    const live = await readNftLiveRules({ runner: run }, settings);
+    const live = await createNftBackend({ runner: run }).read(settings);
     expect(live.mappings).toEqual([
       owned(web),
       { ...owned(web), externalIP: "192.0.2.99", port: 8080, clusterIP: "10.96.0.99", owner: "" },
@@ -73,7 +75,7 @@ describe.skipIf(!kernel)("nft read-back on the kernel", () => {
 
   it("throws the backend's error for a program that cannot start", async () => {
     await expect(
-      readNftLiveRules({ runner: run, nftPath: "/nonexistent/nft" }, settings),
+      createNftBackend({ runner: run, nftPath: "/nonexistent/nft" }).read(settings),
     ).rejects.toThrow(ToolNotStartedError);
   });
 });

@@ -2,12 +2,13 @@
  * What the backend must never do on a real kernel: touch other tables or chains, lose working rules
  * when a document is refused, or emit a document nft refuses for anything the core computes.
  */
+
+import { type CommandRunner, ToolRefusedError } from "@ipvs-node-controller/backend";
 import {
-  type CommandRunner,
   computeRuleset,
   InvalidRulesetError,
   type Ruleset,
-  ToolRefusedError,
+  updateBetween,
 } from "@ipvs-node-controller/core";
 import {
   createTopology,
@@ -91,7 +92,7 @@ describe.skipIf(!kernel)("nft backend safety on the kernel", () => {
     expect(before).toContain("chain decoy");
     const backend = createNftBackend({ runner: node });
     await backend.apply(rulesetFor([web]));
-    await backend.apply(rulesetFor([web, api]));
+    await backend.applyChanges(updateBetween(rulesetFor([web]), rulesetFor([web, api])));
     expect(await topology.connect("pod", api.lb.ipv4, 443, "tcp")).toMatchObject({ ok: true });
     expect(await othersSnapshot()).toBe(before);
     expect(await backend.cleanup()).toBe(true);
@@ -143,7 +144,7 @@ describe.skipIf(!kernel)("nft backend safety on the kernel", () => {
     await backend.apply(rulesetFor([web]));
     corrupt = true;
     const error = (await backend
-      .apply(rulesetFor([web, api]))
+      .applyChanges(updateBetween(rulesetFor([web]), rulesetFor([web, api])))
       .catch((caught) => caught)) as ToolRefusedError;
     expect(error).toBeInstanceOf(ToolRefusedError);
     expect(error.message).toMatch(/nft rejected the full sync/);
@@ -159,11 +160,10 @@ describe.skipIf(!kernel)("nft backend safety on the kernel", () => {
     });
     expect(await backend.verify(rulesetFor([web]))).toBe(true);
     corrupt = false;
-    // The backend still diffs against what the kernel really holds.
-    expect(await backend.apply(rulesetFor([web, api]))).toEqual({
-      mode: "incremental",
-      changedMappings: 2,
-    });
+    // After a failed write nothing it knows is trusted: the next change is a full sync.
+    expect(
+      await backend.applyChanges(updateBetween(rulesetFor([web]), rulesetFor([web, api]))),
+    ).toEqual({ mode: "full", changedMappings: 4 });
     expect(await topology.connect("pod", api.lb.ipv4, 443, "tcp")).toMatchObject({ ok: true });
     await backend.cleanup();
   });

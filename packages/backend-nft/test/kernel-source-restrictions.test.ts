@@ -4,7 +4,8 @@
  * the node itself and a host outside the node, and a change of the admitted sources is an
  * incremental change of elements.
  */
-import type { Backend } from "@ipvs-node-controller/core";
+import type { Backend } from "@ipvs-node-controller/backend";
+import { updateBetween } from "@ipvs-node-controller/core";
 import {
   createTopology,
   deployRestrictionCases,
@@ -52,7 +53,9 @@ describe.skipIf(!kernel)("nft backend: source restrictions with real traffic", (
         ? restrictionMapping(pods, { allowedSources: ["10.244.1.128/25"] })
         : m,
     );
-    expect(await backend.apply(ruleset(narrowed))).toEqual({
+    expect(
+      await backend.applyChanges(updateBetween(ruleset(all), ruleset(narrowed))),
+    ).toMatchObject({
       mode: "incremental",
       changedMappings: 1,
     });
@@ -60,9 +63,13 @@ describe.skipIf(!kernel)("nft backend: source restrictions with real traffic", (
     expect(await reachedHosts(topology, pods)).toEqual({ pod: false, node: false, remote: false });
     // Unrestricted, then restricted again.
     const opened = all.map((m) => (m.externalIP === pods.lb ? restrictionMapping(pods, {}) : m));
-    expect(await backend.apply(ruleset(opened))).toMatchObject({ mode: "incremental" });
+    expect(
+      await backend.applyChanges(updateBetween(ruleset(narrowed), ruleset(opened))),
+    ).toMatchObject({ mode: "incremental" });
     expect(await reachedHosts(topology, pods)).toEqual({ pod: true, node: true, remote: false });
-    expect(await backend.apply(ruleset(all))).toMatchObject({ mode: "incremental" });
+    expect(await backend.applyChanges(updateBetween(ruleset(opened), ruleset(all)))).toMatchObject({
+      mode: "incremental",
+    });
     expect(await backend.verify(ruleset(all))).toBe(true);
     expect(await reachedHosts(topology, pods)).toEqual(pods.answered);
   });

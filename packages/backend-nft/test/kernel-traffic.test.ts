@@ -2,7 +2,9 @@
  * The nft backend on the real kernel, proven with real traffic in network namespaces.
  * Tests in this file run in order and share one topology.
  */
-import type { Backend, IpFamily } from "@ipvs-node-controller/core";
+
+import type { Backend } from "@ipvs-node-controller/backend";
+import type { IpFamily } from "@ipvs-node-controller/core";
 import {
   createTopology,
   kernelTestsEnabled,

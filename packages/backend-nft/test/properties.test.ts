@@ -1,8 +1,10 @@
 import {
   diffRulesets,
   InvalidRulesetError,
+  liveMatches,
   mappingKey,
   type Ruleset,
+  settingsOf,
 } from "@ipvs-node-controller/core";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
@@ -13,7 +15,7 @@ import {
   type NftObject,
 } from "../src/compile.js";
 import { createNftBackend } from "../src/index.js";
-import { parseListing, tableMatches } from "../src/live.js";
+import { nftLiveRules } from "../src/read-back.js";
 import { arbitraryRuleset } from "./arbitraries.js";
 
 const TABLE = "ipvs-node-controller";
@@ -173,11 +175,13 @@ describe("render (properties)", () => {
           arbitraryRuleset({ maxMappings: 5, hostileNames: false }),
           arbitraryRuleset({ maxMappings: 5, hostileNames: false }),
           (ruleset, other) => {
-            expect(tableMatches(parseListing(listingOf(ruleset)), ruleset)).toBe(true);
+            const matches = (listing: string) =>
+              liveMatches(ruleset, nftLiveRules(listing, settingsOf(ruleset)));
+            expect(matches(listingOf(ruleset))).toBe(true);
             const same =
               JSON.stringify(fullSyncDocument(ruleset, TABLE)) ===
               JSON.stringify(fullSyncDocument(other, TABLE));
-            expect(tableMatches(parseListing(listingOf(other)), ruleset)).toBe(same);
+            expect(matches(listingOf(other))).toBe(same);
           },
         ),
         { numRuns: 300 },

@@ -72,7 +72,7 @@ describe.skipIf(!topology)(`nft backend, ${SIZE} mappings`, () => {
   bench(
     "full sync (replace the table in one transaction)",
     async () => {
-      await createNftBackend({ runner: node() }).apply(base, { full: true });
+      await createNftBackend({ runner: node() }).apply(base);
     },
     { iterations: 5, time: 0 },
   );

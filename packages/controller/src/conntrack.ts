@@ -11,12 +11,9 @@
  * A failure (the tool missing, the kernel refusing) is logged and counted, never thrown: the rules
  * are in place, and a stale flow heals by itself once it pauses for the UDP conntrack timeout.
  */
-import {
-  type CommandRunner,
-  destinationKey,
-  type IpFamily,
-  type UdpDestination,
-} from "@ipvs-node-controller/core";
+
+import type { CommandRunner } from "@ipvs-node-controller/backend";
+import { destinationKey, type IpFamily, type UdpDestination } from "@ipvs-node-controller/core";
 import type { Logger } from "pino";
 import { Counter, type Registry } from "prom-client";
 

@@ -5,13 +5,9 @@
  * Translation never depends on these facts: the rules themselves test `fib daddr type local`, the
  * same local routing table read here. They are reported so that an operator sees what a node is.
  */
-import {
-  type CommandRunner,
-  type IpFamily,
-  parseIP,
-  type Ruleset,
-  ToolRefusedError,
-} from "@ipvs-node-controller/core";
+
+import { type CommandRunner, ToolRefusedError } from "@ipvs-node-controller/backend";
+import { type IpFamily, parseIP, type Ruleset } from "@ipvs-node-controller/core";
 
 /** The name kube-proxy's IPVS mode gives its dummy interface. */
 export const KUBE_IPVS_INTERFACE = "kube-ipvs0";

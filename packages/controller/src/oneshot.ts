@@ -2,12 +2,9 @@
  * The one-shot subcommands: `render` prints what would be fed to the kernel, `sync --once` applies
  * it, `cleanup` removes everything of ours.
  */
-import {
-  type Backend,
-  computeRuleset,
-  type RulesetResult,
-  ToolNotStartedError,
-} from "@ipvs-node-controller/core";
+
+import { type Backend, ToolNotStartedError } from "@ipvs-node-controller/backend";
+import { computeRuleset, type RulesetResult } from "@ipvs-node-controller/core";
 import { readNode, readServicesFile } from "./input-files.js";
 import {
   type BackendFlags,
@@ -66,7 +63,7 @@ export async function syncOnceCommand(flags: OneShotFlags, io: Console): Promise
   reportDiagnostics(result, io.err);
   const backend = createBackend(flags.backend, flags, createRunner(flags), io.err);
   // A fresh process knows nothing of what is in the kernel: always a full, atomic replace.
-  const applied = await backend.apply(result.ruleset, { full: true });
+  const applied = await backend.apply(result.ruleset);
   const mappings = result.ruleset.families.reduce((sum, family) => sum + family.mappings.length, 0);
   io.err(`applied ${mappings} mappings with ${backend.name} (${applied.mode} sync)`);
 }

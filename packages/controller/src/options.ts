@@ -3,18 +3,16 @@
  * configuration and a backend. Option names follow kube-proxy where the concept is the same.
  */
 
+import { type Backend, type CommandRunner, createToolRunner } from "@ipvs-node-controller/backend";
 import { createIptablesBackend, type IptablesMode } from "@ipvs-node-controller/backend-iptables";
 import { createNftBackend } from "@ipvs-node-controller/backend-nft";
 import {
-  type Backend,
-  type CommandRunner,
   ConfigError,
   type CoreConfig,
   type LocalDetection,
   parseFamilies,
   resolveConfig,
 } from "@ipvs-node-controller/core";
-import { createToolRunner } from "@ipvs-node-controller/exec";
 import { type Command, Option } from "commander";
 import { parseDuration } from "./duration.js";
 

@@ -5,12 +5,14 @@ import type { Server } from "node:http";
 import {
   type Backend,
   type CommandRunner,
+  ToolNotStartedError,
+} from "@ipvs-node-controller/backend";
+import {
   type CoreConfig,
   type NodeInput,
   RulesetEngine,
   type RulesetResult,
   type ServiceInput,
-  ToolNotStartedError,
   trimNode,
   trimService,
 } from "@ipvs-node-controller/core";

@@ -15,17 +15,18 @@
  *   successful apply, and after a full sync those of every UDP mapping, because a full sync
  *   follows a start, a failure or drift, after which the kernel may have held anything.
  */
+
+import type { ApplyResult, Backend } from "@ipvs-node-controller/backend";
 import {
-  type ApplyResult,
-  type Backend,
   destinationKey,
-  isEmptyDiff,
+  isEmptyChanges,
   type RulesetChanges,
   type RulesetResult,
   type RulesetStats,
   staleUdpDestinations,
   type UdpDestination,
   udpDestinations,
+  udpDestinationsOf,
 } from "@ipvs-node-controller/core";
 import type { Logger } from "pino";
 import { type Backoff, backoffDelay } from "./backoff.js";
@@ -253,17 +254,21 @@ export class SyncLoop {
     const started = this.clock.now();
     const changes = state.takeChanges();
     this.report(changes);
-    this.noteStaleFlows(staleUdpDestinations(changes));
+    // Flows to a key the desired state dropped are stale whatever the sync does: a full sync
+    // below only notes the keys it keeps.
+    this.noteStaleFlows(udpDestinationsOf(changes.removed));
     // Taken together with the changes, before anything is awaited: events that arrive while they
     // are applied belong to the next sync, and a verify against a state that already holds them
     // would take them for drift.
     let result: RulesetResult | undefined = how.full || how.verify ? state.result() : undefined;
     let applied: ApplyResult | undefined;
     if (how.full && result !== undefined) {
-      applied = await backend.apply(result.ruleset, { full: true });
-    } else if (!isEmptyDiff(changes)) {
+      applied = await backend.apply(result.ruleset);
+    } else if (!isEmptyChanges(changes)) {
       applied = await backend.applyChanges(changes);
     }
+    // What changed in the kernel, as the backend measured it against what the kernel held.
+    if (applied?.changes !== undefined) this.noteStaleFlows(staleUdpDestinations(applied.changes));
     if (how.verify && !how.full && result !== undefined) this.startVerify(result);
     if (applied !== undefined) {
       // A full sync may follow anything, also a backend's own fallback from an incremental one.

@@ -3,7 +3,9 @@
  * counts, and failures that are counted and logged but never thrown. udp-flows.test.ts proves
  * the same on the kernel with real traffic.
  */
-import type { CommandResult, CommandRunner, UdpDestination } from "@ipvs-node-controller/core";
+
+import type { CommandResult, CommandRunner } from "@ipvs-node-controller/backend";
+import type { UdpDestination } from "@ipvs-node-controller/core";
 import pino from "pino";
 import { Registry } from "prom-client";
 import { describe, expect, it } from "vitest";

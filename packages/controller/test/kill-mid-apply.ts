@@ -15,14 +15,8 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import {
-  type Backend,
-  type CommandResult,
-  type CommandRunner,
-  computeRuleset,
-  type Ruleset,
-  type ServiceInput,
-} from "@ipvs-node-controller/core";
+import type { Backend, CommandResult, CommandRunner } from "@ipvs-node-controller/backend";
+import { computeRuleset, type Ruleset, type ServiceInput } from "@ipvs-node-controller/core";
 import { ADDRESS_PLAN, nftTableLines, type Topology } from "@ipvs-node-controller/test-support";
 import { expect } from "vitest";
 
@@ -304,7 +298,7 @@ export async function runKillSuite(
   const looks: [string, string] = ["", ""];
   for (const [index, ruleset] of [pair[0], pair[1], pair[0]].entries()) {
     killing.writeMs = [];
-    await target.backend(killing.runner).apply(ruleset, { full: true });
+    await target.backend(killing.runner).apply(ruleset);
     if (index > 0) writeMs[index - 1] = killing.writeMs.reduce((sum, ms) => sum + ms, 0);
     expect(await check().verify(ruleset)).toBe(true);
     const snapshot = await target.snapshot(topology);
@@ -324,7 +318,7 @@ export async function runKillSuite(
     // A fresh backend: the first apply of a process is a full, atomic replacement.
     const applied = await target
       .backend(killing.runner)
-      .apply(after, { full: true })
+      .apply(after)
       .then(
         () => true,
         () => false,
@@ -352,7 +346,7 @@ export async function runKillSuite(
     if (landed && isOld) figures.landedOld += 1;
 
     // A restarted controller converges in one sync.
-    const converged = await check().apply(after, { full: true });
+    const converged = await check().apply(after);
     expect(converged.mode).toBe("full");
     const snapshot = await target.snapshot(topology);
     expect(snapshot.ours).toBe(looks[next]);

@@ -11,7 +11,7 @@
 import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { CommandRunner } from "@ipvs-node-controller/core";
+import type { CommandRunner } from "@ipvs-node-controller/backend";
 import {
   bridgeIntoNamespace,
   envtestTestsEnabled,

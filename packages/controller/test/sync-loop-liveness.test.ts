@@ -4,14 +4,9 @@
  * change has waited past the bound, and keep failing through the attempts that follow, not only in
  * the pauses between them: a kubelet restarts only after several failed probes in a row.
  */
-import {
-  type ApplyResult,
-  FakeBackend,
-  type Ruleset,
-  type RulesetDiff,
-  RulesetEngine,
-  ToolTimedOutError,
-} from "@ipvs-node-controller/core";
+
+import { type ApplyResult, FakeBackend, ToolTimedOutError } from "@ipvs-node-controller/backend";
+import { type Ruleset, RulesetEngine, type RulesetUpdate } from "@ipvs-node-controller/core";
 import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { ControllerMetrics } from "../src/metrics.js";
@@ -36,14 +31,11 @@ class HangingBackend extends FakeBackend {
     this.killed += 1;
     throw new ToolTimedOutError("nft", TOOL_TIMEOUT);
   }
-  override async apply(
-    ruleset: Ruleset,
-    options?: { readonly full?: boolean },
-  ): Promise<ApplyResult> {
+  override async apply(ruleset: Ruleset): Promise<ApplyResult> {
     await this.attempt();
-    return super.apply(ruleset, options);
+    return super.apply(ruleset);
   }
-  override async applyChanges(changes: RulesetDiff): Promise<ApplyResult> {
+  override async applyChanges(changes: RulesetUpdate): Promise<ApplyResult> {
     await this.attempt();
     return super.applyChanges(changes);
   }

@@ -4,7 +4,9 @@
  * already holds the newer event. Otherwise every verify under churn "finds drift", logs it, and
  * replaces the whole ruleset for nothing.
  */
-import { FakeBackend, type RulesetDiff, RulesetEngine } from "@ipvs-node-controller/core";
+
+import { FakeBackend } from "@ipvs-node-controller/backend";
+import { RulesetEngine, type RulesetUpdate } from "@ipvs-node-controller/core";
 import { afterEach, describe, expect, it } from "vitest";
 import { ControllerMetrics } from "../src/metrics.js";
 import { SyncLoop } from "../src/sync-loop.js";
@@ -17,7 +19,7 @@ const MIN_SYNC_PERIOD = 1_000;
 /** Runs `during` while an incremental apply is in flight, once. */
 class SlowBackend extends FakeBackend {
   during: (() => void) | undefined;
-  override async applyChanges(changes: RulesetDiff) {
+  override async applyChanges(changes: RulesetUpdate) {
     const applied = await super.applyChanges(changes);
     const during = this.during;
     this.during = undefined;

@@ -2,12 +2,9 @@
  * The sync loop on an injected clock, against core's FakeBackend: when it syncs, what it sends,
  * how it retries, what it reports. No real time passes and nothing sleeps.
  */
-import {
-  FakeBackend,
-  RulesetEngine,
-  type ServiceInput,
-  ToolRefusedError,
-} from "@ipvs-node-controller/core";
+
+import { FakeBackend, ToolRefusedError } from "@ipvs-node-controller/backend";
+import { RulesetEngine, type ServiceInput } from "@ipvs-node-controller/core";
 import { afterEach, describe, expect, it } from "vitest";
 import { ControllerMetrics } from "../src/metrics.js";
 import { SyncLoop, type SyncLoopOptions } from "../src/sync-loop.js";
@@ -54,7 +51,7 @@ describe("SyncLoop", () => {
     backend.calls.map((call) =>
       "error" in call
         ? `${call.method}!`
-        : `${call.method}:${typeof call.result === "boolean" ? call.result : call.result.mode}`,
+        : `${call.method}:${typeof call.result === "boolean" ? call.result : "mode" in call.result ? call.result.mode : "read"}`,
     );
 
   it("does not apply before the caches have synced, then syncs everything in full", async () => {

@@ -10,7 +10,7 @@
  * are left alone: their connections end, and a new one takes the new rules.
  */
 import { sameSources } from "./mapping.js";
-import type { IpFamily, Mapping, Ruleset, RulesetDiff } from "./types.js";
+import type { IpFamily, Mapping, MappingKey, Ruleset, RulesetDiff } from "./types.js";
 
 /** A UDP destination whose conntrack entries (original direction) must go. */
 export interface UdpDestination {
@@ -20,7 +20,7 @@ export interface UdpDestination {
   readonly port: number;
 }
 
-function destinationOf(mapping: Mapping): UdpDestination {
+function destinationOf(mapping: MappingKey): UdpDestination {
   return { family: mapping.family, ip: mapping.externalIP, port: mapping.port };
 }
 
@@ -58,7 +58,10 @@ export function staleUdpDestinations(diff: RulesetDiff): UdpDestination[] {
 
 /** Every UDP destination `ruleset` translates. */
 export function udpDestinations(ruleset: Ruleset): UdpDestination[] {
-  return ruleset.families.flatMap((family) =>
-    family.mappings.filter((mapping) => mapping.protocol === "udp").map(destinationOf),
-  );
+  return udpDestinationsOf(ruleset.families.flatMap((family) => family.mappings));
+}
+
+/** The UDP destinations among `keys`, e.g. the keys an update removes. */
+export function udpDestinationsOf(keys: readonly MappingKey[]): UdpDestination[] {
+  return keys.filter((key) => key.protocol === "udp").map(destinationOf);
 }

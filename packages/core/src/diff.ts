@@ -1,10 +1,16 @@
 /**
- * Differences between two rulesets, so a backend can send the kernel only what changed.
+ * Differences between rulesets, and between a ruleset and an update of some of its keys, so that
+ * a backend can send the kernel only what changed.
  */
 import equal from "fast-deep-equal";
-import { sameTranslation } from "./mapping.js";
 import { MappingTable } from "./mapping-table.js";
-import type { Mapping, Ruleset, RulesetDiff, RulesetSettings } from "./types.js";
+import type {
+  Ruleset,
+  RulesetChanges,
+  RulesetDiff,
+  RulesetSettings,
+  RulesetUpdate,
+} from "./types.js";
 
 /** Everything in `ruleset` except its mappings. */
 export function settingsOf(ruleset: Ruleset): RulesetSettings {
@@ -15,55 +21,31 @@ export function settingsOf(ruleset: Ruleset): RulesetSettings {
   };
 }
 
-/**
- * Compares `next` with the mappings in `previous`, keyed by (family, external IP, protocol, port).
- * `previousSettings` decides `settingsChanged`.
- */
-function diffAgainst(
-  previous: MappingTable,
-  previousSettings: RulesetSettings,
-  next: Ruleset,
-): RulesetDiff {
-  const added: Mapping[] = [];
-  const changed: { before: Mapping; after: Mapping }[] = [];
-  const kept = new Set<Mapping>();
-  for (const family of next.families) {
-    for (const mapping of family.mappings) {
-      const old = previous.get(mapping);
-      if (old === undefined) {
-        added.push(mapping);
-        continue;
-      }
-      kept.add(old);
-      if (!sameTranslation(old, mapping)) changed.push({ before: old, after: mapping });
-    }
-  }
-  const removed = [...previous.values()].filter((mapping) => !kept.has(mapping));
-  const settings = settingsOf(next);
-  return {
-    added,
-    removed,
-    changed,
-    settingsChanged: !equal(previousSettings, settings),
-    settings,
-  };
+/** Whether two settings give the same chains, sets and matches around the mappings. */
+export function sameSettings(a: RulesetSettings, b: RulesetSettings): boolean {
+  return equal(a, b);
 }
 
 /**
  * Compares two rulesets mapping by mapping, keyed by (family, external IP, protocol, port).
- * `diffRulesets(a, a)` is empty and `applyDiff(a, diffRulesets(a, b))` equals `b`.
+ * `diffRulesets(a, a)` is empty.
  */
 export function diffRulesets(previous: Ruleset, next: Ruleset): RulesetDiff {
-  return diffAgainst(MappingTable.of(previous), settingsOf(previous), next);
-}
-
-/** Compares a ruleset with the contents of a table holding a ruleset with `settings`. */
-export function diffTable(
-  previous: MappingTable,
-  previousSettings: RulesetSettings,
-  next: Ruleset,
-): RulesetDiff {
-  return diffAgainst(previous, previousSettings, next);
+  const before = MappingTable.of(previous);
+  const after = MappingTable.of(next);
+  const settings = settingsOf(next);
+  const { added, changed } = before.changesFrom({
+    settings,
+    mappings: [...after.values()],
+    removed: [],
+  });
+  return {
+    added,
+    removed: [...before.values()].filter((mapping) => after.get(mapping) === undefined),
+    changed,
+    settingsChanged: !sameSettings(settingsOf(previous), settings),
+    settings,
+  };
 }
 
 /** True when the diff changes nothing at all. */
@@ -76,7 +58,21 @@ export function isEmptyDiff(diff: RulesetDiff): boolean {
   );
 }
 
-/** Applies a diff to the ruleset it was computed from, giving the ruleset it was computed to. */
-export function applyDiff(previous: Ruleset, diff: RulesetDiff): Ruleset {
-  return MappingTable.of(previous).rulesetAfter(diff);
+/** True when `takeChanges` found nothing that could change the kernel. */
+export function isEmptyChanges(changes: RulesetChanges): boolean {
+  return !changes.settingsChanged && changes.mappings.length === 0 && changes.removed.length === 0;
+}
+
+/**
+ * The update that turns `previous` into `next`: every key whose mapping differs, with its new
+ * mapping or as removed, and `next`'s settings. What a library user who computes whole rulesets
+ * hands to `applyChanges`.
+ */
+export function updateBetween(previous: Ruleset, next: Ruleset): RulesetUpdate {
+  const diff = diffRulesets(previous, next);
+  return {
+    settings: diff.settings,
+    mappings: [...diff.added, ...diff.changed.map(({ after }) => after)],
+    removed: diff.removed,
+  };
 }

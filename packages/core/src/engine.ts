@@ -10,7 +10,7 @@
  * await backend.apply(engine.result().ruleset, { full: true }); // start-up: everything
  * engine.takeChanges(); // ...already applied: start counting from here
  * engine.setService("shop/web", updated); // a watch event
- * await backend.applyChanges(engine.takeChanges()); // only what changed
+ * await backend.applyChanges(engine.takeChanges()); // only the keys it touched
  * ```
  *
  * `computeRuleset` is this engine fed all at once: after any sequence of changes, `result()`
@@ -27,7 +27,7 @@ import {
   sameContribution,
 } from "./contribution.js";
 import { type NodeInput, type ServiceInput, sameNodeInput } from "./input.js";
-import { compareMappings, sameTranslation } from "./mapping.js";
+import { compareMappings, keyOfPort } from "./mapping.js";
 import { type DerivedSettings, deriveSettings, type NodeIPs, nodeIPsOf } from "./settings.js";
 import type {
   Conflict,
@@ -35,6 +35,7 @@ import type {
   FamilyRuleset,
   IpFamily,
   Mapping,
+  MappingKey,
   RulesetChanges,
   RulesetResult,
   RulesetSettings,
@@ -75,8 +76,7 @@ interface KeyState {
   touched: boolean;
   /** True while waiting in `reportKeys` for the next takeChanges(). */
   inReport: boolean;
-  /** What the last takeChanges() reported for this key (valid while `inReport`). */
-  reportedPublished: Mapping | undefined;
+  /** The conflict skips the last takeChanges() reported for this key (valid while `inReport`). */
   reportedConflictSkips: readonly SkippedEntry[];
 }
 
@@ -175,11 +175,6 @@ export class RulesetEngine {
     this.settingsBase = this.derived.settings;
   }
 
-  /** The resolved configuration. */
-  get configuration(): CoreConfig {
-    return this.config;
-  }
-
   /**
    * Sets the Service stored under `key` (e.g. `namespace/name`); undefined removes it. Returns
    * whether that changed anything: an update that changes nothing the core reads (a label, a
@@ -255,23 +250,17 @@ export class RulesetEngine {
     return true;
   }
 
-  /** Number of Services held. */
-  get size(): number {
-    let count = 0;
-    for (const entry of this.services.values()) if (entry.contribution !== undefined) count++;
-    return count;
-  }
-
   /**
-   * What changed since the previous call (or since construction): mappings added, removed and
-   * changed, whether the settings changed, and the skips and warnings that appeared or went.
-   * Applying the result to the previously reported ruleset gives {@link result}'s ruleset.
+   * What may have changed since the previous call (or since construction): every key a Service
+   * touched, with the mapping the desired state now holds for it (or in `removed`, none), whether
+   * the settings changed, and the skips and warnings that appeared or went. A backend measures
+   * the keys against what the kernel holds; applied to the previous {@link result}, they give the
+   * current one. O(touched keys).
    */
   takeChanges(): RulesetChanges {
     this.settle();
-    const added: Mapping[] = [];
-    const removed: Mapping[] = [];
-    const changed: { before: Mapping; after: Mapping }[] = [];
+    const mappings: Mapping[] = [];
+    const removed: MappingKey[] = [];
     const skipsAppeared: SkippedEntry[] = [];
     const skipsDisappeared: SkippedEntry[] = [];
     const compareSkips = (before: readonly SkippedEntry[], now: readonly SkippedEntry[]) => {
@@ -281,15 +270,8 @@ export class RulesetEngine {
     };
     for (const state of this.reportKeys) {
       state.inReport = false;
-      const before = state.reportedPublished;
-      const after = state.published;
-      if (before === undefined) {
-        if (after !== undefined) added.push(after);
-      } else if (after === undefined) {
-        removed.push(before);
-      } else if (!sameTranslation(before, after)) {
-        changed.push({ before, after });
-      }
+      if (state.published !== undefined) mappings.push(state.published);
+      else removed.push(keyOfPort(state.ip.family, state.ip.address, state.portKey));
       compareSkips(state.reportedConflictSkips, state.conflictSkips);
       if (state.candidates.length === 0) this.forget(state);
     }
@@ -308,9 +290,8 @@ export class RulesetEngine {
     this.settingsBase = settings;
     this.warningsBase = warnings;
     return {
-      added,
+      mappings,
       removed,
-      changed,
       settingsChanged,
       settings,
       skipsAppeared,
@@ -387,7 +368,6 @@ export class RulesetEngine {
       conflictSkips: NONE,
       touched: false,
       inReport: false,
-      reportedPublished: undefined,
       reportedConflictSkips: NONE,
     };
     // An exact-size literal for the first port of an IP, as for `candidates`.
@@ -404,7 +384,6 @@ export class RulesetEngine {
     }
     if (!state.inReport) {
       state.inReport = true;
-      state.reportedPublished = state.published;
       state.reportedConflictSkips = state.conflictSkips;
       this.reportKeys.push(state);
     }

@@ -2,7 +2,7 @@
  * @ipvs-node-controller/core — the pure rule engine of ipvs-node-controller.
  *
  * Services (+ node facts and configuration) in, an abstract NAT ruleset out, plus diffing, the
- * incremental engine, the canonical-ruleset check, the backend contract and its error vocabulary.
+ * incremental engine, the canonical-ruleset check and the comparison of what a backend reads back.
  * No I/O, no processes, no clock.
  *
  * @packageDocumentation
@@ -22,7 +22,6 @@ export {
   parseIP,
   parseSourceRange,
 } from "./address.js";
-export type { ApplyResult, Backend, CommandResult, CommandRunner } from "./backend.js";
 export { computeRuleset, type RulesetInput } from "./compute.js";
 export {
   ConfigError,
@@ -37,20 +36,21 @@ export {
   staleUdpDestinations,
   type UdpDestination,
   udpDestinations,
+  udpDestinationsOf,
 } from "./conntrack.js";
-export { applyDiff, diffRulesets, diffTable, isEmptyDiff, settingsOf } from "./diff.js";
-export { RulesetEngine, type RulesetEngineOptions, type RulesetStats } from "./engine.js";
 export {
-  BackendError,
-  InvalidRulesetError,
-  quote,
-  ToolNotStartedError,
-  ToolRefusedError,
-  ToolTimedOutError,
-} from "./errors.js";
-export { FakeBackend, type FakeBackendCall } from "./fake-backend.js";
+  diffRulesets,
+  isEmptyChanges,
+  isEmptyDiff,
+  sameSettings,
+  settingsOf,
+  updateBetween,
+} from "./diff.js";
+export { RulesetEngine, type RulesetEngineOptions, type RulesetStats } from "./engine.js";
+export { InvalidRulesetError, quote } from "./errors.js";
 export {
   type IngressInput,
+  isObject,
   type NodeAddressInput,
   type NodeInput,
   podCIDRsOf,
@@ -58,14 +58,21 @@ export {
   type ServicePortInput,
   SKIP_ANNOTATION,
   sameNodeInput,
-  sameServiceInput,
   trimNode,
   trimService,
 } from "./input.js";
-export type { LiveMapping, LiveRules } from "./live.js";
+export {
+  compareLive,
+  type LiveComparison,
+  type LiveMapping,
+  type LiveRules,
+  liveMatches,
+  ownerOf,
+  sameLiveMapping,
+} from "./live.js";
 export {
   compareMappings,
-  type MappingKeyFields,
+  keyOfPort,
   mappingKey,
   portKey,
   sameSources,
@@ -75,4 +82,4 @@ export {
 export { MappingTable } from "./mapping-table.js";
 export { type NodeIPSource, type NodeIPs, nodeIPsOf } from "./settings.js";
 export * from "./types.js";
-export { validateChanges, validateMapping, validateRuleset } from "./validate.js";
+export { validateMapping, validateRuleset, validateUpdate } from "./validate.js";

@@ -73,7 +73,8 @@ export interface NodeInput {
 
 type Loose = Record<string, unknown> | null | undefined;
 
-function isObject(value: unknown): value is Record<string, unknown> {
+/** Whether `value` is an object (of any kind but null): the one test before reading fields of data from outside. */
+export function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === "object" && value !== null;
 }
 
@@ -159,28 +160,6 @@ export function trimNode(object: unknown): NodeInput | undefined {
     if (kept.length > 0) trimmed.status = { addresses: pickEach(kept, ["type", "address"]) };
   }
   return trimmed as NodeInput;
-}
-
-function creationTime(service: ServiceInput): unknown {
-  const stamp: unknown = service.metadata?.creationTimestamp;
-  // A listed object carries a Date, a watched one the RFC 3339 text.
-  return stamp instanceof Date || typeof stamp === "string" ? new Date(stamp).getTime() : stamp;
-}
-
-/**
- * Whether two trimmed Services are the same to the core (a listed object carries its creation
- * time as a Date, a watched one as text). An update that changes nothing the core reads, such as
- * a new label or a status condition, can then be ignored.
- */
-export function sameServiceInput(a: ServiceInput, b: ServiceInput): boolean {
-  return (
-    equal(a.spec, b.spec) &&
-    equal(a.status, b.status) &&
-    a.metadata?.namespace === b.metadata?.namespace &&
-    a.metadata?.name === b.metadata?.name &&
-    equal(a.metadata?.annotations, b.metadata?.annotations) &&
-    creationTime(a) === creationTime(b)
-  );
 }
 
 /** Whether two trimmed Nodes have the same pod CIDRs and addresses. */

@@ -2,8 +2,16 @@
  * A keyed collection of mappings: what a backend last applied, kept so that a change can be
  * applied in time proportional to the change, and the whole ruleset rebuilt only when needed.
  */
-import { portKey, sortMappings } from "./mapping.js";
-import type { FamilyRuleset, Mapping, Ruleset, RulesetDiff, RulesetSettings } from "./types.js";
+import { portKey, sameTranslation, sortMappings } from "./mapping.js";
+import type {
+  FamilyRuleset,
+  Mapping,
+  MappingKey,
+  Ruleset,
+  RulesetDiff,
+  RulesetSettings,
+  RulesetUpdate,
+} from "./types.js";
 
 /**
  * Mappings by external IP, then by protocol and port. Keyed by the address strings the mappings
@@ -35,7 +43,7 @@ export class MappingTable {
   }
 
   /** The mapping with the key of `key`, if any. */
-  get(key: Pick<Mapping, "externalIP" | "protocol" | "port">): Mapping | undefined {
+  get(key: MappingKey): Mapping | undefined {
     return this.byIP.get(key.externalIP)?.get(portKey(key));
   }
 
@@ -52,7 +60,7 @@ export class MappingTable {
   }
 
   /** Removes the mapping with `key`'s key; true if there was one. */
-  delete(key: Pick<Mapping, "externalIP" | "protocol" | "port">): boolean {
+  delete(key: MappingKey): boolean {
     const ports = this.byIP.get(key.externalIP);
     if (ports === undefined || !ports.delete(portKey(key))) return false;
     if (ports.size === 0) this.byIP.delete(key.externalIP);
@@ -68,13 +76,35 @@ export class MappingTable {
   }
 
   /**
-   * The ruleset these mappings make once `diff` is applied, with the diff's settings; this table
-   * stays as it is. What a backend rebuilds from when a change must become a full sync.
+   * What `update` changes in this table: the mappings it adds, removes and changes, measured
+   * against what the table holds (a key the update mentions but leaves as it is changes
+   * nothing). O(keys in the update).
    */
-  rulesetAfter(diff: RulesetDiff): Ruleset {
+  changesFrom(update: RulesetUpdate): Pick<RulesetDiff, "added" | "removed" | "changed"> {
+    const added: Mapping[] = [];
+    const removed: Mapping[] = [];
+    const changed: { before: Mapping; after: Mapping }[] = [];
+    for (const key of update.removed) {
+      const before = this.get(key);
+      if (before !== undefined) removed.push(before);
+    }
+    for (const after of update.mappings) {
+      const before = this.get(after);
+      if (before === undefined) added.push(after);
+      else if (!sameTranslation(before, after)) changed.push({ before, after });
+    }
+    return { added, removed, changed };
+  }
+
+  /**
+   * The ruleset these mappings make once `update` is applied, with its settings; this table stays
+   * as it is. What a backend rebuilds from when a change must become a full sync.
+   */
+  rulesetAfter(update: RulesetUpdate): Ruleset {
     const next = this.clone();
-    next.apply(diff);
-    return next.toRuleset(diff.settings);
+    for (const key of update.removed) next.delete(key);
+    for (const mapping of update.mappings) next.put(mapping);
+    return next.toRuleset(update.settings);
   }
 
   /** Every mapping, in no particular order. */

@@ -2,18 +2,10 @@
  * Identity and order of mappings, shared by the engine, the diff and the backends.
  */
 import { parseIP } from "./address.js";
-import type { IpFamily, L4Protocol, Mapping } from "./types.js";
-
-/** The fields that identify a mapping: two mappings with the same key cannot both be in the kernel. */
-export interface MappingKeyFields {
-  readonly family: IpFamily;
-  readonly externalIP: string;
-  readonly protocol: L4Protocol;
-  readonly port: number;
-}
+import type { IpFamily, L4Protocol, Mapping, MappingKey } from "./types.js";
 
 /** `family|externalIP|protocol|port`: the identity of a mapping (its cluster IP and owner may change). */
-export function mappingKey(mapping: MappingKeyFields): string {
+export function mappingKey(mapping: MappingKey): string {
   return `${mapping.family}|${mapping.externalIP}|${mapping.protocol}|${mapping.port}`;
 }
 
@@ -21,8 +13,20 @@ export function mappingKey(mapping: MappingKeyFields): string {
 const PROTOCOL_RANK: Readonly<Record<L4Protocol, number>> = { sctp: 0, tcp: 1, udp: 2 };
 
 /** (protocol, port) as one number that sorts in canonical order: unique per external IP. */
-export function portKey(mapping: Pick<MappingKeyFields, "protocol" | "port">): number {
+export function portKey(mapping: Pick<MappingKey, "protocol" | "port">): number {
   return PROTOCOL_RANK[mapping.protocol] * 65536 + mapping.port;
+}
+
+const PROTOCOL_OF_RANK: readonly L4Protocol[] = ["sctp", "tcp", "udp"];
+
+/** The key of a mapping from its family, external IP and {@link portKey}. */
+export function keyOfPort(family: IpFamily, externalIP: string, key: number): MappingKey {
+  return {
+    family,
+    externalIP,
+    protocol: PROTOCOL_OF_RANK[Math.floor(key / 65536)] as L4Protocol,
+    port: key % 65536,
+  };
 }
 
 function addressSortKey(address: string): string {
@@ -31,7 +35,7 @@ function addressSortKey(address: string): string {
 }
 
 /** Canonical order: family (IPv4 first), external IP numerically, protocol, port. */
-export function compareMappings(a: MappingKeyFields, b: MappingKeyFields): number {
+export function compareMappings(a: MappingKey, b: MappingKey): number {
   if (a.family !== b.family) return a.family < b.family ? -1 : 1;
   if (a.externalIP !== b.externalIP) {
     return addressSortKey(a.externalIP) < addressSortKey(b.externalIP) ? -1 : 1;

@@ -213,22 +213,40 @@ export interface RulesetResult {
 export interface RulesetDiff {
   readonly added: readonly Mapping[];
   readonly removed: readonly Mapping[];
-  /** Same key, different cluster IP or owner. */
+  /** Same key, different cluster IP, owner or admitted sources. */
   readonly changed: readonly { readonly before: Mapping; readonly after: Mapping }[];
   /**
    * True when anything other than mappings differs (mark, families, local-pod matching):
    * such a change cannot be applied element by element and needs a full sync.
    */
   readonly settingsChanged: boolean;
-  /** The next ruleset's settings, so the diff alone can rebuild it (see `applyDiff`). */
+  /** The next ruleset's settings. */
   readonly settings: RulesetSettings;
 }
 
+/** The fields that identify a mapping: one key, one mapping in the kernel. */
+export type MappingKey = Pick<Mapping, "family" | "externalIP" | "protocol" | "port">;
+
 /**
- * What `RulesetEngine.takeChanges` reports: the diff since the previous call, plus the skips and
- * warnings that appeared or went away, so that each is logged once.
+ * What the desired state now says about the keys that may have changed, and its settings: a
+ * backend measures it against what the kernel holds, so a key whose desired mapping is already
+ * there costs nothing, and no copy of what was applied is needed anywhere else.
  */
-export interface RulesetChanges extends RulesetDiff {
+export interface RulesetUpdate {
+  readonly settings: RulesetSettings;
+  /** The desired mapping of each touched key that has one. */
+  readonly mappings: readonly Mapping[];
+  /** Touched keys the desired state has no mapping for (any more). */
+  readonly removed: readonly MappingKey[];
+}
+
+/**
+ * What `RulesetEngine.takeChanges` reports: the keys touched since the previous call with what
+ * they hold now, whether the settings changed, and the skips and warnings that appeared or went
+ * away, so that each is logged once.
+ */
+export interface RulesetChanges extends RulesetUpdate {
+  readonly settingsChanged: boolean;
   readonly skipsAppeared: readonly SkippedEntry[];
   readonly skipsDisappeared: readonly SkippedEntry[];
   readonly warningsAppeared: readonly string[];

@@ -19,19 +19,14 @@ import {
 import { validateInterfaceName } from "./config.js";
 import { DNS_LABEL } from "./contribution.js";
 import { InvalidRulesetError, quote } from "./errors.js";
+import { isObject } from "./input.js";
 import { mappingKey } from "./mapping.js";
-import type { IpFamily, Mapping, Ruleset, RulesetDiff, RulesetSettings } from "./types.js";
+import type { IpFamily, Mapping, Ruleset, RulesetSettings, RulesetUpdate } from "./types.js";
 
 const PROTOCOLS: ReadonlySet<unknown> = new Set(["tcp", "udp", "sctp"]);
-/** A change may remove mappings of a family that is no longer enabled. */
-const ANY_FAMILY: ReadonlySet<IpFamily> = new Set(["ipv4", "ipv6"]);
 
 function invalid(field: string, problem: string): never {
   throw new InvalidRulesetError(field, problem);
-}
-
-function isObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null;
 }
 
 function checkAddress(
@@ -200,30 +195,40 @@ export function validateRuleset(ruleset: Ruleset): void {
   });
 }
 
+/** Checks the fields that identify a mapping: a known family, a canonical address, protocol, port. */
+function checkKey(field: string, key: unknown): void {
+  if (!isObject(key)) invalid(field, "is not an object");
+  const family = key.family;
+  if (family !== "ipv4" && family !== "ipv6") {
+    invalid(`${field}.family`, `${quote(family)} is not ipv4 or ipv6`);
+  }
+  checkAddress(`${field}.externalIP`, key.externalIP, family, parseExternalIP);
+  if (!PROTOCOLS.has(key.protocol)) {
+    invalid(`${field}.protocol`, `${quote(key.protocol)} is not tcp, udp or sctp`);
+  }
+  const port: unknown = key.port;
+  if (typeof port !== "number" || !Number.isInteger(port) || port < 1 || port > 65535) {
+    invalid(`${field}.port`, `${quote(port)} is not a port (1-65535)`);
+  }
+}
+
 /**
- * Checks a change before it is applied: the next settings, and every mapping it adds, removes or
- * changes. O(changed mappings), whatever the size of the ruleset it applies to.
+ * Checks an update before it is applied: the next settings, every mapping it holds (of an enabled
+ * family) and every key it removes (of any family: a family that is no longer enabled may still
+ * have mappings to remove). O(keys in the update), whatever the size of the ruleset it applies to.
  */
-export function validateChanges(diff: RulesetDiff): void {
-  if (!isObject(diff)) invalid("changes", "is not an object");
-  checkSettings(diff.settings);
-  const families = new Set(diff.settings.families.map(({ family }) => family));
+export function validateUpdate(update: RulesetUpdate): void {
+  if (!isObject(update)) invalid("update", "is not an object");
+  checkSettings(update.settings);
+  const families = new Set(update.settings.families.map(({ family }) => family));
   const list = (field: string, value: unknown): readonly unknown[] => {
     if (!Array.isArray(value)) invalid(field, "is not an array");
     return value;
   };
-  list("removed", diff.removed).forEach((mapping, index) => {
-    validateMapping(`removed[${index}]`, mapping as Mapping, ANY_FAMILY);
+  list("removed", update.removed).forEach((key, index) => {
+    checkKey(`removed[${index}]`, key);
   });
-  list("added", diff.added).forEach((mapping, index) => {
-    validateMapping(`added[${index}]`, mapping as Mapping, families);
-  });
-  list("changed", diff.changed).forEach((pair, index) => {
-    if (!isObject(pair)) invalid(`changed[${index}]`, "is not an object");
-    validateMapping(`changed[${index}].before`, pair.before as Mapping, ANY_FAMILY);
-    validateMapping(`changed[${index}].after`, pair.after as Mapping, families);
-    if (mappingKey(pair.before as Mapping) !== mappingKey(pair.after as Mapping)) {
-      invalid(`changed[${index}]`, "changes the key of a mapping");
-    }
+  list("mappings", update.mappings).forEach((mapping, index) => {
+    validateMapping(`mappings[${index}]`, mapping as Mapping, families);
   });
 }

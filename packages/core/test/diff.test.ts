@@ -1,5 +1,13 @@
 import { describe, expect, it } from "vitest";
-import { computeRuleset, diffRulesets, isEmptyDiff } from "../src/index.js";
+import {
+  computeRuleset,
+  diffRulesets,
+  isEmptyDiff,
+  type Mapping,
+  MappingTable,
+  settingsOf,
+  updateBetween,
+} from "../src/index.js";
 import { lbService } from "./fixtures.js";
 
 const web = lbService({ name: "web", ingress: [{ ip: "192.0.2.1" }], clusterIP: "10.96.0.1" });
@@ -59,5 +67,42 @@ describe("diffRulesets", () => {
 
   it("is empty for equal rulesets", () => {
     expect(isEmptyDiff(diffRulesets(rulesetOf(web, dns), rulesetOf(dns, web)))).toBe(true);
+  });
+});
+
+describe("MappingTable.changesFrom: an update measured against what a backend applied", () => {
+  const applied = MappingTable.of(rulesetOf(web, dns));
+  const [webMapping, dnsMapping] = [...applied.values()] as [Mapping, Mapping];
+  const settings = settingsOf(rulesetOf(web));
+
+  it("changes nothing for keys that already hold what the update says, or are not there to remove", () => {
+    expect(
+      applied.changesFrom({
+        settings,
+        mappings: [webMapping],
+        removed: [{ family: "ipv4", externalIP: "192.0.2.99", protocol: "tcp", port: 80 }],
+      }),
+    ).toEqual({ added: [], removed: [], changed: [] });
+  });
+
+  it("removes what the table holds, whatever the update's idea of it", () => {
+    const { removed } = applied.changesFrom({ settings, mappings: [], removed: [dnsMapping] });
+    expect(removed).toEqual([dnsMapping]);
+  });
+
+  it("changes a key whose sources differ, and adds a new one", () => {
+    const restricted = { ...webMapping, allowedSources: ["10.0.0.0/8"] };
+    const added = { ...webMapping, port: 8080 };
+    expect(applied.changesFrom({ settings, mappings: [restricted, added], removed: [] })).toEqual({
+      added: [added],
+      removed: [],
+      changed: [{ before: webMapping, after: restricted }],
+    });
+  });
+
+  it("gives back, applied, the ruleset an update between two rulesets leads to", () => {
+    const before = rulesetOf(web, dns);
+    const after = rulesetOf(dns);
+    expect(MappingTable.of(before).rulesetAfter(updateBetween(before, after))).toEqual(after);
   });
 });

@@ -222,11 +222,11 @@ describe("the engine follows the node's IPs", () => {
     engine.takeChanges();
     expect(engine.setNode(nodeWith({ internalIPs: ["198.51.100.2"] }))).toBe(true);
     const changes = engine.takeChanges();
-    expect(changes.added).toEqual([]);
+    // Only the restricted Service's key is touched, with its new sources.
     expect(changes.removed).toEqual([]);
-    expect(
-      changes.changed.map(({ before, after }) => [before.allowedSources, after.allowedSources]),
-    ).toEqual([[["198.51.100.0/24"], ["192.0.2.10/32", "198.51.100.0/24"]]]);
+    expect(changes.mappings.map((m) => [m.externalIP, m.allowedSources])).toEqual([
+      ["192.0.2.10", ["192.0.2.10/32", "198.51.100.0/24"]],
+    ]);
     expect(engine.result().ruleset).toEqual(
       computeRuleset({
         services: [

@@ -5,8 +5,8 @@ import {
   InvalidRulesetError,
   type Mapping,
   type Ruleset,
-  validateChanges,
   validateRuleset,
+  validateUpdate,
 } from "../src/index.js";
 
 function mapping(fields: Partial<Mapping> & Pick<Mapping, "externalIP" | "clusterIP">): Mapping {
@@ -175,51 +175,58 @@ describe("validateRuleset and the owners that reach rule comments", () => {
   });
 });
 
-describe("validateChanges", () => {
+describe("validateUpdate", () => {
   const settings = {
     masqueradeMark: 0x4000,
     markPodTraffic: false,
     families: ruleset([]).families.map(({ family, localPods }) => ({ family, localPods })),
   };
-  const change = (fields: Record<string, unknown>) =>
-    ({ added: [], removed: [], changed: [], settingsChanged: false, settings, ...fields }) as never;
+  const update = (fields: Record<string, unknown>) =>
+    ({ mappings: [], removed: [], settings, ...fields }) as never;
+  const key = { family: "ipv4", externalIP: "203.0.113.10", protocol: "tcp", port: 80 };
 
-  it("accepts a well-formed change", () => {
+  it("accepts a well-formed update", () => {
     expect(() =>
-      validateChanges(
-        change({
-          added: [web],
-          changed: [{ before: web, after: { ...web, clusterIP: "10.96.0.9" } }],
-        }),
-      ),
+      validateUpdate(update({ mappings: [web], removed: [{ ...key, port: 81 }] })),
     ).not.toThrow();
   });
 
   it.each([
     [
-      "an added mapping with a bad address",
-      { added: [{ ...web, externalIP: "203.0.113.010" }] },
-      /added\[0\]\.externalIP/,
+      "a mapping with a bad address",
+      { mappings: [{ ...web, externalIP: "203.0.113.010" }] },
+      /mappings\[0\]\.externalIP/,
+    ],
+    ["a removed key with a bad port", { removed: [{ ...key, port: -1 }] }, /removed\[0\]\.port/],
+    [
+      "a removed key with a hostile address",
+      { removed: [{ ...key, externalIP: '1.2.3.4"; flush ruleset' }] },
+      /removed\[0\]\.externalIP/,
     ],
     [
-      "a removed mapping with a bad port",
-      { removed: [{ ...web, port: -1 }] },
-      /removed\[0\]\.port/,
+      "a mapping of a family that is not enabled",
+      { mappings: [web], settings: { ...settings, families: settings.families.slice(1) } },
+      /mappings\[0\]\.family "ipv4" is not an enabled family/,
     ],
     [
-      "a change that moves the key",
-      { changed: [{ before: web, after: { ...web, port: 81 } }] },
-      /changed\[0\] changes the key/,
+      "restricted sources out of order",
+      { mappings: [{ ...web, allowedSources: ["10.1.0.0/16", "10.0.0.0/16"] }] },
+      /allowedSources\[1\].*out of address order/,
     ],
     [
-      "an added mapping of a family that is not enabled",
-      { added: [web], settings: { ...settings, families: settings.families.slice(1) } },
-      /added\[0\]\.family "ipv4" is not an enabled family/,
+      "restricted sources inside another",
+      { mappings: [{ ...web, allowedSources: ["10.0.0.0/8", "10.1.0.0/16"] }] },
+      /allowedSources\[1\].*inside the CIDR before it/,
+    ],
+    [
+      "an empty restriction",
+      { mappings: [{ ...web, allowedSources: [] }] },
+      /allowedSources is empty/,
     ],
     ["bad settings", { settings: { ...settings, masqueradeMark: 0 } }, /masqueradeMark 0/],
   ])("refuses %s", (_name, fields, message) => {
-    expect(() => validateChanges(change(fields))).toThrow(InvalidRulesetError);
-    expect(() => validateChanges(change(fields))).toThrow(message);
+    expect(() => validateUpdate(update(fields))).toThrow(InvalidRulesetError);
+    expect(() => validateUpdate(update(fields))).toThrow(message);
   });
 });
 

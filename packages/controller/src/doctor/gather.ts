@@ -4,10 +4,10 @@
  * reads: nothing here changes the kernel or the cluster.
  */
 import { release } from "node:os";
-import { readIptablesLiveRules } from "@ipvs-node-controller/backend-iptables";
-import { readNftLiveRules } from "@ipvs-node-controller/backend-nft";
+import { type CommandRunner, ToolNotStartedError } from "@ipvs-node-controller/backend";
+import { createIptablesBackend } from "@ipvs-node-controller/backend-iptables";
+import { createNftBackend } from "@ipvs-node-controller/backend-nft";
 import {
-  type CommandRunner,
   type CoreConfig,
   computeRuleset,
   type LiveRules,
@@ -15,7 +15,6 @@ import {
   type RulesetSettings,
   type ServiceInput,
   settingsOf,
-  ToolNotStartedError,
   trimNode,
   trimService,
 } from "@ipvs-node-controller/core";
@@ -209,22 +208,22 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
     network = { ok: false, error: (error as Error).message.split("\n")[0] ?? "" };
   }
 
+  // The backends' own read-back: the comparison their periodic verify makes.
   const nft = await readLive(() =>
-    readNftLiveRules({ nftPath: backendFlags.nftPath, runner }, settings),
+    createNftBackend({ nftPath: backendFlags.nftPath, runner }).read(settings),
   );
-  const iptables = await readLive(() =>
-    readIptablesLiveRules(
-      { mode: backendFlags.iptablesMode, binDir: backendFlags.iptablesBinDir, runner },
-      settings,
-    ),
-  );
-  const iptablesVariant: DoctorFacts["iptablesVariant"] = iptables.ok
-    ? {
-        ok: true,
-        variant: iptables.rules.variant,
-        reason: iptables.rules.detection?.reason ?? "forced by --iptables-mode",
-      }
-    : { ok: false, error: iptables.error };
+  const iptablesBackend = createIptablesBackend({
+    mode: backendFlags.iptablesMode,
+    binDir: backendFlags.iptablesBinDir,
+    runner,
+  });
+  const iptables = await readLive(() => iptablesBackend.read(settings));
+  let iptablesVariant: DoctorFacts["iptablesVariant"];
+  try {
+    iptablesVariant = { ok: true, ...(await iptablesBackend.detection()) };
+  } catch (error) {
+    iptablesVariant = { ok: false, error: iptables.ok ? (error as Error).message : iptables.error };
+  }
 
   const facts: Omit<DoctorFacts, "probes"> = {
     source: inputs.source,

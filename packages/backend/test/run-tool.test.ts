@@ -1,9 +1,14 @@
 import { chmodSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { ToolNotStartedError, ToolTimedOutError } from "@ipvs-node-controller/core";
 import { afterAll, describe, expect, it } from "vitest";
-import { createToolRunner, runTool, SerialQueue } from "../src/index.js";
+import {
+  createToolRunner,
+  runTool,
+  SerialQueue,
+  ToolNotStartedError,
+  ToolTimedOutError,
+} from "../src/index.js";
 
 const scratch = mkdtempSync(join(tmpdir(), "exec-test-"));
 afterAll(() => rmSync(scratch, { recursive: true, force: true }));

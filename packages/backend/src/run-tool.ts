@@ -5,12 +5,27 @@
 import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import {
-  type CommandRunner,
-  ToolNotStartedError,
-  ToolTimedOutError,
-} from "@ipvs-node-controller/core";
 import { execa } from "execa";
+import { ToolNotStartedError, ToolTimedOutError } from "./errors.js";
+
+/** What a finished process reported. A non-zero `exitCode` is returned, not thrown. */
+export interface CommandResult {
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly exitCode: number;
+}
+
+/**
+ * Runs one program with an argument array (never a shell), optionally feeding `input` on stdin.
+ * Returns non-zero exits; throws `ToolNotStartedError` when the program cannot be started and
+ * `ToolTimedOutError` when it had to be killed. Backends take one so that callers choose how
+ * processes are started, e.g. inside another network namespace with `ip netns exec NAME` in tests.
+ */
+export type CommandRunner = (
+  file: string,
+  args: readonly string[],
+  options?: { readonly input?: string },
+) => Promise<CommandResult>;
 
 /** Options of {@link createToolRunner}. */
 export interface ToolRunnerOptions {
