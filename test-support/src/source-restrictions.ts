@@ -5,7 +5,13 @@
  * node. Each LB IP is bound on the node's `lo` with nothing listening, and its cluster IP answers:
  * a connection is answered exactly when it was translated.
  */
-import type { IpFamily, Mapping } from "@ipvs-node-controller/core";
+import type { Backend } from "@ipvs-node-controller/backend";
+import {
+  type IpFamily,
+  type Mapping,
+  type Ruleset,
+  updateBetween,
+} from "@ipvs-node-controller/core";
 import { ADDRESS_PLAN, type Host, type Topology } from "./netns.js";
 
 /** One restricted (or open) LoadBalancer IP of the scenario. */
@@ -128,4 +134,65 @@ export async function reachedHosts(
     reached[host] = result.ok && result.reply === `${restriction.name}/${restriction.family}`;
   }
   return reached;
+}
+
+/** One step of {@link walkRestrictionSteps}: every case's mapping, and who must reach "pods". */
+export interface RestrictionStep {
+  readonly name: string;
+  readonly mappings: readonly Mapping[];
+  readonly answered: Readonly<Record<Host, boolean>>;
+}
+
+/**
+ * The IPv4 "pods" case narrowed so that the pod (10.244.1.2, outside the upper half of its CIDR)
+ * is no longer admitted, then opened to every source, then restricted as before; the other cases
+ * stay as they are.
+ */
+export function restrictionSteps(): RestrictionStep[] {
+  const pods = RESTRICTION_CASES.find((c) => c.name === "pods" && c.family === "ipv4");
+  if (pods === undefined) throw new Error("no IPv4 pods case");
+  const all = RESTRICTION_CASES.map((c) => restrictionMapping(c));
+  const replace = (mapping: Mapping) => all.map((m) => (m.externalIP === pods.lb ? mapping : m));
+  return [
+    {
+      name: "narrowed",
+      mappings: replace(restrictionMapping(pods, { allowedSources: ["10.244.1.128/25"] })),
+      answered: { pod: false, node: false, remote: false },
+    },
+    {
+      name: "opened",
+      mappings: replace(restrictionMapping(pods, {})),
+      answered: { pod: true, node: true, remote: false },
+    },
+    { name: "restricted again", mappings: all, answered: pods.answered },
+  ];
+}
+
+/**
+ * Takes `backend`, which holds every case as `RESTRICTION_CASES` has it, through
+ * {@link restrictionSteps}, each as an update of the previous step, and says for each step how it
+ * was applied, whether a verify agreed, and who reached the "pods" LB IP.
+ */
+export async function walkRestrictionSteps(
+  topology: Topology,
+  backend: Backend,
+  toRuleset: (mappings: readonly Mapping[]) => Ruleset,
+): Promise<{ name: string; mode: string; verified: boolean; reached: Record<Host, boolean> }[]> {
+  const pods = RESTRICTION_CASES.find(
+    (c) => c.name === "pods" && c.family === "ipv4",
+  ) as RestrictionCase;
+  let previous = toRuleset(RESTRICTION_CASES.map((c) => restrictionMapping(c)));
+  const walked = [];
+  for (const step of restrictionSteps()) {
+    const next = toRuleset(step.mappings);
+    const { mode } = await backend.applyChanges(updateBetween(previous, next));
+    walked.push({
+      name: step.name,
+      mode,
+      verified: await backend.verify(next),
+      reached: await reachedHosts(topology, pods),
+    });
+    previous = next;
+  }
+  return walked;
 }
