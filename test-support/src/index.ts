@@ -1,3 +1,4 @@
+export * from "./debian-tools.js";
 export * from "./envtest.js";
 export * from "./eventually.js";
 export * from "./heap.js";
@@ -6,6 +7,8 @@ export * from "./hostile-services.js";
 export * from "./http.js";
 export * from "./kube-proxy.js";
 export * from "./netns.js";
+export * from "./prometheus-operator.js";
+export * from "./registry.js";
 export * from "./runner.js";
 export * from "./service-churn.js";
 export * from "./snapshot.js";
