@@ -3,12 +3,20 @@
  * `scripts/image.sh` (which installs and starts Docker Engine, and builds base images, where they
  * are missing).
  */
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { envtestTestsEnabled, kernelTestsEnabled } from "@ipvs-node-controller/test-support";
 import { execa } from "execa";
 
 const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 export const IMAGE_SCRIPT = `${REPO_ROOT}scripts/image.sh`;
+
+/** The controller package's version: the image's tag. */
+export const PACKAGE_VERSION = (
+  JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as {
+    version: string;
+  }
+).version;
 
 /** Why Docker cannot run here at all, or undefined when it can (image.sh may install it). */
 async function dockerUnavailable(): Promise<string | undefined> {
@@ -99,4 +107,30 @@ export async function removeStaleContainers(): Promise<void> {
     }
   });
   if (stale.length > 0) await docker(["rm", "--force", ...stale]);
+}
+
+/**
+ * Starts a "node": a long-lived container of `image` holding a network namespace (`--network
+ * none`) for a topology to be built around; returns its first process's id.
+ */
+export async function startNodeContainer(
+  image: string,
+  name: string,
+  runArgs: readonly string[] = [],
+): Promise<number> {
+  await docker([
+    "run",
+    "--detach",
+    `--name=${name}`,
+    ...runArgs,
+    "--network=none",
+    // A node has IPv6, which Docker turns off in a container without an IPv6 network.
+    "--sysctl=net.ipv6.conf.all.disable_ipv6=0",
+    "--sysctl=net.ipv6.conf.default.disable_ipv6=0",
+    "--cap-drop=ALL",
+    "--entrypoint=sleep",
+    image,
+    "infinity",
+  ]);
+  return Number(await docker(["inspect", "--format={{.State.Pid}}", name]));
 }

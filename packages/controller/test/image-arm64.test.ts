@@ -13,7 +13,7 @@
  * `--iptables-bin-dir` (wrappers that start them with this machine's dynamic loader), on a node
  * network namespace with real traffic checked as in image.test.ts.
  */
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -32,15 +32,13 @@ import {
   docker,
   imageTestsEnabled,
   mib,
+  PACKAGE_VERSION,
   removeStaleContainers,
+  startNodeContainer,
 } from "./docker.js";
+import { loadBalancerService } from "./node-fixture.js";
 
 const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
-const PACKAGE_VERSION = (
-  JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as {
-    version: string;
-  }
-).version;
 
 const LB_IP = "192.0.2.10";
 const CLUSTER_IP = "10.96.0.10";
@@ -75,15 +73,7 @@ describe.skipIf(!enabled)("the arm64 image under emulation", () => {
     kind: "List",
     items: [
       {
-        apiVersion: "v1",
-        kind: "Service",
-        metadata: { namespace: "default", name: "web" },
-        spec: {
-          type: "LoadBalancer",
-          externalTrafficPolicy: "Local",
-          clusterIP: CLUSTER_IP,
-          ports: [{ port: 80, protocol: "TCP" }],
-        },
+        ...loadBalancerService("web", CLUSTER_IP),
         status: { loadBalancer: { ingress: [{ ip: LB_IP }] } },
       },
     ],
@@ -146,21 +136,7 @@ describe.skipIf(!enabled)("the arm64 image under emulation", () => {
 
     node = containerName("arm64-node");
     containers.push(node);
-    await docker([
-      "run",
-      "--detach",
-      "--platform=linux/arm64",
-      `--name=${node}`,
-      "--network=none",
-      // The topology gives the node IPv6 addresses, which Docker turns off without an IPv6 network.
-      "--sysctl=net.ipv6.conf.all.disable_ipv6=0",
-      "--sysctl=net.ipv6.conf.default.disable_ipv6=0",
-      "--cap-drop=ALL",
-      "--entrypoint=sleep",
-      image,
-      "infinity",
-    ]);
-    const pid = Number(await docker(["inspect", "--format={{.State.Pid}}", node]));
+    const pid = await startNodeContainer(image, node, ["--platform=linux/arm64"]);
     topology = await createTopology({ prefix: "arm", nodePid: pid });
     await topology.addNodeAddresses([LB_IP, CLUSTER_IP]);
     await topology.listen([{ ip: CLUSTER_IP, port: 80, protocol: "tcp", reply: "web" }]);

@@ -34,7 +34,9 @@ import {
   imageTestsEnabled,
   mib,
   containerName as name,
+  PACKAGE_VERSION,
   removeStaleContainers,
+  startNodeContainer,
   tail,
 } from "./docker.js";
 import {
@@ -49,11 +51,6 @@ import {
 const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
 const DEPLOY_DIR = `${REPO_ROOT}deploy`;
 const COMMITTED_MANIFEST = readFileSync(`${DEPLOY_DIR}/ipvs-node-controller.yaml`, "utf8");
-const PACKAGE_VERSION = (
-  JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as {
-    version: string;
-  }
-).version;
 
 const NODE_NAME = "node-a";
 const LB_IP = "192.0.2.10";
@@ -209,20 +206,7 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
   async function startNode(label: string): Promise<Node> {
     const container = name(`${label}-node`);
     containers.push(container);
-    await docker([
-      "run",
-      "--detach",
-      `--name=${container}`,
-      "--network=none",
-      // A node has IPv6, which Docker turns off in a container without an IPv6 network.
-      "--sysctl=net.ipv6.conf.all.disable_ipv6=0",
-      "--sysctl=net.ipv6.conf.default.disable_ipv6=0",
-      "--cap-drop=ALL",
-      "--entrypoint=sleep",
-      image,
-      "infinity",
-    ]);
-    const pid = Number(await docker(["inspect", "--format={{.State.Pid}}", container]));
+    const pid = await startNodeContainer(image, container);
     const topology = await createTopology({ prefix: `img${label}`, nodePid: pid });
     const bridge = await bridgeIntoNamespace(topology.namespaces.node, {
       host: "127.0.0.1",
