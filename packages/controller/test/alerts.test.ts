@@ -45,8 +45,12 @@ const CHART_DIR = fileURLToPath(
 const SCALE = 30;
 const SCRAPE_MS = 500;
 const STEP_SECONDS = (SCRAPE_MS / 1000) * SCALE;
-/** Phases last long enough for every `for:` (10m at most, i.e. 20 s here) with room to spare. */
-const HOLD_MS = 25_000;
+/**
+ * Phases last long enough for every `for:` (10m at most, i.e. 20 s here) with room to spare: one
+ * scrape that a busy machine lets fail marks the series stale and starts a `for:` again, as in
+ * Prometheus.
+ */
+const HOLD_MS = 35_000;
 const METRICS_PORT = 10266;
 const HEALTH_PORT = 10267;
 const TABLE = "ipvs-node-controller";
@@ -96,12 +100,13 @@ interface Scrape {
 }
 
 // Runs in the node's namespace for the whole suite: a scrape of both endpoints every SCRAPE_MS,
-// one JSON line each, whichever controller process is up.
+// one JSON line each, whichever controller process is up. A slow answer (a busy machine) is
+// waited for, as Prometheus waits up to its scrape timeout; lines may then come out of order.
 const SCRAPER = `
 const [metricsUrl, healthUrl, interval] = process.argv.slice(1);
 const get = async (url) => {
   try {
-    const response = await fetch(url, { signal: AbortSignal.timeout(Number(interval) - 50) });
+    const response = await fetch(url, { signal: AbortSignal.timeout(4 * Number(interval)) });
     return { status: response.status, body: await response.text() };
   } catch {
     return { status: 0, body: "" };
@@ -333,7 +338,12 @@ describe.skipIf(!enabled)("alert rules against a real controller's metrics", () 
       pending += chunk.toString("utf8");
       const lines = pending.split("\n");
       pending = lines.pop() ?? "";
-      for (const line of lines) scrapes.push(JSON.parse(line) as Scrape);
+      for (const line of lines) {
+        const scrape = JSON.parse(line) as Scrape;
+        let at = scrapes.length;
+        while (at > 0 && (scrapes[at - 1]?.at ?? 0) > scrape.at) at--;
+        scrapes.splice(at, 0, scrape);
+      }
     });
     standIn = kubeletStandIn();
   }, 300_000);
@@ -351,7 +361,9 @@ describe.skipIf(!enabled)("alert rules against a real controller's metrics", () 
   it("healthy: no alert", async () => {
     await until("a few scrapes", () => scrapes.length >= 4);
     await hold();
-    expect(scrapes.every((scrape) => scrape.healthz === 200)).toBe(true);
+    // The controller's own verdict: never unhealthy (a scrape the busy machine let time out
+    // says nothing).
+    expect(scrapes.filter((scrape) => scrape.healthz === 503)).toEqual([]);
     checkpoint(Object.fromEntries(ALERTS.map((alert) => [alert, []])));
   }, 120_000);
 
