@@ -1,11 +1,24 @@
-# Shared by the scripts that build and cache test binaries (envtest-build.sh, helm-build.sh) and
-# by render-deploy.sh. Source it after `set -euo pipefail` and after setting SCRIPT_NAME.
+# Shared by the repository's scripts. Source it after `set -euo pipefail` and after setting
+# SCRIPT_NAME.
 
 # Progress and errors go to stderr, prefixed with the script's name; stdout carries the result.
 log() { printf '%s: %s\n' "${SCRIPT_NAME}" "$*" >&2; }
 die() {
   log "error: $*"
   exit 1
+}
+
+# Installs Debian packages (root only). Explicit checks rather than errexit: callers write
+# `command -v x || apt_install x`, where bash ignores errexit. apt waits for the package database
+# while another apt or dpkg holds it.
+apt_install() {
+  [[ "$(id -u)" == 0 ]] || die "installing $* needs root; run as root or install it first"
+  log "installing Debian packages: $*"
+  export DEBIAN_FRONTEND=noninteractive
+  local wait=(-o DPkg::Lock::Timeout=600)
+  apt-get "${wait[@]}" update -qq >&2 || die "apt-get update failed"
+  apt-get "${wait[@]}" install -y -qq --no-install-recommends "$@" >/dev/null ||
+    die "installing $* failed"
 }
 
 # Sets check_only=true for `--check`, false for no argument; anything else is a usage error.

@@ -377,8 +377,8 @@ export async function startTestApiServer(
   }
 }
 
-/** Sends SIGTERM, then SIGKILL after a grace period; resolves once the process is gone. */
-async function terminate(child: ResultPromise | undefined): Promise<void> {
+/** Stops a child process: SIGTERM, then SIGKILL after a grace period; resolves once it is gone. */
+export async function terminate(child: ResultPromise | undefined): Promise<void> {
   if (!child || child.exitCode !== null || child.signalCode !== null) return;
   child.kill("SIGTERM");
   const timer = setTimeout(() => child.kill("SIGKILL"), STOP_GRACE_MS);
@@ -438,7 +438,7 @@ async function isReady(serverUrl: string, caFile: string, token: string): Promis
 }
 
 /** A port that was free a moment ago on `host` (the kernel picks it). */
-async function freePort(host: string): Promise<number> {
+export async function freePort(host: string): Promise<number> {
   return new Promise((done, fail) => {
     const server = createServer();
     server.once("error", fail);

@@ -1,3 +1,4 @@
+export * from "./debian-tools.js";
 export * from "./envtest.js";
 export * from "./eventually.js";
 export * from "./fake-nft.js";
@@ -8,6 +9,8 @@ export * from "./http.js";
 export * from "./ipvs-mode.js";
 export * from "./kube-proxy.js";
 export * from "./netns.js";
+export * from "./prometheus-operator.js";
+export * from "./registry.js";
 export * from "./runner.js";
 export * from "./service-churn.js";
 export * from "./snapshot.js";

@@ -471,6 +471,70 @@ describe.skipIf(!helmBinary)("the Helm chart", { timeout: 30_000 }, () => {
           expect(container(daemonSet).args).toContain("--metrics-bind-address=0"),
       },
       {
+        name: "metrics.serviceMonitor: a ServiceMonitor, the headless Service it selects, and the metrics port",
+        values: {
+          metrics: {
+            bindAddress: "0.0.0.0:10300",
+            serviceMonitor: { enabled: true, interval: "15s", labels: { release: "monitoring" } },
+          },
+        },
+        check: (objects, daemonSet) => {
+          expect(container(daemonSet).ports).toContainEqual({
+            name: "metrics",
+            containerPort: 10300,
+            protocol: "TCP",
+          });
+          const service = findObject<KubeObject & { spec: object }>(objects, "Service");
+          expect(service.spec).toStrictEqual({
+            clusterIP: "None",
+            selector: { "app.kubernetes.io/name": NAME },
+            ports: [{ name: "metrics", port: 10300, targetPort: "metrics", protocol: "TCP" }],
+          });
+          const monitor = findObject<KubeObject & { spec: object }>(objects, "ServiceMonitor");
+          expect(monitor.metadata?.labels?.release).toBe("monitoring");
+          expect(monitor.spec).toStrictEqual({
+            selector: { matchLabels: { "app.kubernetes.io/name": NAME } },
+            endpoints: [
+              {
+                port: "metrics",
+                interval: "15s",
+                relabelings: [
+                  { sourceLabels: ["__meta_kubernetes_pod_node_name"], targetLabel: "node" },
+                ],
+              },
+            ],
+          });
+        },
+      },
+      {
+        name: "metrics.prometheusRule: the alerts of files/alerts.yaml, with alertLabels on each",
+        values: {
+          metrics: {
+            prometheusRule: {
+              enabled: true,
+              labels: { release: "monitoring" },
+              alertLabels: { team: "network" },
+            },
+          },
+        },
+        check: (objects) => {
+          const rule = findObject<
+            KubeObject & { spec: { groups: { rules: { alert: string; labels: object }[] }[] } }
+          >(objects, "PrometheusRule");
+          expect(rule.metadata?.labels?.release).toBe("monitoring");
+          const alerts = rule.spec.groups.flatMap((group) => group.rules);
+          expect(alerts.map((alert) => alert.alert)).toStrictEqual([
+            "IpvsNodeControllerSyncFailing",
+            "IpvsNodeControllerNotProgramming",
+            "IpvsNodeControllerWatchFailing",
+            "IpvsNodeControllerRulesDrifting",
+            "IpvsNodeControllerServicesSkipped",
+          ]);
+          for (const alert of alerts) expect(alert.labels).toMatchObject({ team: "network" });
+          expect(objects.map((o) => o.kind)).not.toContain("ServiceMonitor");
+        },
+      },
+      {
         name: "updateStrategy",
         values: { updateStrategy: { type: "RollingUpdate", rollingUpdate: { maxUnavailable: 1 } } },
         check: (_, daemonSet) =>
@@ -571,6 +635,16 @@ describe.skipIf(!helmBinary)("the Helm chart", { timeout: 30_000 }, () => {
       { values: { extraArgs: ["--log-level", "debug"] }, error: /--log-level is set by the value/ },
       { values: { extraArgs: ["--net-stack=ipv6"] }, error: /--net-stack is set by the value/ },
       { values: { extraEnv: [{ name: "NET_STACK", value: "ipv6" }] }, error: /NET_STACK/ },
+      // Prometheus could not reach metrics on the node's loopback, nor disabled ones.
+      {
+        values: { metrics: { bindAddress: "127.0.0.1:10266", serviceMonitor: { enabled: true } } },
+        error: /127\.0\.0\.1:10266 is the node's loopback/,
+      },
+      {
+        values: { metrics: { bindAddress: "0", serviceMonitor: { enabled: true } } },
+        error: /metrics are disabled/,
+      },
+      { values: { metrics: { serviceMonitor: { enable: true } } }, error: /enable/ },
     ])("$values", async ({ values, error }) => {
       expect(await refusal(values)).toMatch(error);
     });

@@ -16,11 +16,9 @@ import {
   ADDRESS_PLAN,
   bridgeIntoNamespace,
   createTopology,
-  envtestTestsEnabled,
   eventually,
   type Host,
   httpGet,
-  kernelTestsEnabled,
   type ProbeResult,
   startTestApiServer,
   type TcpBridge,
@@ -31,6 +29,17 @@ import { CoreV1Api, KubeConfig, type V1Container } from "@kubernetes/client-node
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import {
+  buildImage,
+  docker,
+  imageTestsEnabled,
+  mib,
+  containerName as name,
+  PACKAGE_VERSION,
+  removeStaleContainers,
+  startNodeContainer,
+  tail,
+} from "./docker.js";
+import {
   daemonSetOf,
   dockerRunArgs,
   type PodContext,
@@ -40,14 +49,8 @@ import {
 } from "./docker-run-args.js";
 
 const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
-const IMAGE_SCRIPT = `${REPO_ROOT}scripts/image.sh`;
 const DEPLOY_DIR = `${REPO_ROOT}deploy`;
 const COMMITTED_MANIFEST = readFileSync(`${DEPLOY_DIR}/ipvs-node-controller.yaml`, "utf8");
-const PACKAGE_VERSION = (
-  JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as {
-    version: string;
-  }
-).version;
 
 const NODE_NAME = "node-a";
 const LB_IP = "192.0.2.10";
@@ -57,42 +60,7 @@ const SECOND_LB_IP = "192.0.2.11";
 const NODE_IP = ADDRESS_PLAN.nodeRemoteSide.ipv4;
 const SERVICES_AT_SCALE = 1_000;
 
-const inCi = process.env.CI === "true";
-
-/** Why Docker cannot run here at all, or undefined when it can (image.sh may install it). */
-async function dockerUnavailable(): Promise<string | undefined> {
-  const info = await execa("docker", ["info"], { reject: false, stdin: "ignore" });
-  if (info.exitCode === 0) return undefined;
-  if (process.getuid?.() !== 0) {
-    return "no Docker engine answers and installing one needs root";
-  }
-  const has = async (program: string) =>
-    (await execa("sh", ["-c", `command -v ${program}`], { reject: false })).exitCode === 0;
-  if ((await has("dockerd")) || (await has("apt-get"))) return undefined;
-  return "no Docker engine answers, and neither dockerd nor apt-get is there to provide one";
-}
-
-const enabled = await (async () => {
-  const reason = await dockerUnavailable();
-  if (reason !== undefined) {
-    if (inCi) throw new Error(`image.test.ts cannot run and CI=true forbids skipping: ${reason}`);
-    console.warn(`\n!!! SKIPPING image.test.ts: ${reason} !!!\n`);
-    return false;
-  }
-  if (!(await kernelTestsEnabled("image.test.ts"))) return false;
-  return (await envtestTestsEnabled("image.test.ts")) !== undefined;
-})();
-
-async function docker(args: readonly string[]): Promise<string> {
-  const result = await execa("docker", args, { reject: false, stdin: "ignore" });
-  if (result.exitCode !== 0) {
-    throw new Error(`docker ${args.join(" ")} failed (exit ${result.exitCode}): ${result.stderr}`);
-  }
-  return result.stdout;
-}
-
-const tail = (text: string, lines: number) => text.trim().split("\n").slice(-lines).join("\n");
-const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+const enabled = await imageTestsEnabled("image.test.ts", { envtest: true });
 
 describe("docker-run-args: the kubelet's part, translated for Docker", () => {
   const context: PodContext = {
@@ -214,8 +182,6 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
   let apiPort = 0;
   let serviceAccountDir = "";
 
-  const name = (what: string) => `ipvs-node-controller-test-${process.pid}-${what}`;
-
   async function logsOf(container: string): Promise<string> {
     const result = await execa("docker", ["logs", container], { reject: false, all: true });
     return result.all ?? "";
@@ -240,20 +206,7 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
   async function startNode(label: string): Promise<Node> {
     const container = name(`${label}-node`);
     containers.push(container);
-    await docker([
-      "run",
-      "--detach",
-      `--name=${container}`,
-      "--network=none",
-      // A node has IPv6, which Docker turns off in a container without an IPv6 network.
-      "--sysctl=net.ipv6.conf.all.disable_ipv6=0",
-      "--sysctl=net.ipv6.conf.default.disable_ipv6=0",
-      "--cap-drop=ALL",
-      "--entrypoint=sleep",
-      image,
-      "infinity",
-    ]);
-    const pid = Number(await docker(["inspect", "--format={{.State.Pid}}", container]));
+    const pid = await startNodeContainer(image, container);
     const topology = await createTopology({ prefix: `img${label}`, nodePid: pid });
     const bridge = await bridgeIntoNamespace(topology.namespaces.node, {
       host: "127.0.0.1",
@@ -350,38 +303,9 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
       .filter((line) => !isMountPointOrParent(line.slice(2).replace(/^\/var\/run\//, "/run/")));
   }
 
-  /** Removes the containers of earlier runs of this suite whose process is gone (killed runs). */
-  async function removeStaleContainers(): Promise<void> {
-    const prefix = "ipvs-node-controller-test-";
-    const names = await docker(["ps", "--all", `--filter=name=${prefix}`, "--format={{.Names}}"]);
-    const stale = names.split("\n").filter((container) => {
-      const pid = Number(container.slice(prefix.length).split("-")[0]);
-      if (!container.startsWith(prefix) || !Number.isInteger(pid) || pid === process.pid) {
-        return false;
-      }
-      try {
-        process.kill(pid, 0);
-        return false;
-      } catch {
-        return true;
-      }
-    });
-    if (stale.length > 0) await docker(["rm", "--force", ...stale]);
-  }
-
   beforeAll(async () => {
     scratch = mkdtempSync(join(tmpdir(), "image-test-"));
-    const started = performance.now();
-    const built = await execa("bash", [IMAGE_SCRIPT], { reject: false, stdin: "ignore" });
-    if (built.exitCode !== 0) {
-      throw new Error(
-        `scripts/image.sh failed (exit ${built.exitCode}):\n${tail(built.stderr, 30)}`,
-      );
-    }
-    image = tail(built.stdout, 1);
-    console.log(
-      `image: ${image} from scripts/image.sh in ${((performance.now() - started) / 1000).toFixed(1)} s`,
-    );
+    image = await buildImage();
     await removeStaleContainers();
 
     api = await startTestApiServer();

@@ -88,10 +88,17 @@ export function expectLeastPrivilegeDaemonSet(daemonSet: V1DaemonSet, name = NAM
     valueFrom: { fieldRef: { fieldPath: "spec.nodeName" } },
   });
 
-  // Probes go to the health server, on the port it binds; metrics are not exposed as a port.
-  expect(container.ports).toHaveLength(1);
-  const healthPort = container.ports?.[0];
+  // Probes go to the health server, on the port it binds. Metrics are a port only where they
+  // listen beyond the node's loopback (for a ServiceMonitor), and then on the port they bind.
+  const [healthPort, ...otherPorts] = container.ports ?? [];
   expect(healthPort?.name).toBe("health");
+  expect(otherPorts.length).toBeLessThanOrEqual(1);
+  for (const port of otherPorts) {
+    expect(port.name).toBe("metrics");
+    const metrics = container.args?.find((arg) => arg.startsWith("--metrics-bind-address="));
+    expect(metrics).toMatch(new RegExp(`:${port.containerPort}$`));
+    expect(metrics).not.toMatch(/=(127\.|localhost:|\[::1\]:)/);
+  }
   expect(container.args, "the health server listens on the port the probes use").toContainEqual(
     expect.stringMatching(
       new RegExp(`^--health-probe-bind-address=.*:${healthPort?.containerPort}$`),

@@ -85,3 +85,24 @@ would see it twice, and which one wins would not be obvious from the values.
 {{- end }}
 {{- end }}
 {{- end }}
+
+{{/*
+The port of metrics.bindAddress ("0" disables metrics: no port).
+*/}}
+{{- define "ipvs-node-controller.metricsPort" -}}
+{{- regexFind "[0-9]+$" (.Values.metrics.bindAddress | toString) }}
+{{- end }}
+
+{{/*
+Fails the rendering when a ServiceMonitor is asked for but Prometheus could not reach the
+metrics: disabled, or bound to the node's loopback.
+*/}}
+{{- define "ipvs-node-controller.checkServiceMonitor" -}}
+{{- $address := .Values.metrics.bindAddress | toString }}
+{{- if eq $address "0" }}
+{{- fail "metrics.serviceMonitor.enabled: metrics are disabled (metrics.bindAddress is 0)" }}
+{{- end }}
+{{- if regexMatch "^(127\\.|localhost:|\\[::1\\]:)" $address }}
+{{- fail (printf "metrics.serviceMonitor.enabled: metrics.bindAddress %s is the node's loopback, which Prometheus cannot reach; use 0.0.0.0:%s or the node's address" $address (include "ipvs-node-controller.metricsPort" .)) }}
+{{- end }}
+{{- end }}
