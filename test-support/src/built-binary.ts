@@ -17,16 +17,17 @@ export function repositoryScript(name: string): string {
 }
 
 /**
- * Runs a build script and returns the last line it printed (a path). With `build: false` nothing
- * is compiled and undefined means "not built yet"; with `build: true` a missing binary is built,
- * which can take minutes. Throws `fail(message)` when the script fails.
+ * Runs a build script (with `options.args` first) and returns the last line it printed (a path).
+ * With `build: false` nothing is compiled and undefined means "not built yet"; with `build: true`
+ * a missing binary is built, which can take minutes. Throws `fail(message)` when the script fails.
  */
 export async function runBuildScript(
   script: string,
-  options: { readonly build: boolean },
+  options: { readonly build: boolean; readonly args?: readonly string[] },
   fail: (message: string) => Error,
 ): Promise<string | undefined> {
-  const result = await execa("bash", options.build ? [script] : [script, "--check"], {
+  const args = [script, ...(options.args ?? []), ...(options.build ? [] : ["--check"])];
+  const result = await execa("bash", args, {
     reject: false,
     stdin: "ignore",
   });
