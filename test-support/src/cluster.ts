@@ -63,6 +63,14 @@ export interface LocalClusterFacts {
   };
 }
 
+/** A kubectl started by {@link LocalCluster.spawnKubectl}. */
+export interface KubectlProcess {
+  /** Settles when kubectl exits by itself. */
+  readonly done: Promise<KubectlResult>;
+  /** Ends kubectl (SIGTERM) and returns what it printed. */
+  stop(): Promise<KubectlResult>;
+}
+
 /** A running local cluster. */
 export interface LocalCluster extends ApiEndpoint {
   readonly kubeconfigPath: string;
@@ -71,6 +79,11 @@ export interface LocalCluster extends ApiEndpoint {
   readonly startedHere: boolean;
   /** Runs the kubectl of the cluster's release with the admin kubeconfig. */
   kubectl(args: readonly string[], options?: KubectlOptions): Promise<KubectlResult>;
+  /**
+   * Starts the same kubectl without waiting for it, for commands that run until they end or are
+   * stopped (`--watch`, `logs --follow`); its output is kept.
+   */
+  spawnKubectl(args: readonly string[]): KubectlProcess;
   /** Runs a program in the node's network namespace (`ip netns exec`), e.g. nft, ip, curl. */
   readonly node: CommandRunner;
   /** Runs a program in the LAN's network namespace: traffic from outside the node. */
@@ -164,6 +177,8 @@ export async function startLocalCluster(options: { assetsDir: string }): Promise
   const token = kubeconfig.users[0]?.user.token;
   if (!server || !token) throw new LocalClusterError(`unexpected kubeconfig ${kubeconfigPath}`);
 
+  const kubectlBinary = join(options.assetsDir, "kubectl");
+  const kubeCacheDir = join(dirname(kubeconfigPath), "kube-cache");
   let stopped = false;
   return {
     kubeconfigPath,
@@ -172,11 +187,26 @@ export async function startLocalCluster(options: { assetsDir: string }): Promise
     serverUrl: server.server,
     caFile: server["certificate-authority"],
     adminToken: token,
-    kubectl: kubectlWith(
-      join(options.assetsDir, "kubectl"),
-      kubeconfigPath,
-      join(dirname(kubeconfigPath), "kube-cache"),
-    ),
+    kubectl: kubectlWith(kubectlBinary, kubeconfigPath, kubeCacheDir),
+    spawnKubectl(args) {
+      const child = execa(kubectlBinary, [`--kubeconfig=${kubeconfigPath}`, ...args], {
+        reject: false,
+        stdin: "ignore",
+        env: { KUBECACHEDIR: kubeCacheDir },
+      });
+      const done = child.then((result) => ({
+        stdout: result.stdout,
+        stderr: result.stderr,
+        exitCode: result.exitCode ?? -1,
+      }));
+      return {
+        done,
+        stop() {
+          child.kill();
+          return done;
+        },
+      };
+    },
     node: runnerIn(facts.nodeNetworkNamespace),
     lan: runnerIn(facts.lanNetworkNamespace),
     async restart(component) {

@@ -37,7 +37,6 @@ import {
   nftTableLines,
   startLocalCluster,
 } from "@ipvs-node-controller/test-support";
-import { execa } from "execa";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
 const SUITE = "real node tests";
@@ -108,6 +107,14 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
     if (/ECONNREFUSED/.test(answer.body)) return "refused";
     return answer.status === 0 ? answer.body.trim() : `HTTP ${answer.status}`;
   };
+  /** Waits until a connection from `from` to `url` gives `reply` (kube-proxy or the controller syncing). */
+  const untilAnswers = (from: ClientPod, url: string, reply: Outcome) =>
+    eventually(
+      `${from} gets ${reply} from ${url}`,
+      async () => (await get(from, url)) === reply,
+      60_000,
+      500,
+    );
   const counts = async (from: ClientPod): Promise<LoopCounts> =>
     JSON.parse(await get(from, `http://127.0.0.1:${LOOPS[from]}/`)) as LoopCounts;
 
@@ -135,6 +142,18 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
         "jsonpath={.spec.clusterIP}",
       ])
     ).stdout;
+
+  /**
+   * What {@link reachability} gives when, from inside the node, ipvs-web's LB IP gives `inside`:
+   * from outside it is always refused (never translated), and kube-proxy always serves web.
+   */
+  const expectedReachability = (inside: Outcome) => ({
+    "pod -> ipvs-web LB IP": inside,
+    "host -> ipvs-web LB IP": inside,
+    "outside -> ipvs-web LB IP": "refused",
+    "pod -> web LB IP": "web",
+    "host -> web LB IP": "web",
+  });
 
   const controllerRules = () => nftTableLines(cluster.node, "inet", "ipvs-node-controller");
 
@@ -354,19 +373,8 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
     const clusterIP = await clusterIPOf(IPVS_WEB.name);
     expect(await get("client", `http://${clusterIP}:${IPVS_WEB.port}/`)).toBe("ipvs");
     expect(await get("host-client", `http://${clusterIP}:${IPVS_WEB.port}/`)).toBe("ipvs");
-    await eventually(
-      "kube-proxy serves web",
-      async () => (await get("client", webUrl)) === "web",
-      60_000,
-      500,
-    );
-    expect(await reachability()).toEqual({
-      "pod -> ipvs-web LB IP": "refused",
-      "host -> ipvs-web LB IP": "refused",
-      "outside -> ipvs-web LB IP": "refused",
-      "pod -> web LB IP": "web",
-      "host -> web LB IP": "web",
-    });
+    await untilAnswers("client", webUrl, "web");
+    expect(await reachability()).toEqual(expectedReachability("refused"));
     expect((await counts("client")).last).toBe("refused");
     expect((await counts("host-client")).last).toBe("refused");
   }, 120_000);
@@ -387,19 +395,8 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
   }, 240_000);
 
   it("with the controller, a pod and a hostNetwork pod reach ipvs-web's LB IP; web is unchanged; traffic from outside is not translated", async () => {
-    await eventually(
-      "the client pod reaches ipvs-web",
-      async () => (await get("client", ipvsWebUrl)) === "ipvs",
-      30_000,
-      500,
-    );
-    expect(await reachability()).toEqual({
-      "pod -> ipvs-web LB IP": "ipvs",
-      "host -> ipvs-web LB IP": "ipvs",
-      "outside -> ipvs-web LB IP": "refused",
-      "pod -> web LB IP": "web",
-      "host -> web LB IP": "web",
-    });
+    await untilAnswers("client", ipvsWebUrl, "ipvs");
+    expect(await reachability()).toEqual(expectedReachability("ipvs"));
     // The mapping that does it: ipvs-web's LB IP to its cluster IP; web's is there too, inert
     // (its LB IP is not an address of this node).
     expect(Object.fromEntries(await kernelMappings(cluster.node))).toEqual({
@@ -468,12 +465,7 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
       await cluster.restart("kube-proxy");
     });
     expect(failed).toEqual({ client: 0, host: 0, errors: expect.anything() });
-    await eventually(
-      "kube-proxy serves web again",
-      async () => (await get("client", webUrl)) === "web",
-      60_000,
-      500,
-    );
+    await untilAnswers("client", webUrl, "web");
     expect(await reachability()).toMatchObject({
       "pod -> ipvs-web LB IP": "ipvs",
       "host -> ipvs-web LB IP": "ipvs",
@@ -531,36 +523,18 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
   it("kubectl delete of the DaemonSet: the pod exits 0 within its grace period, its rules stay, and traffic keeps flowing", async () => {
     const rulesBefore = await controllerRules();
     // The pod's last states, as the kubelet reports them until the pod is gone.
-    const watch = execa(
-      `${assetsDir}/kubectl`,
-      [
-        "--kubeconfig",
-        cluster.kubeconfigPath,
-        "get",
-        "pod",
-        "-n",
-        SYSTEM,
-        controllerPod.name,
-        "--watch",
-        "-o",
-        "json",
-      ],
-      { reject: false, stdin: "ignore", buffer: true },
-    );
-    const logs = execa(
-      `${assetsDir}/kubectl`,
-      [
-        "--kubeconfig",
-        cluster.kubeconfigPath,
-        "logs",
-        "-n",
-        SYSTEM,
-        controllerPod.name,
-        "--follow",
-        "--tail=0",
-      ],
-      { reject: false, stdin: "ignore", buffer: true },
-    );
+    const watch = cluster.spawnKubectl([
+      "get",
+      "pod",
+      "-n",
+      SYSTEM,
+      controllerPod.name,
+      "--watch",
+      "-o",
+      "json",
+    ]);
+    // From the start of the log: complete even if kubectl connects late.
+    const logs = cluster.spawnKubectl(["logs", "-n", SYSTEM, controllerPod.name, "--follow"]);
     const failed = await failuresDuring(async () => {
       await kubectl(["delete", "daemonset", "-n", SYSTEM, DAEMONSET]);
       await eventually(
@@ -570,9 +544,7 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
         500,
       );
     });
-    watch.kill();
-    const watched = await watch;
-    await logs;
+    const watched = await watch.stop();
     const terminated = [
       ...watched.stdout.matchAll(
         /"terminated":\s*\{[^}]*"exitCode":\s*(\d+)[^}]*"reason":\s*"([^"]+)"/g,
@@ -581,7 +553,7 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
     // Exit status 0: it stopped on SIGTERM by itself; the kubelet kills after the grace period
     // with SIGKILL (137).
     expect(terminated.at(-1)).toBe("0 Completed");
-    expect((await logs).stdout).toMatch(/controller stopped; rules left in place/);
+    expect((await logs.done).stdout).toMatch(/controller stopped; rules left in place/);
     expect(await controllerRules()).toEqual(rulesBefore);
     expect(failed).toEqual({ client: 0, host: 0, errors: expect.anything() });
   }, 240_000);
@@ -635,12 +607,6 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
     expect(await controllerRules()).toEqual([]);
     const iptables = await cluster.node("iptables-save", []);
     expect(iptables.stdout).not.toContain("IPVSNC");
-    expect(await reachability()).toEqual({
-      "pod -> ipvs-web LB IP": "refused",
-      "host -> ipvs-web LB IP": "refused",
-      "outside -> ipvs-web LB IP": "refused",
-      "pod -> web LB IP": "web",
-      "host -> web LB IP": "web",
-    });
+    expect(await reachability()).toEqual(expectedReachability("refused"));
   }, 240_000);
 });
