@@ -25,6 +25,7 @@ import { existsSync, readFileSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import type { CommandRunner } from "@ipvs-node-controller/core";
+import { runTool } from "@ipvs-node-controller/exec";
 import { execa } from "execa";
 import { builtBinaryGate, repositoryScript, runBuildScript } from "./built-binary.js";
 import {
@@ -86,6 +87,11 @@ export interface LocalCluster extends ApiEndpoint {
   spawnKubectl(args: readonly string[]): KubectlProcess;
   /** Runs a program in the node's network namespace (`ip netns exec`), e.g. nft, ip, curl. */
   readonly node: CommandRunner;
+  /**
+   * Runs a program as the node's own programs run (`cluster.sh exec`: its network and mount
+   * namespaces), e.g. to see its /run, where hostPath volumes of its pods live.
+   */
+  readonly onNode: CommandRunner;
   /** Runs a program in the LAN's network namespace: traffic from outside the node. */
   readonly lan: CommandRunner;
   /** Restarts one component (`cluster.sh restart`), e.g. `kube-proxy`. */
@@ -208,6 +214,8 @@ export async function startLocalCluster(options: { assetsDir: string }): Promise
       };
     },
     node: runnerIn(facts.nodeNetworkNamespace),
+    onNode: (file, args, runOptions) =>
+      runTool("bash", [CLUSTER_SCRIPT, "exec", file, ...args], runOptions),
     lan: runnerIn(facts.lanNetworkNamespace),
     async restart(component) {
       await clusterScript(["restart", component]);

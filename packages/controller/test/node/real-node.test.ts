@@ -226,6 +226,46 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
     };
   };
 
+  /**
+   * Runs `ipvs-node-controller cleanup --backend all` in a one-off host-network pod of our image,
+   * the documented removal, and checks that it succeeded and left no rule of either backend.
+   */
+  const cleanupFromOneOffPod = async (name: string) => {
+    await apply([
+      {
+        apiVersion: "v1",
+        kind: "Pod",
+        metadata: { namespace: NAMESPACE, name },
+        spec: {
+          hostNetwork: true,
+          restartPolicy: "Never",
+          automountServiceAccountToken: false,
+          containers: [
+            {
+              name: "cleanup",
+              image: cluster.facts.images.controller,
+              command: ["ipvs-node-controller", "cleanup", "--backend", "all"],
+              securityContext: { capabilities: { add: ["NET_ADMIN"] } },
+            },
+          ],
+        },
+      },
+    ]);
+    const phase = async () =>
+      (await kubectl(["get", "pod", "-n", NAMESPACE, name, "-o", "jsonpath={.status.phase}"]))
+        .stdout;
+    await eventually(
+      `the ${name} pod has finished`,
+      async () => /^(Succeeded|Failed)$/.test(await phase()),
+      120_000,
+      500,
+    );
+    const log = await kubectl(["logs", "-n", NAMESPACE, name]);
+    expect(await phase(), log.stdout + log.stderr).toBe("Succeeded");
+    expect(await controllerRules()).toEqual([]);
+    expect((await cluster.node("iptables-save", [])).stdout).not.toContain("IPVSNC");
+  };
+
   /** Memory of the controller's container as the node's cgroup (v1) reports it. */
   const controllerMemory = async () => {
     const [pod] = await controllerPods();
@@ -559,54 +599,37 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
   }, 240_000);
 
   it("cleanup --backend all from a one-off hostNetwork pod removes every rule; the LB IP is refused again", async () => {
-    const image = cluster.facts.images.controller;
-    await apply([
-      {
-        apiVersion: "v1",
-        kind: "Pod",
-        metadata: { namespace: NAMESPACE, name: "cleanup" },
-        spec: {
-          hostNetwork: true,
-          restartPolicy: "Never",
-          automountServiceAccountToken: false,
-          containers: [
-            {
-              name: "cleanup",
-              image,
-              command: ["ipvs-node-controller", "cleanup", "--backend", "all"],
-              securityContext: { capabilities: { add: ["NET_ADMIN"] } },
-            },
-          ],
-        },
-      },
-    ]);
+    await cleanupFromOneOffPod("cleanup");
+    expect(await controllerRules()).toEqual([]);
+    expect(await reachability()).toEqual(expectedReachability("refused"));
+  }, 240_000);
+
+  it("the iptables overlay: the kubelet mounts the node's xtables lock, the rules are iptables', and cleanup removes them", async () => {
+    const overlay = `${REPO_ROOT}deploy/overlays/iptables`;
+    await kubectl(["apply", "-k", overlay]);
+    const pod = await waitRolledOut();
+    expect(pod.spec.containers[0]?.args).toContain("--backend=iptables");
+    await untilAnswers("client", ipvsWebUrl, "ipvs");
+    expect(await reachability()).toEqual(expectedReachability("ipvs"));
+    expect((await cluster.node("iptables-save", ["-t", "nat"])).stdout).toContain("IPVSNC");
+    expect(await controllerRules()).toEqual([]);
+    // The hostPath volume is the file of the node's own /run (FileOrCreate made it there): the
+    // same device and inode in the pod and on the node.
+    const stat = ["-c", "%d:%i", "/run/xtables.lock"];
+    const inPod = await kubectl(["exec", "-n", SYSTEM, controllerPod.name, "--", "stat", ...stat]);
+    const onNode = await cluster.onNode("stat", stat);
+    expect(onNode.exitCode, onNode.stderr).toBe(0);
+    expect(inPod.stdout.trim()).toBe(onNode.stdout.trim());
+
+    await kubectl(["delete", "-k", overlay, "--wait"]);
     await eventually(
-      "the cleanup pod has finished",
-      async () =>
-        /^(Succeeded|Failed)$/.test(
-          (
-            await kubectl([
-              "get",
-              "pod",
-              "-n",
-              NAMESPACE,
-              "cleanup",
-              "-o",
-              "jsonpath={.status.phase}",
-            ])
-          ).stdout,
-        ),
+      "the controller's pod is gone",
+      async () => (await controllerPods()).length === 0,
       120_000,
       500,
     );
-    const phase = (
-      await kubectl(["get", "pod", "-n", NAMESPACE, "cleanup", "-o", "jsonpath={.status.phase}"])
-    ).stdout;
-    const log = await kubectl(["logs", "-n", NAMESPACE, "cleanup"]);
-    expect(phase, log.stdout + log.stderr).toBe("Succeeded");
-    expect(await controllerRules()).toEqual([]);
-    const iptables = await cluster.node("iptables-save", []);
-    expect(iptables.stdout).not.toContain("IPVSNC");
+    expect((await cluster.node("iptables-save", ["-t", "nat"])).stdout).toContain("IPVSNC");
+    await cleanupFromOneOffPod("cleanup-iptables");
     expect(await reachability()).toEqual(expectedReachability("refused"));
   }, 240_000);
 });
