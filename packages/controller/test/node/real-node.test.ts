@@ -179,6 +179,15 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
       b.metadata.creationTimestamp.localeCompare(a.metadata.creationTimestamp),
     );
 
+  /** Waits until the DaemonSet's pod, deleted, is gone. */
+  const untilNoControllerPod = () =>
+    eventually(
+      "the controller's pod is gone",
+      async () => (await controllerPods()).length === 0,
+      120_000,
+      500,
+    );
+
   /** Waits for the DaemonSet to be rolled out (1/1 ready and up to date) and records its pod. */
   const waitRolledOut = async () => {
     await kubectl(["rollout", "status", "-n", SYSTEM, `daemonset/${DAEMONSET}`, "--timeout=180s"]);
@@ -519,12 +528,7 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
     it("helm install after the manifest is removed: Ready, and no connection fails", async () => {
       const failed = await failuresDuring(async () => {
         await kubectl(["delete", "-f", MANIFEST, "--wait"]);
-        await eventually(
-          "the manifest's pod is gone",
-          async () => (await controllerPods()).length === 0,
-          60_000,
-          500,
-        );
+        await untilNoControllerPod();
         // Its rules stay in place by design.
         expect((await controllerRules()).join("\n")).toContain(IPVS_WEB.lbIP);
         await helmRun(["install", DAEMONSET, CHART, "--namespace", SYSTEM]);
@@ -577,12 +581,7 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
     const logs = cluster.spawnKubectl(["logs", "-n", SYSTEM, controllerPod.name, "--follow"]);
     const failed = await failuresDuring(async () => {
       await kubectl(["delete", "daemonset", "-n", SYSTEM, DAEMONSET]);
-      await eventually(
-        "the controller's pod is gone",
-        async () => (await controllerPods()).length === 0,
-        120_000,
-        500,
-      );
+      await untilNoControllerPod();
     });
     const watched = await watch.stop();
     const terminated = [
@@ -622,12 +621,7 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
     expect(inPod.stdout.trim()).toBe(onNode.stdout.trim());
 
     await kubectl(["delete", "-k", overlay, "--wait"]);
-    await eventually(
-      "the controller's pod is gone",
-      async () => (await controllerPods()).length === 0,
-      120_000,
-      500,
-    );
+    await untilNoControllerPod();
     expect((await cluster.node("iptables-save", ["-t", "nat"])).stdout).toContain("IPVSNC");
     await cleanupFromOneOffPod("cleanup-iptables");
     expect(await reachability()).toEqual(expectedReachability("refused"));
