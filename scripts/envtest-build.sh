@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the binaries that the API-server tests run against: kube-apiserver, kubectl and
-# kube-proxy from k8s.io/kubernetes, etcd from go.etcd.io/etcd/server/v3. None ships on npm or in
-# Debian, so they are compiled from the Go module proxy once and cached by version outside the
-# repository:
+# kube-proxy from k8s.io/kubernetes, etcd from go.etcd.io/etcd/server/v3; with --node also what a
+# node of its own needs (scripts/cluster.sh): kubelet, kube-controller-manager and
+# kube-scheduler. None ships on npm or in Debian, so they are compiled from the Go module proxy
+# once and cached by version outside the repository:
 #
 #   ${XDG_CACHE_HOME:-$HOME/.cache}/ipvs-node-controller/envtest/k8s-<ver>-etcd-<ver>/
 #
@@ -11,25 +12,43 @@
 #
 # The directory is printed on the last line of stdout; progress goes to stderr.
 #
-# Usage: envtest-build.sh [--check]
+# Usage: envtest-build.sh [--node] [--check]
+#   --node    the node's binaries as well (kubelet, kube-controller-manager, kube-scheduler).
 #   --check   build nothing: print the directory if all binaries are there, else exit 3.
 #
 # Environment:
-#   ENVTEST_ASSETS    a directory that already holds kube-apiserver, etcd, kubectl and kube-proxy;
-#                     the script only checks them and prints it (nothing is built).
+#   ENVTEST_ASSETS    a directory that already holds kube-apiserver, etcd, kubectl and kube-proxy
+#                     (and with --node the node's binaries); the script only checks them and
+#                     prints it (nothing is built).
 #   ENVTEST_K8S_VERSION   k8s.io/kubernetes version (default v1.37.2)
 #   ENVTEST_ETCD_VERSION  go.etcd.io/etcd/server/v3 version (default v3.6.16)
 set -euo pipefail
 
 readonly K8S_VERSION="${ENVTEST_K8S_VERSION:-v1.37.2}"
 readonly ETCD_VERSION="${ENVTEST_ETCD_VERSION:-v3.6.16}"
-readonly BINARIES=(kube-apiserver etcd kubectl kube-proxy)
 readonly EXIT_NOT_BUILT=3
 
 readonly SCRIPT_NAME=envtest-build
 # shellcheck source=lib/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib/common.sh"
-parse_check_flag "$@"
+
+BINARIES=(kube-apiserver etcd kubectl kube-proxy)
+check_only=false
+node_flag=""
+for arg in "$@"; do
+  case "${arg}" in
+    --check) check_only=true ;;
+    --node)
+      BINARIES+=(kubelet kube-controller-manager kube-scheduler)
+      node_flag=" --node"
+      ;;
+    *)
+      printf 'usage: %s [--node] [--check]\n' "$0" >&2
+      exit 2
+      ;;
+  esac
+done
+readonly BINARIES check_only node_flag
 
 # Succeeds when every binary is present and executable in directory $1.
 has_binaries() {
@@ -73,7 +92,7 @@ if has_binaries "${ASSETS_DIR}"; then
 fi
 if [[ "${check_only}" == true ]]; then
   log "not built yet: $(missing_binaries "${ASSETS_DIR}" | paste -sd ' ') in ${ASSETS_DIR}" \
-    "(run scripts/envtest-build.sh without --check)"
+    "(run scripts/envtest-build.sh${node_flag} without --check)"
   exit "${EXIT_NOT_BUILT}"
 fi
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check of ipvs-node-controller on a fresh machine: setup, the test API server's
-# binaries, lint, typecheck, and all tests (unit, property, kernel in network namespaces, and
-# against a real kube-apiserver). Kernel tests need root; with CI=true nothing may be skipped.
+# binaries, lint, typecheck, and all tests (unit, property, kernel in network namespaces, against
+# a real kube-apiserver, and on a real node of scripts/cluster.sh). Kernel tests need root; with
+# CI=true nothing may be skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -13,7 +14,8 @@ bash scripts/image.sh --platform linux/amd64,linux/arm64 >"${prebuild_log}" 2>&1
 prebuild=$!
 report="$(mktemp)"
 trap 'kill "${prebuild}" 2>/dev/null || true; rm -f "${report}" "${prebuild_log}"' EXIT
-ENVTEST_ASSETS="$(bash scripts/envtest-build.sh | tail -n 1)"
+# --node: the local cluster's kubelet, kube-controller-manager and kube-scheduler as well.
+ENVTEST_ASSETS="$(bash scripts/envtest-build.sh --node | tail -n 1)"
 export ENVTEST_ASSETS
 bash scripts/helm-build.sh >/dev/null # helm for the chart tests, built before they start
 pnpm run --silent lint

@@ -17,19 +17,18 @@ export function repositoryScript(name: string): string {
 }
 
 /**
- * Runs a build script (with `args` after its own `--check`) and returns the last line it printed
- * (a path). With `build: false` nothing is compiled and undefined means "not built yet"; with
- * `build: true` a missing binary is built, which can take minutes. Throws `fail(message)` when the
- * script fails.
+ * Runs a build script (with `options.args` after its own `--check`) and returns the last line it
+ * printed (a path). With `build: false` nothing is compiled and undefined means "not built yet";
+ * with `build: true` a missing binary is built, which can take minutes. Throws `fail(message)`
+ * when the script fails.
  */
 export async function runBuildScript(
   script: string,
-  options: { readonly build: boolean },
+  options: { readonly build: boolean; readonly args?: readonly string[] },
   fail: (message: string) => Error,
-  args: readonly string[] = [],
 ): Promise<string | undefined> {
   const flags = options.build ? [] : ["--check"];
-  const result = await execa("bash", [script, ...flags, ...args], {
+  const result = await execa("bash", [script, ...flags, ...(options.args ?? [])], {
     reject: false,
     stdin: "ignore",
   });

@@ -37,9 +37,8 @@ export function debianToolGate(suite: string, program: DebianTool): Promise<stri
     (install) =>
       runBuildScript(
         TOOLS_SCRIPT,
-        { build: install },
+        { build: install, args: [program] },
         (message) => new DebianToolUnavailableError(message),
-        [program],
       ),
     `no ${program} (run scripts/tools.sh ${program} as root)`,
     (message) => new DebianToolUnavailableError(message),

@@ -304,35 +304,7 @@ export async function startTestApiServer(
     const kubeconfigPath = await writeConfig(join(dir, "admin.kubeconfig"), adminToken);
     let kubeconfigCount = 0;
 
-    const kubectl = async (
-      args: readonly string[],
-      kubectlOptions: KubectlOptions = {},
-    ): Promise<KubectlResult> => {
-      const result = await execa(
-        bin("kubectl"),
-        [`--kubeconfig=${kubectlOptions.kubeconfig ?? kubeconfigPath}`, ...args],
-        {
-          reject: false,
-          // Callers compare output byte for byte (rendered manifests).
-          stripFinalNewline: false,
-          env: { KUBECACHEDIR: kubeCacheDir },
-          ...(kubectlOptions.input === undefined
-            ? { stdin: "ignore" as const }
-            : { input: kubectlOptions.input }),
-        },
-      );
-      const outcome = {
-        stdout: result.stdout,
-        stderr: result.stderr,
-        exitCode: result.exitCode ?? -1,
-      };
-      if (outcome.exitCode !== 0 && kubectlOptions.reject !== false) {
-        throw new Error(
-          `kubectl ${args.join(" ")} failed (exit ${outcome.exitCode}): ${result.stderr}`,
-        );
-      }
-      return outcome;
-    };
+    const kubectl = kubectlWith(bin("kubectl"), kubeconfigPath, kubeCacheDir);
 
     return {
       kubeconfigPath,
@@ -375,6 +347,41 @@ export async function startTestApiServer(
     await stop();
     throw error;
   }
+}
+
+/**
+ * A kubectl call with `kubeconfig` (or `options.kubeconfig`) and a discovery cache in `cacheDir`
+ * (never the user's): throws on a non-zero exit unless `options.reject` is false.
+ */
+export function kubectlWith(
+  binary: string,
+  kubeconfig: string,
+  cacheDir: string,
+): (args: readonly string[], options?: KubectlOptions) => Promise<KubectlResult> {
+  return async (args, options = {}) => {
+    const result = await execa(
+      binary,
+      [`--kubeconfig=${options.kubeconfig ?? kubeconfig}`, ...args],
+      {
+        reject: false,
+        // Callers compare output byte for byte (rendered manifests).
+        stripFinalNewline: false,
+        env: { KUBECACHEDIR: cacheDir },
+        ...(options.input === undefined ? { stdin: "ignore" as const } : { input: options.input }),
+      },
+    );
+    const outcome = {
+      stdout: result.stdout,
+      stderr: result.stderr,
+      exitCode: result.exitCode ?? -1,
+    };
+    if (outcome.exitCode !== 0 && options.reject !== false) {
+      throw new Error(
+        `kubectl ${args.join(" ")} failed (exit ${outcome.exitCode}): ${result.stderr}`,
+      );
+    }
+    return outcome;
+  };
 }
 
 /** Stops a child process: SIGTERM, then SIGKILL after a grace period; resolves once it is gone. */

@@ -1,3 +1,4 @@
+export * from "./cluster.js";
 export * from "./debian-tools.js";
 export * from "./envtest.js";
 export * from "./eventually.js";

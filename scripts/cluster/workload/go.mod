@@ -1,0 +1,3 @@
+module cluster.invalid/workload
+
+go 1.22
