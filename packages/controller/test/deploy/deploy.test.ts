@@ -32,7 +32,7 @@ import {
   type Variant,
 } from "./manifest-checks.js";
 
-const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+const REPO_ROOT = fileURLToPath(new URL("../../../../", import.meta.url));
 const DEPLOY_DIR = `${REPO_ROOT}deploy`;
 const RENDERED_MANIFEST = `${DEPLOY_DIR}/ipvs-node-controller.yaml`;
 const OVERLAYS = ["nft", "iptables", "dual-stack"] as const;
@@ -43,7 +43,7 @@ const assetsDir = await envtestTestsEnabled("deploy.test.ts: the API-server test
 const describeWithApiServer = assetsDir ? describe : describe.skip;
 
 // The controller as the image runs it: the built CLI (scripts/setup.sh builds it).
-const CONTROLLER_BIN = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+const CONTROLLER_BIN = fileURLToPath(new URL("../../dist/bin.js", import.meta.url));
 const canRunController = await (async () => {
   if (!assetsDir) return false;
   if (!(await kernelTestsEnabled("deploy.test.ts: the DaemonSet's command line in a namespace"))) {

@@ -32,7 +32,7 @@ import {
   type Variant,
 } from "./manifest-checks.js";
 
-const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+const REPO_ROOT = fileURLToPath(new URL("../../../../", import.meta.url));
 const DEPLOY_DIR = `${REPO_ROOT}deploy`;
 const CHART_DIR = `${DEPLOY_DIR}/helm/ipvs-node-controller`;
 const RENDERED_MANIFEST = `${DEPLOY_DIR}/ipvs-node-controller.yaml`;
@@ -184,7 +184,7 @@ describe.skipIf(!helmBinary)("the Helm chart", { timeout: 30_000 }, () => {
 
     it("the chart's appVersion is the controller's version and the manifest's image tag", async () => {
       const controllerPackage = JSON.parse(
-        await readFile(fileURLToPath(new URL("../package.json", import.meta.url)), "utf8"),
+        await readFile(fileURLToPath(new URL("../../package.json", import.meta.url)), "utf8"),
       ) as { version: string };
       expect(chart.appVersion).toBe(controllerPackage.version);
       const manifest = parseManifest(await readFile(RENDERED_MANIFEST, "utf8"));

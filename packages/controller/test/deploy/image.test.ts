@@ -48,7 +48,7 @@ import {
   SERVICE_ACCOUNT_DIR,
 } from "./docker-run-args.js";
 
-const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+const REPO_ROOT = fileURLToPath(new URL("../../../../", import.meta.url));
 const DEPLOY_DIR = `${REPO_ROOT}deploy`;
 const COMMITTED_MANIFEST = readFileSync(`${DEPLOY_DIR}/ipvs-node-controller.yaml`, "utf8");
 

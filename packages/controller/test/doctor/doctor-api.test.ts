@@ -17,9 +17,9 @@ import {
   type Topology,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { DoctorReport } from "../src/index.js";
-import { CLI } from "./controller-process.js";
-import { controllerKubeconfig, loadBalancerService, setIngress } from "./node-fixture.js";
+import type { DoctorReport } from "../../src/index.js";
+import { CLI } from "../support/controller-process.js";
+import { controllerKubeconfig, loadBalancerService, setIngress } from "../support/node-fixture.js";
 
 const NODE_NAME = "worker-1";
 

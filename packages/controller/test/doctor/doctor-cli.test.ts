@@ -3,7 +3,7 @@
  * unreadable input exits 1 with one line.
  */
 import { describe, expect, it } from "vitest";
-import { main } from "../src/cli.js";
+import { main } from "../../src/cli.js";
 
 async function cli(...argv: string[]) {
   const out: string[] = [];

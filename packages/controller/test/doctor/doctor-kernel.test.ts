@@ -15,9 +15,9 @@ import {
   type Topology,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import type { DoctorReport } from "../src/index.js";
+import type { DoctorReport } from "../../src/index.js";
 
-const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../../dist/bin.js", import.meta.url));
 const enabled = await kernelTestsEnabled("doctor kernel tests");
 
 const service = (name: string, lbIP: string, clusterIP: string, port = 80) => ({

@@ -18,8 +18,8 @@ import {
   type DoctorFacts,
   type ProbeOutcome,
   probeKey,
-} from "../src/doctor/report.js";
-import { formatDoctorReport } from "../src/doctor/text.js";
+} from "../../src/doctor/report.js";
+import { formatDoctorReport } from "../../src/doctor/text.js";
 
 const service = (
   name: string,

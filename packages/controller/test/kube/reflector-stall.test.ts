@@ -5,7 +5,7 @@
  */
 import { eventually } from "@ipvs-node-controller/test-support";
 import { describe, expect, it } from "vitest";
-import { Reflector, type ReflectorEvent } from "../src/kube/reflector.js";
+import { Reflector, type ReflectorEvent } from "../../src/kube/reflector.js";
 
 const service = (name: string) => ({
   metadata: { namespace: "default", name, resourceVersion: "1" },

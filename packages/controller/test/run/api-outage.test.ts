@@ -25,8 +25,8 @@ import {
   LEVEL,
   type LogEntry,
   startControllerProcess,
-} from "./controller-process.js";
-import { createNodeFixture, type NodeFixture } from "./node-fixture.js";
+} from "../support/controller-process.js";
+import { createNodeFixture, type NodeFixture } from "../support/node-fixture.js";
 
 const enabled =
   (await kernelTestsEnabled("API server outage tests")) &&

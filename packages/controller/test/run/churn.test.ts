@@ -37,8 +37,8 @@ import {
   type Topology,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { type ControllerProcess, startControllerProcess } from "./controller-process.js";
-import { createNodeFixture, type NodeFixture } from "./node-fixture.js";
+import { type ControllerProcess, startControllerProcess } from "../support/controller-process.js";
+import { createNodeFixture, type NodeFixture } from "../support/node-fixture.js";
 
 const enabled =
   (await kernelTestsEnabled("churn tests")) &&

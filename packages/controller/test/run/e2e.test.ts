@@ -18,12 +18,16 @@ import {
   type Topology,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CLI, type ControllerProcess, startControllerProcess } from "./controller-process.js";
+import {
+  CLI,
+  type ControllerProcess,
+  startControllerProcess,
+} from "../support/controller-process.js";
 import {
   controllerKubeconfig,
   loadBalancerService,
   setIngress as setIngressOf,
-} from "./node-fixture.js";
+} from "../support/node-fixture.js";
 
 const NODE_NAME = "worker-1";
 

@@ -47,8 +47,12 @@ import {
 } from "@ipvs-node-controller/test-support";
 import { execa } from "execa";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { CLI, type ControllerProcess, startControllerProcess } from "./controller-process.js";
-import { createNodeFixture, type NodeFixture } from "./node-fixture.js";
+import {
+  CLI,
+  type ControllerProcess,
+  startControllerProcess,
+} from "../support/controller-process.js";
+import { createNodeFixture, type NodeFixture } from "../support/node-fixture.js";
 
 const kernel = await kernelTestsEnabled("hostile input tests");
 const envtest = kernel && (await envtestTestsEnabled("hostile input tests")) !== undefined;

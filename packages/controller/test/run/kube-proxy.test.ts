@@ -20,8 +20,12 @@ import {
   type Topology,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { CLI, type ControllerProcess, startControllerProcess } from "./controller-process.js";
-import { controllerKubeconfig } from "./node-fixture.js";
+import {
+  CLI,
+  type ControllerProcess,
+  startControllerProcess,
+} from "../support/controller-process.js";
+import { controllerKubeconfig } from "../support/node-fixture.js";
 
 const SUITE = "kube-proxy coexistence tests";
 const enabled =

@@ -22,7 +22,11 @@ import {
   type TestApiServer,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CLI, type ControllerProcess, startControllerProcess } from "./controller-process.js";
+import {
+  CLI,
+  type ControllerProcess,
+  startControllerProcess,
+} from "../support/controller-process.js";
 
 const LEGACY_TABLE_LISTS = ["/proc/net/ip_tables_names", "/proc/net/ip6_tables_names"];
 const kernel = await kernelTestsEnabled("legacy-probe kernel tests");

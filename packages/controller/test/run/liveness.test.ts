@@ -14,9 +14,9 @@ import {
   type TestApiServer,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { type ControllerProcess, startControllerProcess } from "./controller-process.js";
+import { type ControllerProcess, startControllerProcess } from "../support/controller-process.js";
+import { createNodeFixture, type NodeFixture } from "../support/node-fixture.js";
 import { privateXtablesLock, type XtablesLock } from "./held-xtables-lock.js";
-import { createNodeFixture, type NodeFixture } from "./node-fixture.js";
 
 const enabled =
   (await kernelTestsEnabled("liveness tests")) &&

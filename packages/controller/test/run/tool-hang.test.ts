@@ -30,9 +30,9 @@ import {
   type LogEntry,
   processesInNamespace,
   startControllerProcess,
-} from "./controller-process.js";
+} from "../support/controller-process.js";
+import { createNodeFixture, type NodeFixture } from "../support/node-fixture.js";
 import { privateXtablesLock, type XtablesLock } from "./held-xtables-lock.js";
-import { createNodeFixture, type NodeFixture } from "./node-fixture.js";
 
 const enabled =
   (await kernelTestsEnabled("kernel tool hang tests")) &&

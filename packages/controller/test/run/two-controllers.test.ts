@@ -31,12 +31,12 @@ import {
   type Topology,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type ControllerProcess, startControllerProcess } from "./controller-process.js";
+import { type ControllerProcess, startControllerProcess } from "../support/controller-process.js";
 import {
   controllerKubeconfig,
   loadBalancerService,
   setIngress as setIngressOf,
-} from "./node-fixture.js";
+} from "../support/node-fixture.js";
 
 const NODE_NAME = "worker-1";
 const POD_CIDR = "10.244.1.0/24";

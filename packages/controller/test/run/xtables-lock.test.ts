@@ -35,8 +35,8 @@ import {
 import { CoreV1Api, KubeConfig } from "@kubernetes/client-node";
 import { execa, type ResultPromise } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { type ControllerProcess, startControllerProcess } from "./controller-process.js";
-import { controllerKubeconfig } from "./node-fixture.js";
+import { type ControllerProcess, startControllerProcess } from "../support/controller-process.js";
+import { controllerKubeconfig } from "../support/node-fixture.js";
 
 const NODE_NAME = "worker-1";
 const POD_CIDR = "10.244.1.0/24";

@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 import { eventually, type HttpAnswer, httpGet, runnerIn } from "@ipvs-node-controller/test-support";
 
 /** The built CLI: the tests run what the DaemonSet runs. */
-export const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+export const CLI = fileURLToPath(new URL("../../dist/bin.js", import.meta.url));
 
 /** One line of the controller's JSON log (pino). */
 export interface LogEntry {

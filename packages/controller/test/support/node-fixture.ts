@@ -12,7 +12,7 @@ import {
   type Topology,
 } from "@ipvs-node-controller/test-support";
 
-const DEPLOY_BASE = fileURLToPath(new URL("../../../deploy/base", import.meta.url));
+const DEPLOY_BASE = fileURLToPath(new URL("../../../../deploy/base", import.meta.url));
 
 /**
  * Applies deploy/base (ServiceAccount, ClusterRole, binding) and writes a kubeconfig holding the

@@ -1,7 +1,7 @@
 /** What the sync-loop tests share: a Service, a log that keeps its lines, the engine as the loop's state. */
 import type { RulesetEngine, ServiceInput } from "@ipvs-node-controller/core";
 import pino, { type Logger } from "pino";
-import type { DesiredState } from "../src/sync-loop.js";
+import type { DesiredState } from "../../src/sync-loop.js";
 
 /** A LoadBalancer Service with one port whose LB IP is `ip`. */
 export function lbService(name: string, ip: string): ServiceInput {

@@ -9,9 +9,9 @@ import { type ApplyResult, FakeBackend, ToolTimedOutError } from "@ipvs-node-con
 import { type Ruleset, RulesetEngine, type RulesetUpdate } from "@ipvs-node-controller/core";
 import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
-import { ControllerMetrics } from "../src/metrics.js";
-import { SyncLoop } from "../src/sync-loop.js";
-import { ManualClock } from "./manual-clock.js";
+import { ControllerMetrics } from "../../src/metrics.js";
+import { SyncLoop } from "../../src/sync-loop.js";
+import { ManualClock } from "../support/manual-clock.js";
 import { engineState, lbService as service } from "./sync-loop-fixtures.js";
 
 const SYNC_PERIOD = 3_000;

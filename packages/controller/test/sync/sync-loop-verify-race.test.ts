@@ -8,9 +8,9 @@
 import { FakeBackend } from "@ipvs-node-controller/backend";
 import { RulesetEngine, type RulesetUpdate } from "@ipvs-node-controller/core";
 import { afterEach, describe, expect, it } from "vitest";
-import { ControllerMetrics } from "../src/metrics.js";
-import { SyncLoop } from "../src/sync-loop.js";
-import { ManualClock } from "./manual-clock.js";
+import { ControllerMetrics } from "../../src/metrics.js";
+import { SyncLoop } from "../../src/sync-loop.js";
+import { ManualClock } from "../support/manual-clock.js";
 import { engineState, memoryLog, lbService as service } from "./sync-loop-fixtures.js";
 
 const SYNC_PERIOD = 30_000;

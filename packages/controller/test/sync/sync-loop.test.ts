@@ -6,9 +6,9 @@
 import { FakeBackend, ToolRefusedError } from "@ipvs-node-controller/backend";
 import { RulesetEngine, type ServiceInput } from "@ipvs-node-controller/core";
 import { afterEach, describe, expect, it } from "vitest";
-import { ControllerMetrics } from "../src/metrics.js";
-import { SyncLoop, type SyncLoopOptions } from "../src/sync-loop.js";
-import { ManualClock } from "./manual-clock.js";
+import { ControllerMetrics } from "../../src/metrics.js";
+import { SyncLoop, type SyncLoopOptions } from "../../src/sync-loop.js";
+import { ManualClock } from "../support/manual-clock.js";
 import { engineState, memoryLog, lbService as service } from "./sync-loop-fixtures.js";
 
 const SYNC_PERIOD = 30_000;

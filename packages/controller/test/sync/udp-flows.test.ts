@@ -26,7 +26,7 @@ import {
 import { execa, type ResultPromise } from "execa";
 import pino from "pino";
 import { afterEach, beforeEach, describe, expect, it } from "vitest";
-import { ControllerMetrics, createConntrackCleaner, SyncLoop } from "../src/index.js";
+import { ControllerMetrics, createConntrackCleaner, SyncLoop } from "../../src/index.js";
 
 const enabled = await kernelTestsEnabled("UDP flow tests");
 
