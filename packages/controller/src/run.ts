@@ -13,10 +13,7 @@ import {
   RulesetEngine,
   type RulesetResult,
   type ServiceInput,
-  trimNode,
-  trimService,
 } from "@ipvs-node-controller/core";
-import { CoreV1Api, KubeConfig, Watch } from "@kubernetes/client-node";
 import type { Logger } from "pino";
 import { createConntrackCleaner } from "./conntrack.js";
 import {
@@ -26,6 +23,7 @@ import {
   metricsRoutes,
   serve,
 } from "./http-server.js";
+import { clusterFromKubeconfig } from "./kube/cluster.js";
 import { Reflector, type ReflectorEvent } from "./kube/reflector.js";
 import { ControllerMetrics } from "./metrics.js";
 import { describeLocality, inspectNodeNetwork, localityOf } from "./node-network.js";
@@ -58,15 +56,6 @@ export interface RunningController {
   readonly health: HealthSource;
   /** Stops watching, lets an apply in progress finish, closes the servers. Leaves the rules in place. */
   stop(): Promise<void>;
-}
-
-/** The kubeconfig at `path`; default: in-cluster config, else `KUBECONFIG` / `~/.kube/config`. */
-export function loadKubeConfig(path: string | undefined): KubeConfig {
-  const kubeConfig = new KubeConfig();
-  if (path !== undefined) kubeConfig.loadFromFile(path);
-  else if (process.env.KUBERNETES_SERVICE_HOST) kubeConfig.loadFromCluster();
-  else kubeConfig.loadFromDefault();
-  return kubeConfig;
 }
 
 /** The backend that `--backend` did not choose. */
@@ -170,9 +159,11 @@ export async function runController(options: RunOptions): Promise<RunningControl
   const { log } = options;
   // Validate before touching anything: a bad flag must not leave half a controller behind.
   const engine = new RulesetEngine({ config: options.config });
-  const kubeConfig = loadKubeConfig(options.kubeconfig);
-  const api = kubeConfig.makeApiClient(CoreV1Api);
-  const watch = new Watch(kubeConfig);
+  const cluster = clusterFromKubeconfig({
+    kubeconfig: options.kubeconfig,
+    nodeName: options.nodeName,
+    ...(options.listPageSize === undefined ? {} : { pageSize: options.listPageSize }),
+  });
   const metrics = new ControllerMetrics({ processMetrics: true });
   const runner = createRunner(options.backendFlags);
   const backend: Backend = createBackend(options.backend, options.backendFlags, runner, (message) =>
@@ -188,7 +179,6 @@ export async function runController(options: RunOptions): Promise<RunningControl
   });
   const inspectNode = nodeInspector(runner, metrics, log);
 
-  const pageSize = options.listPageSize ?? 500;
   let loop: SyncLoop | undefined;
   // A list that finds nothing (no Node object, no Service) changes nothing in the engine, yet it
   // may be the one the first sync was waiting for: without this, that sync would wait for the
@@ -200,25 +190,17 @@ export async function runController(options: RunOptions): Promise<RunningControl
       if (event.type === "listed") loop?.recheckReadiness();
     };
   const services = new Reflector<ServiceInput>({
-    name: "services",
-    list: (token) => api.listServiceForAllNamespaces({ limit: pageSize, _continue: token }),
-    watchPath: "/api/v1/services",
-    watch,
-    trim: trimService,
+    ...cluster.services,
+    watch: cluster.watch,
     onChange: (key, service) => {
       // An update that changes nothing the core reads (a label, a condition) wakes nothing.
       if (engine.setService(key, service)) loop?.markDirty();
     },
     onEvent: wakeWhenListed(logReflectorEvent(log, metrics, "services")),
   });
-  const fieldSelector = `metadata.name=${options.nodeName}`;
   const nodes = new Reflector<NodeInput>({
-    name: "node",
-    list: (token) => api.listNode({ fieldSelector, _continue: token }),
-    watchPath: "/api/v1/nodes",
-    watchQuery: { fieldSelector },
-    watch,
-    trim: trimNode,
+    ...cluster.node,
+    watch: cluster.watch,
     onChange: (_key, node) => {
       if (engine.setNode(node)) loop?.markDirty();
     },

@@ -15,14 +15,11 @@ import {
   type RulesetSettings,
   type ServiceInput,
   settingsOf,
-  trimNode,
-  trimService,
 } from "@ipvs-node-controller/core";
-import { CoreV1Api } from "@kubernetes/client-node";
 import { readNode, readServicesFile } from "../input-files.js";
+import { clusterFromKubeconfig, listCluster } from "../kube/cluster.js";
 import { inspectNodeNetwork } from "../node-network.js";
 import type { BackendFlags, BackendName } from "../options.js";
-import { loadKubeConfig } from "../run.js";
 import { mapLimited, probeTcp } from "./probe.js";
 import {
   buildDoctorReport,
@@ -94,33 +91,17 @@ async function readInputs(input: DoctorInput): Promise<Inputs> {
       },
     };
   }
-  const kubeConfig = loadKubeConfig(input.kubeconfig);
-  const api = kubeConfig.makeApiClient(CoreV1Api);
-  const services: ServiceInput[] = [];
-  let token: string | undefined;
-  do {
-    const page = await api.listServiceForAllNamespaces({
-      limit: input.pageSize ?? 500,
-      _continue: token,
-    });
-    for (const item of page.items) {
-      const trimmed = trimService(item);
-      if (trimmed !== undefined) services.push(trimmed);
-    }
-    token = page.metadata?._continue || undefined;
-  } while (token !== undefined);
-  // The same call `run` makes, so the same RBAC (list nodes) suffices.
-  const nodes = await api.listNode({ fieldSelector: `metadata.name=${input.nodeName}` });
-  const [found] = nodes.items;
+  const cluster = clusterFromKubeconfig({
+    kubeconfig: input.kubeconfig,
+    nodeName: input.nodeName,
+    ...(input.pageSize === undefined ? {} : { pageSize: input.pageSize }),
+  });
+  const { services, node } = await listCluster(cluster);
   return {
     services,
-    node: found === undefined ? undefined : trimNode(found),
+    node,
     nodeName: input.nodeName,
-    source: {
-      kind: "api",
-      server: kubeConfig.getCurrentCluster()?.server ?? "",
-      nodeFound: found !== undefined,
-    },
+    source: { kind: "api", server: cluster.server, nodeFound: node !== undefined },
   };
 }
 

@@ -10,12 +10,8 @@
  */
 import type { Watch } from "@kubernetes/client-node";
 import { type Backoff, backoffDelay } from "../backoff.js";
-
-/** One page of a list call, as the generated client returns it. */
-export interface ListPage {
-  readonly items: readonly unknown[];
-  readonly metadata?: { readonly resourceVersion?: string; readonly _continue?: string };
-}
+import type { Resource } from "./cluster.js";
+import { listPages } from "./list.js";
 
 /** Lifecycle events, for logs and metrics. */
 export type ReflectorEvent =
@@ -26,19 +22,9 @@ export type ReflectorEvent =
   | { readonly type: "expired" }
   | { readonly type: "retry"; readonly error: unknown; readonly delayMs: number };
 
-/** How a reflector lists, watches and trims its objects. */
-export interface ReflectorOptions<T> {
-  /** For logs, e.g. `services`. */
-  readonly name: string;
-  /** Lists one page; `continueToken` is undefined for the first page. */
-  readonly list: (continueToken: string | undefined) => Promise<ListPage>;
-  /** The watch path, e.g. `/api/v1/services`. */
-  readonly watchPath: string;
-  /** Extra query parameters of the watch, e.g. a field selector. */
-  readonly watchQuery?: Readonly<Record<string, string>>;
+/** How a reflector lists, watches and trims its objects, and whom it tells. */
+export interface ReflectorOptions<T> extends Resource<T> {
   readonly watch: Pick<Watch, "watch">;
-  /** Keeps only what the consumer reads; undefined drops the object. */
-  readonly trim: (object: unknown) => T | undefined;
   /**
    * Called with every object as it arrives, trimmed: added or updated (by a watch event, or by a
    * list, page by page) or deleted (undefined; by a watch event, or at the end of a relist for
@@ -184,15 +170,15 @@ export class Reflector<T> {
    */
   private async relist(): Promise<void> {
     const listed = new Set<string>();
-    let continueToken: string | undefined;
     let resourceVersion = "";
-    do {
-      const page = await withTimeout(
+    const list = (continueToken: string | undefined) =>
+      withTimeout(
         this.options.list(continueToken),
         this.options.listTimeoutMs ?? 60_000,
         `listing ${this.options.name}`,
         this.stopper.signal,
       );
+    for await (const page of listPages(list, this.stopper.signal)) {
       for (const item of page.items) {
         const trimmed = this.options.trim(item);
         if (trimmed === undefined) continue;
@@ -201,9 +187,8 @@ export class Reflector<T> {
         this.present.set(key, metaOf(item).resourceVersion ?? "");
         this.options.onChange(key, trimmed);
       }
-      continueToken = page.metadata?._continue || undefined;
       resourceVersion = page.metadata?.resourceVersion ?? "";
-    } while (continueToken !== undefined && !this.stopped);
+    }
     for (const key of [...this.present.keys()]) {
       if (listed.has(key)) continue;
       this.present.delete(key);

@@ -12,7 +12,8 @@ import {
 } from "@ipvs-node-controller/test-support";
 import { CoreV1Api, KubeConfig, Watch } from "@kubernetes/client-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
-import { type ListPage, Reflector, type ReflectorEvent } from "../../src/kube/reflector.js";
+import type { ListPage } from "../../src/kube/list.js";
+import { Reflector, type ReflectorEvent } from "../../src/kube/reflector.js";
 
 const enabled = (await envtestTestsEnabled("reflector tests")) !== undefined;
 
