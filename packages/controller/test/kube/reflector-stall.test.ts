@@ -49,6 +49,7 @@ describe("Reflector on a silent connection", () => {
   it("abandons a list that never answers and lists again", async () => {
     let lists = 0;
     const events: ReflectorEvent[] = [];
+    const handed: string[] = [];
     const reflector = new Reflector({
       name: "services",
       list: () => {
@@ -60,7 +61,7 @@ describe("Reflector on a silent connection", () => {
       watchPath: "/api/v1/services",
       watch: { watch: async () => new AbortController() },
       trim: (object) => object,
-      onChange: () => {},
+      onChange: (key, object) => handed.push(`${key}=${object === undefined ? "deleted" : "set"}`),
       onEvent: (event) => events.push(event),
       listTimeoutMs: 100,
       backoff: { initialMs: 10, maxMs: 10 },
@@ -69,7 +70,7 @@ describe("Reflector on a silent connection", () => {
     try {
       await eventually("the second list succeeds", () => reflector.hasSynced, 5000, 10);
       expect(lists).toBe(2);
-      expect(reflector.keys.has("default/b")).toBe(true);
+      expect(handed).toEqual(["default/b=set"]);
       const retry = events.find((event) => event.type === "retry");
       expect(String((retry as { error: unknown }).error)).toMatch(
         /listing services timed out after 100 ms/,
