@@ -7,14 +7,9 @@ import {
   type CommandRunner,
   ToolNotStartedError,
 } from "@ipvs-node-controller/backend";
-import {
-  type CoreConfig,
-  type NodeInput,
-  RulesetEngine,
-  type RulesetResult,
-  type ServiceInput,
-} from "@ipvs-node-controller/core";
+import { type CoreConfig, RulesetEngine, type RulesetResult } from "@ipvs-node-controller/core";
 import type { Logger } from "pino";
+import { type Clock, systemClock } from "./clock.js";
 import { createConntrackCleaner } from "./conntrack.js";
 import {
   closeServer,
@@ -24,7 +19,7 @@ import {
   serve,
 } from "./http-server.js";
 import { clusterFromKubeconfig } from "./kube/cluster.js";
-import { Reflector, type ReflectorEvent } from "./kube/reflector.js";
+import { ClusterWatch } from "./kube/cluster-watch.js";
 import { ControllerMetrics } from "./metrics.js";
 import { describeLocality, inspectNodeNetwork, localityOf } from "./node-network.js";
 import { type BackendFlags, type BackendName, createBackend, createRunner } from "./options.js";
@@ -48,6 +43,8 @@ export interface RunOptions {
   readonly log: Logger;
   /** Page size of the initial list calls. */
   readonly listPageSize?: number;
+  /** Default: the real clock. */
+  readonly clock?: Clock;
 }
 
 /** A running controller. */
@@ -91,48 +88,6 @@ async function removeOtherBackend(options: RunOptions, otherBackend: Backend): P
   }
 }
 
-function logReflectorEvent(log: Logger, metrics: ControllerMetrics, resource: string) {
-  // When listing or watching started to fail; undefined while the API server answers.
-  let failingSince: number | undefined;
-  metrics.watchFailing.set({ resource }, 0);
-  const answered = () => {
-    if (failingSince === undefined) return;
-    log.info({ resource, failedForMs: Date.now() - failingSince }, "watch recovered");
-    failingSince = undefined;
-    metrics.watchFailing.set({ resource }, 0);
-  };
-  return (event: ReflectorEvent) => {
-    switch (event.type) {
-      case "listed":
-        answered();
-        log.info({ resource, objects: event.objects }, "listed");
-        if (resource === "node" && event.objects === 0) {
-          // The logger's base fields already name the node.
-          log.warn("this node's Node object was not found; pod CIDRs unknown");
-        }
-        break;
-      case "expired":
-        log.info({ resource }, "resource version expired; listing again");
-        break;
-      case "watching":
-        answered();
-        break;
-      case "retry":
-        failingSince ??= Date.now();
-        metrics.watchFailing.set({ resource }, 1);
-        metrics.watchRestarts.inc({ resource });
-        log.warn(
-          { resource, err: event.error, retryInMs: event.delayMs },
-          "watch failed; retrying",
-        );
-        break;
-      case "watch-ended":
-        if (event.error) log.debug({ resource, err: event.error }, "watch ended");
-        break;
-    }
-  };
-}
-
 /**
  * Reports how many translated external IPs are local addresses of the node, and whether
  * kube-ipvs0 exists: as metrics always, in the log when the answer changes.
@@ -157,6 +112,7 @@ function nodeInspector(runner: CommandRunner, metrics: ControllerMetrics, log: L
 /** Starts the controller; resolves once the servers listen and the watches started. */
 export async function runController(options: RunOptions): Promise<RunningController> {
   const { log } = options;
+  const clock = options.clock ?? systemClock;
   // Validate before touching anything: a bad flag must not leave half a controller behind.
   const engine = new RulesetEngine({ config: options.config });
   const cluster = clusterFromKubeconfig({
@@ -179,38 +135,11 @@ export async function runController(options: RunOptions): Promise<RunningControl
   });
   const inspectNode = nodeInspector(runner, metrics, log);
 
-  let loop: SyncLoop | undefined;
-  // A list that finds nothing (no Node object, no Service) changes nothing in the engine, yet it
-  // may be the one the first sync was waiting for: without this, that sync would wait for the
-  // next periodic one.
-  const wakeWhenListed =
-    (next: (event: ReflectorEvent) => void) =>
-    (event: ReflectorEvent): void => {
-      next(event);
-      if (event.type === "listed") loop?.recheckReadiness();
-    };
-  const services = new Reflector<ServiceInput>({
-    ...cluster.services,
-    watch: cluster.watch,
-    onChange: (key, service) => {
-      // An update that changes nothing the core reads (a label, a condition) wakes nothing.
-      if (engine.setService(key, service)) loop?.markDirty();
-    },
-    onEvent: wakeWhenListed(logReflectorEvent(log, metrics, "services")),
-  });
-  const nodes = new Reflector<NodeInput>({
-    ...cluster.node,
-    watch: cluster.watch,
-    onChange: (_key, node) => {
-      if (engine.setNode(node)) loop?.markDirty();
-    },
-    onEvent: wakeWhenListed(logReflectorEvent(log, metrics, "node")),
-  });
-
-  loop = new SyncLoop({
+  const clusterWatch = new ClusterWatch({ cluster, sink: engine, log, metrics, clock });
+  const loop = new SyncLoop({
     backend,
     state: {
-      ready: () => services.hasSynced && nodes.hasSynced,
+      ready: clusterWatch.synced,
       takeChanges: () => engine.takeChanges(),
       result: () => engine.result(),
       stats: () => engine.stats(),
@@ -219,6 +148,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
     syncPeriodMs: options.syncPeriodMs,
     metrics,
     log,
+    clock,
     // Called when our rules are in place: after a full sync and after each verify.
     inspect: async (result) => {
       await janitor.afterSync();
@@ -228,11 +158,10 @@ export async function runController(options: RunOptions): Promise<RunningControl
   });
   let stopping = false;
   const health: HealthSource = {
-    alive: () => (stopping ? { ok: false, reason: "stopping" } : (loop as SyncLoop).liveness()),
+    alive: () => (stopping ? { ok: false, reason: "stopping" } : loop.liveness()),
     ready: () => {
-      if (!services.hasSynced || !nodes.hasSynced)
-        return { ok: false, reason: "caches not synced" };
-      return (loop as SyncLoop).readiness();
+      if (!clusterWatch.synced()) return { ok: false, reason: "caches not synced" };
+      return loop.readiness();
     },
   };
 
@@ -249,8 +178,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
     await janitor.stop();
     throw error;
   }
-  services.start();
-  nodes.start();
+  clusterWatch.start(loop);
   loop.start();
   log.info({ backend: options.backend, syncPeriodMs: options.syncPeriodMs }, "controller started");
 
@@ -260,8 +188,8 @@ export async function runController(options: RunOptions): Promise<RunningControl
     async stop() {
       if (stopping) return;
       stopping = true;
-      await Promise.all([services.stop(), nodes.stop()]);
-      await (loop as SyncLoop).stop();
+      await clusterWatch.stop();
+      await loop.stop();
       await janitor.stop();
       await Promise.all(servers.map(closeServer));
       log.info("controller stopped; rules left in place");

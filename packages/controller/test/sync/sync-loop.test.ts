@@ -9,7 +9,8 @@ import { afterEach, describe, expect, it } from "vitest";
 import { ControllerMetrics } from "../../src/metrics.js";
 import { SyncLoop, type SyncLoopOptions } from "../../src/sync-loop.js";
 import { ManualClock } from "../support/manual-clock.js";
-import { engineState, memoryLog, lbService as service } from "./sync-loop-fixtures.js";
+import { memoryLog } from "../support/memory-log.js";
+import { engineState, lbService as service } from "./sync-loop-fixtures.js";
 
 const SYNC_PERIOD = 30_000;
 const MIN_SYNC_PERIOD = 1_000;
