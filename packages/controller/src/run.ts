@@ -2,11 +2,7 @@
  * `ipvs-node-controller run`: the node agent. Wires watch → cache → core → backend → kernel.
  */
 import type { Server } from "node:http";
-import {
-  type Backend,
-  type CommandRunner,
-  ToolNotStartedError,
-} from "@ipvs-node-controller/backend";
+import type { Backend, CommandRunner } from "@ipvs-node-controller/backend";
 import { type CoreConfig, RulesetEngine, type RulesetResult } from "@ipvs-node-controller/core";
 import type { Logger } from "pino";
 import { type Clock, systemClock } from "./clock.js";
@@ -22,8 +18,14 @@ import { clusterFromKubeconfig } from "./kube/cluster.js";
 import { ClusterWatch } from "./kube/cluster-watch.js";
 import { ControllerMetrics } from "./metrics.js";
 import { describeLocality, inspectNodeNetwork, localityOf } from "./node-network.js";
-import { type BackendFlags, type BackendName, createBackend, createRunner } from "./options.js";
-import { OtherBackendJanitor } from "./other-backend.js";
+import {
+  type BackendFlags,
+  type BackendName,
+  createBackend,
+  createRunner,
+  otherBackendOf,
+} from "./options.js";
+import { OtherBackendJanitor, removeRulesOf } from "./other-backend.js";
 import { SyncLoop } from "./sync-loop.js";
 
 /** Everything `run` needs, already validated. */
@@ -53,39 +55,6 @@ export interface RunningController {
   readonly health: HealthSource;
   /** Stops watching, lets an apply in progress finish, closes the servers. Leaves the rules in place. */
   stop(): Promise<void>;
-}
-
-/** The backend that `--backend` did not choose. */
-function otherBackendName(options: RunOptions): BackendName {
-  return options.backend === "nft" ? "iptables" : "nft";
-}
-
-/**
- * Removes whatever the other backend left behind, so switching `--backend` is safe. Called by
- * the {@link OtherBackendJanitor} once our rules are in place and no instance of the other
- * backend runs.
- */
-async function removeOtherBackend(options: RunOptions, otherBackend: Backend): Promise<void> {
-  const other = otherBackendName(options);
-  try {
-    const removed = await otherBackend.cleanup();
-    if (removed) {
-      options.log.info({ backend: other }, "removed the rules of the previously used backend");
-    }
-  } catch (error) {
-    if (error instanceof ToolNotStartedError) {
-      // The other tool is not installed, so it cannot have left anything behind.
-      options.log.debug(
-        { backend: other, err: error },
-        "the other backend's tool is not available",
-      );
-    } else {
-      options.log.warn(
-        { backend: other, err: error },
-        "could not remove the other backend's rules",
-      );
-    }
-  }
 }
 
 /**
@@ -126,11 +95,11 @@ export async function runController(options: RunOptions): Promise<RunningControl
     log.info(message),
   );
   // One instance of the other backend per process: its variant detection runs once.
-  const otherBackend = createBackend(otherBackendName(options), options.backendFlags, runner);
+  const otherBackend = createBackend(otherBackendOf(options.backend), options.backendFlags, runner);
   const janitor = new OtherBackendJanitor({
     backend: options.backend,
-    other: otherBackendName(options),
-    removeOther: () => removeOtherBackend(options, otherBackend),
+    other: otherBackend.name,
+    removeOther: () => removeRulesOf(otherBackend, log),
     log,
   });
   const inspectNode = nodeInspector(runner, metrics, log);

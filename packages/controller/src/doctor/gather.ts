@@ -19,7 +19,7 @@ import {
 import { readNode, readServicesFile } from "../input-files.js";
 import { clusterFromKubeconfig, listCluster } from "../kube/cluster.js";
 import { inspectNodeNetwork } from "../node-network.js";
-import type { BackendFlags, BackendName } from "../options.js";
+import { type BackendFlags, type BackendName, otherBackendOf } from "../options.js";
 import { mapLimited, probeTcp } from "./probe.js";
 import {
   buildDoctorReport,
@@ -106,9 +106,7 @@ async function readInputs(input: DoctorInput): Promise<Inputs> {
 }
 
 /** One backend's rules, or why they could not be read. */
-async function readLive<T extends LiveRules>(
-  read: () => Promise<T>,
-): Promise<{ readonly ok: true; readonly rules: T } | Extract<LiveRulesFact, { ok: false }>> {
+async function readLive(read: () => Promise<LiveRules>): Promise<LiveRulesFact> {
   try {
     return { ok: true, rules: await read() };
   } catch (error) {
@@ -190,20 +188,25 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
   }
 
   // The backends' own read-back: the comparison their periodic verify makes.
-  const nft = await readLive(() =>
-    createNftBackend({ nftPath: backendFlags.nftPath, runner }).read(settings),
-  );
   const iptablesBackend = createIptablesBackend({
     mode: backendFlags.iptablesMode,
     binDir: backendFlags.iptablesBinDir,
     runner,
   });
-  const iptables = await readLive(() => iptablesBackend.read(settings));
+  const live: Record<BackendName, LiveRulesFact> = {
+    nft: await readLive(() =>
+      createNftBackend({ nftPath: backendFlags.nftPath, runner }).read(settings),
+    ),
+    iptables: await readLive(() => iptablesBackend.read(settings)),
+  };
   let iptablesVariant: DoctorFacts["iptablesVariant"];
   try {
     iptablesVariant = { ok: true, ...(await iptablesBackend.detection()) };
   } catch (error) {
-    iptablesVariant = { ok: false, error: iptables.ok ? (error as Error).message : iptables.error };
+    iptablesVariant = {
+      ok: false,
+      error: live.iptables.ok ? (error as Error).message : live.iptables.error,
+    };
   }
 
   const facts: Omit<DoctorFacts, "probes"> = {
@@ -217,8 +220,8 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
     ...(inputs.node === undefined ? {} : { node: inputs.node }),
     result,
     backend: options.backend,
-    live: options.backend === "nft" ? nft : iptables,
-    otherLive: options.backend === "nft" ? iptables : nft,
+    live: live[options.backend],
+    otherLive: live[otherBackendOf(options.backend)],
   };
   const probes =
     options.probeTimeoutMs === undefined

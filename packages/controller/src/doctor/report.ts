@@ -38,6 +38,7 @@ import {
   type SkippedEntry,
   sameSources,
 } from "@ipvs-node-controller/core";
+import { otherBackendOf } from "../options.js";
 import {
   type NodeIPReport,
   nodeIPReport,
@@ -594,7 +595,7 @@ export function buildDoctorReport(facts: DoctorFacts): DoctorReport {
     }
   }
 
-  const other = facts.backend === "nft" ? "iptables" : "nft";
+  const other = otherBackendOf(facts.backend);
   if (facts.otherLive.ok && facts.otherLive.rules.present) {
     const count = facts.otherLive.rules.mappings.length;
     problems.push({
