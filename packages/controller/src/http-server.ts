@@ -3,17 +3,7 @@
  */
 import { createServer, type Server } from "node:http";
 import type { Registry } from "prom-client";
-
-/** A health answer, with the reason when unhealthy. */
-export type HealthState = { readonly ok: true } | { readonly ok: false; readonly reason: string };
-
-/** What the health endpoints report. */
-export interface HealthSource {
-  /** Liveness: the loop is not wedged (no change waiting, no operation running, too long). */
-  alive(): HealthState;
-  /** Readiness: caches synced and the last sync succeeded. */
-  ready(): HealthState;
-}
+import type { HealthSource, HealthState } from "./health.js";
 
 /** Parses `host:port`, `:port` or `[v6]:port`; `0` disables the server. */
 export function parseBindAddress(

@@ -29,7 +29,7 @@ export {
 } from "./doctor/report.js";
 export { formatDoctorReport } from "./doctor/text.js";
 export { parseDuration } from "./duration.js";
-export type { HealthSource, HealthState } from "./http-server.js";
+export type { HealthSource, HealthState } from "./health.js";
 export { InputFileError, readNode, readServicesFile } from "./input-files.js";
 export { Reflector, type ReflectorEvent, type ReflectorOptions } from "./kube/reflector.js";
 export { ControllerMetrics } from "./metrics.js";

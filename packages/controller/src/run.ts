@@ -7,13 +7,8 @@ import { type CoreConfig, RulesetEngine, type RulesetResult } from "@ipvs-node-c
 import type { Logger } from "pino";
 import { type Clock, systemClock } from "./clock.js";
 import { createConntrackCleaner } from "./conntrack.js";
-import {
-  closeServer,
-  type HealthSource,
-  healthRoutes,
-  metricsRoutes,
-  serve,
-} from "./http-server.js";
+import { controllerHealth, type HealthSource } from "./health.js";
+import { closeServer, healthRoutes, metricsRoutes, serve } from "./http-server.js";
 import { clusterFromKubeconfig } from "./kube/cluster.js";
 import { ClusterWatch } from "./kube/cluster-watch.js";
 import { ControllerMetrics } from "./metrics.js";
@@ -126,13 +121,11 @@ export async function runController(options: RunOptions): Promise<RunningControl
     conntrack: createConntrackCleaner({ runner, log, registry: metrics.registry }),
   });
   let stopping = false;
-  const health: HealthSource = {
-    alive: () => (stopping ? { ok: false, reason: "stopping" } : loop.liveness()),
-    ready: () => {
-      if (!clusterWatch.synced()) return { ok: false, reason: "caches not synced" };
-      return loop.readiness();
-    },
-  };
+  const health = controllerHealth({
+    stopping: () => stopping,
+    synced: clusterWatch.synced,
+    sync: loop,
+  });
 
   const servers: Server[] = [];
   try {

@@ -32,7 +32,8 @@ import type { Logger } from "pino";
 import { type Backoff, backoffDelay } from "./backoff.js";
 import { type Clock, systemClock } from "./clock.js";
 import type { ConntrackCleaner } from "./conntrack.js";
-import type { HealthState as Health } from "./http-server.js";
+import { errorLine } from "./error-line.js";
+import type { HealthState as Health } from "./health.js";
 import type { ControllerMetrics } from "./metrics.js";
 import { groupSkips } from "./skip-report.js";
 
@@ -231,7 +232,7 @@ export class SyncLoop {
         this.pendingSince = observedAt ?? this.clock.now();
         const delay = backoffDelay(retry, failures);
         retryAt = this.clock.now() + delay;
-        this.lastFailure = (error as Error).message.split("\n")[0];
+        this.lastFailure = errorLine(error);
         this.options.metrics.syncFailures.inc();
         this.options.log.error(
           { err: error, failures, retryInMs: delay },

@@ -16,6 +16,7 @@ import {
   type ServiceInput,
   settingsOf,
 } from "@ipvs-node-controller/core";
+import { errorLine } from "../error-line.js";
 import { readNode, readServicesFile } from "../input-files.js";
 import { clusterFromKubeconfig, listCluster } from "../kube/cluster.js";
 import { inspectNodeNetwork } from "../node-network.js";
@@ -112,7 +113,7 @@ async function readLive(read: () => Promise<LiveRules>): Promise<LiveRulesFact> 
   } catch (error) {
     return {
       ok: false,
-      error: (error as Error).message.split("\n")[0] ?? "",
+      error: errorLine(error),
       notStarted: error instanceof ToolNotStartedError,
     };
   }
@@ -184,7 +185,7 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
     const inspected = await inspectNodeNetwork(runner);
     network = { ok: true, ...inspected };
   } catch (error) {
-    network = { ok: false, error: (error as Error).message.split("\n")[0] ?? "" };
+    network = { ok: false, error: errorLine(error) };
   }
 
   // The backends' own read-back: the comparison their periodic verify makes.
