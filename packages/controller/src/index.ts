@@ -42,4 +42,5 @@ export {
   type NodeNetwork,
 } from "./node-network.js";
 export { type RunningController, type RunOptions, runController } from "./run.js";
-export { type DesiredState, SyncLoop, type SyncLoopOptions } from "./sync-loop.js";
+export { SyncLoop, type SyncLoopOptions } from "./sync/sync-loop.js";
+export type { DesiredState } from "./sync/syncer.js";

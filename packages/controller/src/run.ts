@@ -21,7 +21,7 @@ import {
   otherBackendOf,
 } from "./options.js";
 import { OtherBackendJanitor, removeRulesOf } from "./other-backend.js";
-import { SyncLoop } from "./sync-loop.js";
+import { SyncLoop } from "./sync/sync-loop.js";
 
 /** Everything `run` needs, already validated. */
 export interface RunOptions {
@@ -102,12 +102,8 @@ export async function runController(options: RunOptions): Promise<RunningControl
   const clusterWatch = new ClusterWatch({ cluster, sink: engine, log, metrics, clock });
   const loop = new SyncLoop({
     backend,
-    state: {
-      ready: clusterWatch.synced,
-      takeChanges: () => engine.takeChanges(),
-      result: () => engine.result(),
-      stats: () => engine.stats(),
-    },
+    state: engine,
+    ready: clusterWatch.synced,
     minSyncPeriodMs: options.minSyncPeriodMs,
     syncPeriodMs: options.syncPeriodMs,
     metrics,

@@ -10,9 +10,9 @@ import { type Ruleset, RulesetEngine, type RulesetUpdate } from "@ipvs-node-cont
 import pino from "pino";
 import { afterEach, describe, expect, it } from "vitest";
 import { ControllerMetrics } from "../../src/metrics.js";
-import { SyncLoop } from "../../src/sync-loop.js";
+import { SyncLoop } from "../../src/sync/sync-loop.js";
 import { ManualClock } from "../support/manual-clock.js";
-import { engineState, lbService as service } from "./sync-loop-fixtures.js";
+import { lbService as service } from "./sync-loop-fixtures.js";
 
 const SYNC_PERIOD = 3_000;
 const BOUND = 2 * SYNC_PERIOD;
@@ -53,7 +53,7 @@ describe("SyncLoop liveness through retries", () => {
     const engine = new RulesetEngine({});
     loop = new SyncLoop({
       backend,
-      state: engineState(engine),
+      state: engine,
       minSyncPeriodMs: 0,
       syncPeriodMs: SYNC_PERIOD,
       retry: { initialMs: 1_000, maxMs: SYNC_PERIOD },

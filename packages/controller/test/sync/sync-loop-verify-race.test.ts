@@ -9,10 +9,10 @@ import { FakeBackend } from "@ipvs-node-controller/backend";
 import { RulesetEngine, type RulesetUpdate } from "@ipvs-node-controller/core";
 import { afterEach, describe, expect, it } from "vitest";
 import { ControllerMetrics } from "../../src/metrics.js";
-import { SyncLoop } from "../../src/sync-loop.js";
+import { SyncLoop } from "../../src/sync/sync-loop.js";
 import { ManualClock } from "../support/manual-clock.js";
 import { memoryLog } from "../support/memory-log.js";
-import { engineState, lbService as service } from "./sync-loop-fixtures.js";
+import { lbService as service } from "./sync-loop-fixtures.js";
 
 const SYNC_PERIOD = 30_000;
 const MIN_SYNC_PERIOD = 1_000;
@@ -42,7 +42,7 @@ describe("SyncLoop verify during churn", () => {
     const { log, lines } = memoryLog();
     loop = new SyncLoop({
       backend,
-      state: engineState(engine),
+      state: engine,
       minSyncPeriodMs: MIN_SYNC_PERIOD,
       syncPeriodMs: SYNC_PERIOD,
       metrics: new ControllerMetrics(),

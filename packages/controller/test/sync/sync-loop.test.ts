@@ -7,10 +7,10 @@ import { FakeBackend, ToolRefusedError } from "@ipvs-node-controller/backend";
 import { RulesetEngine, type ServiceInput } from "@ipvs-node-controller/core";
 import { afterEach, describe, expect, it } from "vitest";
 import { ControllerMetrics } from "../../src/metrics.js";
-import { SyncLoop, type SyncLoopOptions } from "../../src/sync-loop.js";
+import { SyncLoop, type SyncLoopOptions } from "../../src/sync/sync-loop.js";
 import { ManualClock } from "../support/manual-clock.js";
 import { memoryLog } from "../support/memory-log.js";
-import { engineState, lbService as service } from "./sync-loop-fixtures.js";
+import { lbService as service } from "./sync-loop-fixtures.js";
 
 const SYNC_PERIOD = 30_000;
 const MIN_SYNC_PERIOD = 1_000;
@@ -21,16 +21,15 @@ describe("SyncLoop", () => {
     await Promise.all(loops.splice(0).map((loop) => loop.stop()));
   });
 
-  function setUp(overrides: Partial<SyncLoopOptions> & { ready?: () => boolean } = {}) {
+  function setUp(overrides: Partial<SyncLoopOptions> = {}) {
     const clock = new ManualClock();
     const backend = new FakeBackend();
     const engine = new RulesetEngine({ config: { extraPodCIDRs: ["10.244.1.0/24"] } });
     const metrics = new ControllerMetrics();
     const { log, lines } = memoryLog();
-    const state = engineState(engine, overrides.ready);
     const loop = new SyncLoop({
       backend,
-      state,
+      state: engine,
       minSyncPeriodMs: MIN_SYNC_PERIOD,
       syncPeriodMs: SYNC_PERIOD,
       retry: { initialMs: 1_000, maxMs: 4_000 },

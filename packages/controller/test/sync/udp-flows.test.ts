@@ -224,12 +224,7 @@ describe.skipIf(!enabled)("long-lived UDP flows across mapping changes", () => {
     for (const [name, service] of Object.entries(NEIGHBOURS)) engine.setService(name, service);
     loop = new SyncLoop({
       backend: createNftBackend({ runner: node }),
-      state: {
-        ready: () => true,
-        takeChanges: () => engine.takeChanges(),
-        result: () => engine.result(),
-        stats: () => engine.stats(),
-      },
+      state: engine,
       minSyncPeriodMs: 0,
       // No periodic verify during a test: every sync is one of ours.
       syncPeriodMs: 600_000,
