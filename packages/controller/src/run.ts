@@ -2,17 +2,17 @@
  * `ipvs-node-controller run`: the node agent. Wires watch → cache → core → backend → kernel.
  */
 import type { Server } from "node:http";
-import type { Backend, CommandRunner } from "@ipvs-node-controller/backend";
-import { type CoreConfig, RulesetEngine, type RulesetResult } from "@ipvs-node-controller/core";
+import type { Backend } from "@ipvs-node-controller/backend";
+import { type CoreConfig, RulesetEngine } from "@ipvs-node-controller/core";
 import type { Logger } from "pino";
 import { type Clock, systemClock } from "./clock.js";
 import { createConntrackCleaner } from "./conntrack.js";
 import { controllerHealth, type HealthSource } from "./health.js";
-import { closeServer, healthRoutes, metricsRoutes, serve } from "./http-server.js";
+import { closeServer, serveEndpoints } from "./http-server.js";
 import { clusterFromKubeconfig } from "./kube/cluster.js";
 import { ClusterWatch } from "./kube/cluster-watch.js";
 import { ControllerMetrics } from "./metrics.js";
-import { describeLocality, inspectNodeNetwork, localityOf } from "./node-network.js";
+import { localityReporter } from "./node-network.js";
 import {
   type BackendFlags,
   type BackendName,
@@ -52,27 +52,6 @@ export interface RunningController {
   stop(): Promise<void>;
 }
 
-/**
- * Reports how many translated external IPs are local addresses of the node, and whether
- * kube-ipvs0 exists: as metrics always, in the log when the answer changes.
- */
-function nodeInspector(runner: CommandRunner, metrics: ControllerMetrics, log: Logger) {
-  let lastReport = "";
-  return async (result: RulesetResult) => {
-    const report = localityOf(result.ruleset, await inspectNodeNetwork(runner));
-    for (const family of ["ipv4", "ipv6"] as const) {
-      metrics.externalIPs.set({ family }, report.externalIPs[family]);
-      metrics.localExternalIPs.set({ family }, report.local[family]);
-    }
-    metrics.kubeIpvsInterface.set(report.kubeIpvsInterface ? 1 : 0);
-    const sentence = describeLocality(report);
-    if (sentence !== lastReport) {
-      lastReport = sentence;
-      log.info({ ...report }, sentence);
-    }
-  };
-}
-
 /** Starts the controller; resolves once the servers listen and the watches started. */
 export async function runController(options: RunOptions): Promise<RunningController> {
   const { log } = options;
@@ -97,7 +76,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
     removeOther: () => removeRulesOf(otherBackend, log),
     log,
   });
-  const inspectNode = nodeInspector(runner, metrics, log);
+  const reportLocality = localityReporter(runner, metrics, log);
 
   const clusterWatch = new ClusterWatch({ cluster, sink: engine, log, metrics, clock });
   const loop = new SyncLoop({
@@ -112,7 +91,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
     // Called when our rules are in place: after a full sync and after each verify.
     inspect: async (result) => {
       await janitor.afterSync();
-      await inspectNode(result);
+      await reportLocality(result);
     },
     conntrack: createConntrackCleaner({ runner, log, registry: metrics.registry }),
   });
@@ -123,16 +102,15 @@ export async function runController(options: RunOptions): Promise<RunningControl
     sync: loop,
   });
 
-  const servers: Server[] = [];
+  let servers: Server[];
   try {
-    if (options.metricsAddress) {
-      servers.push(await serve(options.metricsAddress, metricsRoutes(metrics.registry)));
-    }
-    if (options.healthAddress) {
-      servers.push(await serve(options.healthAddress, healthRoutes(health)));
-    }
+    servers = await serveEndpoints({
+      metrics: options.metricsAddress,
+      health: options.healthAddress,
+      registry: metrics.registry,
+      healthSource: health,
+    });
   } catch (error) {
-    await Promise.all(servers.map(closeServer));
     await janitor.stop();
     throw error;
   }
