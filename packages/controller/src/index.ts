@@ -12,11 +12,10 @@ export {
   createConntrackCleaner,
   destinationsWithFlows,
 } from "./conntrack.js";
+export { buildDoctorReport, type DoctorFacts } from "./doctor/evaluate.js";
 export { type DoctorInput, type DoctorOptions, runDoctor } from "./doctor/gather.js";
 export {
-  buildDoctorReport,
   DOCTOR_REPORT_VERSION,
-  type DoctorFacts,
   type DoctorReport,
   type DoctorSource,
   type DoctorVerdict,
@@ -26,7 +25,7 @@ export {
   type ProbeOutcome,
   type ServiceStatus,
   type StaleRule,
-} from "./doctor/report.js";
+} from "./doctor/schema.js";
 export { formatDoctorReport } from "./doctor/text.js";
 export { parseDuration } from "./duration.js";
 export type { HealthSource, HealthState } from "./health.js";

@@ -21,16 +21,9 @@ import { readNode, readServicesFile } from "../input-files.js";
 import { clusterFromKubeconfig, listCluster } from "../kube/cluster.js";
 import { inspectNodeNetwork } from "../node-network.js";
 import { type BackendFlags, type BackendName, otherBackendOf } from "../options.js";
+import { buildDoctorReport, type DoctorFacts, type LiveRulesFact, probeKey } from "./evaluate.js";
 import { mapLimited, probeTcp } from "./probe.js";
-import {
-  buildDoctorReport,
-  type DoctorFacts,
-  type DoctorReport,
-  type DoctorSource,
-  type LiveRulesFact,
-  type ProbeOutcome,
-  probeKey,
-} from "./report.js";
+import type { DoctorReport, DoctorSource, ProbeOutcome } from "./schema.js";
 
 /** Where `doctor` reads Services and the Node from. */
 export type DoctorInput =

@@ -13,12 +13,8 @@ import {
   type ServiceInput,
 } from "@ipvs-node-controller/core";
 import { describe, expect, it } from "vitest";
-import {
-  buildDoctorReport,
-  type DoctorFacts,
-  type ProbeOutcome,
-  probeKey,
-} from "../../src/doctor/report.js";
+import { buildDoctorReport, type DoctorFacts, probeKey } from "../../src/doctor/evaluate.js";
+import type { ProbeOutcome } from "../../src/doctor/schema.js";
 import { formatDoctorReport } from "../../src/doctor/text.js";
 
 const service = (
@@ -164,6 +160,14 @@ describe("buildDoctorReport", () => {
       rule: "wrong-target",
       liveClusterIP: "10.96.0.99",
     });
+  });
+
+  it("counts a rule that names another owner but translates as wanted as in place", () => {
+    const report = buildDoctorReport(
+      facts({ live: rules([{ ...WEB_RULE, owner: "default/previous" }, ...API_RULES]) }),
+    );
+    expect(report).toMatchObject({ ok: true, verdict: "working", problems: [], staleRules: [] });
+    expect(report.services[1]?.mappings[0]).toMatchObject({ rule: "present" });
   });
 
   it("finds a rule no Service wants wrong, and a second rule for one key too", () => {
