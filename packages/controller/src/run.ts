@@ -61,7 +61,7 @@ export async function runController(options: RunOptions): Promise<RunningControl
   const cluster = clusterFromKubeconfig({
     kubeconfig: options.kubeconfig,
     nodeName: options.nodeName,
-    ...(options.listPageSize === undefined ? {} : { pageSize: options.listPageSize }),
+    pageSize: options.listPageSize,
   });
   const metrics = new ControllerMetrics({ processMetrics: true });
   const runner = createRunner(options.backendFlags);

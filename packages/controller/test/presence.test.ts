@@ -20,10 +20,7 @@ const log = pino({ level: "silent" });
 /** Holds the presence of `backend`, keeping every state it reports. */
 function holdAndTrack(backend: string, retryMs?: number) {
   const states: string[] = [];
-  const presence = holdPresence(backend, {
-    ...(retryMs === undefined ? {} : { retryMs }),
-    onState: (state) => states.push(state),
-  });
+  const presence = holdPresence(backend, { retryMs, onState: (state) => states.push(state) });
   return { presence, states, held: () => states.includes("held") };
 }
 

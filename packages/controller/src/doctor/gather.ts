@@ -18,7 +18,7 @@ import {
 } from "@ipvs-node-controller/core";
 import { errorLine } from "../error-line.js";
 import { readNode, readServicesFile } from "../input-files.js";
-import { clusterFromKubeconfig, listCluster } from "../kube/cluster.js";
+import { type ClusterOptions, clusterFromKubeconfig, listCluster } from "../kube/cluster.js";
 import { inspectNodeNetwork } from "../node-network.js";
 import { type BackendFlags, type BackendName, otherBackendOf } from "../options.js";
 import { buildDoctorReport, type DoctorFacts, type LiveRulesFact, probeKey } from "./evaluate.js";
@@ -36,14 +36,7 @@ export type DoctorInput =
       /** Names the node in the report when the Node file does not. */
       readonly nodeName?: string;
     }
-  | {
-      readonly kind: "api";
-      /** Default: in-cluster config, else `KUBECONFIG` / `~/.kube/config`. */
-      readonly kubeconfig?: string;
-      readonly nodeName: string;
-      /** Page size of the list calls. Default 500. */
-      readonly pageSize?: number;
-    };
+  | ({ readonly kind: "api" } & ClusterOptions);
 
 /** Everything `doctor` needs, already validated. */
 export interface DoctorOptions {
@@ -85,11 +78,7 @@ async function readInputs(input: DoctorInput): Promise<Inputs> {
       },
     };
   }
-  const cluster = clusterFromKubeconfig({
-    kubeconfig: input.kubeconfig,
-    nodeName: input.nodeName,
-    ...(input.pageSize === undefined ? {} : { pageSize: input.pageSize }),
-  });
+  const cluster = clusterFromKubeconfig(input);
   const { services, node } = await listCluster(cluster);
   return {
     services,
