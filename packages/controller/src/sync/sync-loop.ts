@@ -166,7 +166,11 @@ export class SyncLoop {
       this.repairDue = false;
       const observedAt = this.health.attemptStarted(now);
       try {
-        const outcome = await this.syncer.sync({ full: full || repair, verify: verifyDue });
+        const outcome = await this.syncer.sync({
+          full: full || repair,
+          verify: verifyDue,
+          startedAt: now,
+        });
         this.health.synced();
         // Our rules are in place after a full sync: the node can be inspected against them.
         if (outcome.full !== undefined) await this.syncer.inspect(outcome.full);

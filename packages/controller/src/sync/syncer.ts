@@ -42,6 +42,8 @@ export interface SyncRequest {
   readonly full: boolean;
   /** Compare the kernel with the whole desired state, in the background. */
   readonly verify: boolean;
+  /** When the loop started this sync, on its clock: the sync's duration is measured from here. */
+  readonly startedAt: number;
 }
 
 /** What one sync did. */
@@ -97,7 +99,6 @@ export class Syncer {
    */
   async sync(request: SyncRequest): Promise<SyncOutcome> {
     const { backend, state, metrics, log, clock } = this.options;
-    const started = clock.now();
     const changes = state.takeChanges();
     logSkipChanges(log, changes);
     // Flows to a key the desired state dropped are stale whatever the sync does: a full sync
@@ -125,7 +126,7 @@ export class Syncer {
       await this.flushStaleFlows();
     }
     const mode = applied?.mode ?? "none";
-    const seconds = (clock.now() - started) / 1000;
+    const seconds = (clock.now() - request.startedAt) / 1000;
     metrics.syncDuration.observe({ mode }, seconds);
     metrics.syncs.inc({ mode });
     metrics.lastSuccessfulSync.set(clock.now() / 1000);
