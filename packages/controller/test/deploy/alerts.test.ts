@@ -34,11 +34,15 @@ import { execa, type ResultPromise } from "execa";
 import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parse as parseYaml, stringify as stringifyYaml } from "yaml";
-import { type ControllerProcess, startControllerProcess } from "./controller-process.js";
-import { controllerKubeconfig, createNodeFixture, type NodeFixture } from "./node-fixture.js";
+import { type ControllerProcess, startControllerProcess } from "../support/controller-process.js";
+import {
+  controllerKubeconfig,
+  createNodeFixture,
+  type NodeFixture,
+} from "../support/node-fixture.js";
 
 const CHART_DIR = fileURLToPath(
-  new URL("../../../deploy/helm/ipvs-node-controller", import.meta.url),
+  new URL("../../../../deploy/helm/ipvs-node-controller", import.meta.url),
 );
 
 /** One real second stands for SCALE seconds of a cluster. */

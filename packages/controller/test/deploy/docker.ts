@@ -8,12 +8,12 @@ import { fileURLToPath } from "node:url";
 import { envtestTestsEnabled, kernelTestsEnabled } from "@ipvs-node-controller/test-support";
 import { execa } from "execa";
 
-const REPO_ROOT = fileURLToPath(new URL("../../../", import.meta.url));
+const REPO_ROOT = fileURLToPath(new URL("../../../../", import.meta.url));
 export const IMAGE_SCRIPT = `${REPO_ROOT}scripts/image.sh`;
 
 /** The controller package's version: the image's tag. */
 export const PACKAGE_VERSION = (
-  JSON.parse(readFileSync(new URL("../package.json", import.meta.url), "utf8")) as {
+  JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
     version: string;
   }
 ).version;

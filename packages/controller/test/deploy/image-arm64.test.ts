@@ -26,6 +26,7 @@ import {
 } from "@ipvs-node-controller/test-support";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadBalancerService } from "../support/node-fixture.js";
 import {
   buildImage,
   containerName,
@@ -36,9 +37,8 @@ import {
   removeStaleContainers,
   startNodeContainer,
 } from "./docker.js";
-import { loadBalancerService } from "./node-fixture.js";
 
-const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../../dist/bin.js", import.meta.url));
 
 const LB_IP = "192.0.2.10";
 const CLUSTER_IP = "10.96.0.10";

@@ -33,7 +33,7 @@ import { parse as parseYaml } from "yaml";
 import { docker, imageTestsEnabled } from "./docker.js";
 
 const CHART_DIR = fileURLToPath(
-  new URL("../../../deploy/helm/ipvs-node-controller", import.meta.url),
+  new URL("../../../../deploy/helm/ipvs-node-controller", import.meta.url),
 );
 const PLATFORMS = ["linux/amd64", "linux/arm64"] as const;
 const NAMESPACE = "kube-system";
