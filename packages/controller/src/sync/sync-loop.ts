@@ -1,37 +1,12 @@
-/**
- * The sync loop: it decides when to bring the kernel to the desired state and how much to send;
- * a {@link Syncer} does each sync, and a {@link SyncHealth} keeps what liveness and readiness are
- * decided from.
- *
- * - Nothing is applied before the inputs are ready (every cache has synced): an empty ruleset
- *   would cut traffic.
- * - The first sync, and the first after a failure, replaces everything (a full sync).
- * - After that, each sync sends only what changed since the previous one (the engine's changes),
- *   so its cost follows the change, not the number of Services. Bursts closer together than
- *   `minSyncPeriodMs` are coalesced into one sync.
- * - Every `syncPeriodMs` the kernel is read back and compared with the whole desired state; drift
- *   (someone flushed our table) is repaired with a full sync. The verify runs in the background,
- *   so a change never waits for it, and one that finds nothing to repair does not count as a
- *   sync, so it never delays the next change either.
- * - A failed sync leaves the previous rules in place and is retried with exponential backoff.
- */
-import type { Backend } from "@ipvs-node-controller/backend";
-import type { RulesetResult } from "@ipvs-node-controller/core";
-import type { Logger } from "pino";
 import { type Backoff, backoffDelay } from "../backoff.js";
 import { type Clock, systemClock } from "../clock.js";
-import type { ConntrackCleaner } from "../conntrack.js";
 import { errorLine } from "../error-line.js";
 import type { HealthState } from "../health.js";
-import type { ControllerMetrics } from "../metrics.js";
 import { SyncHealth } from "./health.js";
-import { type DesiredState, Syncer } from "./syncer.js";
+import { Syncer, type SyncerOptions } from "./syncer.js";
 
-/** Options of {@link SyncLoop}. */
-export interface SyncLoopOptions {
-  readonly backend: Backend;
-  /** Where the desired state comes from: the rule engine, fed by the caches. */
-  readonly state: DesiredState;
+/** Options of {@link SyncLoop}; the backend, the desired state and the rest go to its syncs. */
+export interface SyncLoopOptions extends Omit<SyncerOptions, "clock" | "onDrift"> {
   /** False until every cache has synced: applying before that would cut traffic. Default: ready. */
   readonly ready?: () => boolean;
   /** Bursts of changes closer together than this are coalesced into one sync. */
@@ -45,17 +20,8 @@ export interface SyncLoopOptions {
   readonly healthTimeoutMs?: number;
   /** Delays between retries of a failed sync: doubled from `initialMs` up to `maxMs`. */
   readonly retry?: Backoff;
-  readonly metrics: ControllerMetrics;
-  readonly log: Logger;
   /** Default: the real clock. */
   readonly clock?: Clock;
-  /**
-   * Called with the whole desired state after every full sync and every verify (when it is at
-   * hand anyway), e.g. to inspect the node. Its failures are logged, never fatal.
-   */
-  readonly inspect?: (result: RulesetResult) => Promise<void>;
-  /** Deletes conntrack entries of UDP flows that an apply made stale. Default: none. */
-  readonly conntrack?: ConntrackCleaner;
 }
 
 /** See the module comment. */

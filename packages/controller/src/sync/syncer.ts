@@ -57,14 +57,15 @@ export interface SyncOutcome {
 /** Options of {@link Syncer}. */
 export interface SyncerOptions {
   readonly backend: Backend;
+  /** Where the desired state comes from: the rule engine, fed by the caches. */
   readonly state: DesiredState;
   readonly metrics: ControllerMetrics;
   readonly log: Logger;
   readonly clock: Clock;
   /**
-   * Called with the whole desired state once it is known to be in the kernel: by the loop after a
-   * full sync, and here after a verify that found nothing to repair. Its failures are logged,
-   * never fatal.
+   * Called with the whole desired state once it is known to be in the kernel: after every full
+   * sync and every verify that found nothing to repair, e.g. to inspect the node. Its failures are
+   * logged, never fatal.
    */
   readonly inspect?: (result: RulesetResult) => Promise<void>;
   /** Deletes conntrack entries of UDP flows that an apply made stale. Default: none. */
