@@ -14,7 +14,7 @@ import { CoreV1Api, KubeConfig, Watch } from "@kubernetes/client-node";
 import { type ListCall, listAll } from "./list.js";
 
 /** The kubeconfig at `path`; default: in-cluster config, else `KUBECONFIG` / `~/.kube/config`. */
-export function loadKubeConfig(path: string | undefined): KubeConfig {
+function loadKubeConfig(path: string | undefined): KubeConfig {
   const kubeConfig = new KubeConfig();
   if (path !== undefined) kubeConfig.loadFromFile(path);
   else if (process.env.KUBERNETES_SERVICE_HOST) kubeConfig.loadFromCluster();
