@@ -8,15 +8,11 @@ import { createRequire } from "node:module";
 import { ConfigError } from "@ipvs-node-controller/core";
 import { Command, CommanderError, Option } from "commander";
 import pino from "pino";
+import { type Console, processConsole } from "./console.js";
 import { type DoctorFlags, doctorCommand } from "./doctor/command.js";
+import { errorLine } from "./error-line.js";
 import { parseBindAddress } from "./http-server.js";
-import {
-  type Console,
-  cleanupCommand,
-  type OneShotFlags,
-  renderCommand,
-  syncOnceCommand,
-} from "./oneshot.js";
+import { cleanupCommand, type OneShotFlags, renderCommand, syncOnceCommand } from "./oneshot.js";
 import {
   addBackendOptions,
   addRuleOptions,
@@ -204,10 +200,7 @@ function buildProgram(io: Console, signals: NodeJS.EventEmitter, outcome: Outcom
  */
 export async function main(
   argv: readonly string[],
-  io: Console = {
-    out: (text) => process.stdout.write(`${text}\n`),
-    err: (text) => process.stderr.write(`${text}\n`),
-  },
+  io: Console = processConsole,
   signals: NodeJS.EventEmitter = process,
 ): Promise<number> {
   const outcome: Outcome = { exitCode: 0 };
@@ -225,7 +218,7 @@ export async function main(
       io.err(`error: ${error.message}`);
       return 2;
     }
-    io.err(`error: ${(error as Error).message.split("\n")[0]}`);
+    io.err(`error: ${errorLine(error)}`);
     return 1;
   }
 }

@@ -1,5 +1,6 @@
 /**
- * Time as the sync loop sees it, injectable so that tests drive it by hand instead of sleeping.
+ * Time as the controller sees it (the sync loop, the reflectors, the watch logs), injectable so
+ * that tests drive it by hand instead of sleeping.
  */
 
 /** A source of time and of waiting. */

@@ -16,6 +16,7 @@ import type { CommandRunner } from "@ipvs-node-controller/backend";
 import { destinationKey, type IpFamily, type UdpDestination } from "@ipvs-node-controller/core";
 import type { Logger } from "pino";
 import { Counter, type Registry } from "prom-client";
+import { METRIC_PREFIX } from "./metrics.js";
 
 /** What the sync loop calls after a successful apply. */
 export interface ConntrackCleaner {
@@ -38,8 +39,6 @@ export interface ConntrackCleanerOptions {
    */
   readonly directLimit?: number;
 }
-
-const PREFIX = "ipvs_node_controller_";
 
 /** `-f` values of conntrack. */
 const FAMILY_FLAG: Readonly<Record<IpFamily, string>> = { ipv4: "ipv4", ipv6: "ipv6" };
@@ -75,12 +74,12 @@ export function createConntrackCleaner(options: ConntrackCleanerOptions): Conntr
   const directLimit = options.directLimit ?? 32;
   const { runner, log } = options;
   const deleted = new Counter({
-    name: `${PREFIX}conntrack_deleted_entries_total`,
+    name: `${METRIC_PREFIX}conntrack_deleted_entries_total`,
     help: "Conntrack entries of UDP flows deleted because their mapping was added, removed or re-pointed",
     registers: [options.registry],
   });
   const failures = new Counter({
-    name: `${PREFIX}conntrack_failures_total`,
+    name: `${METRIC_PREFIX}conntrack_failures_total`,
     help: "Runs of the conntrack tool that failed (stale UDP flows then heal only once they pause)",
     registers: [options.registry],
   });

@@ -3,17 +3,7 @@
  */
 import { createServer, type Server } from "node:http";
 import type { Registry } from "prom-client";
-
-/** A health answer, with the reason when unhealthy. */
-export type HealthState = { readonly ok: true } | { readonly ok: false; readonly reason: string };
-
-/** What the health endpoints report. */
-export interface HealthSource {
-  /** Liveness: the loop is not wedged (no change waiting, no operation running, too long). */
-  alive(): HealthState;
-  /** Readiness: caches synced and the last sync succeeded. */
-  ready(): HealthState;
-}
+import type { HealthSource, HealthState } from "./health.js";
 
 /** Parses `host:port`, `:port` or `[v6]:port`; `0` disables the server. */
 export function parseBindAddress(
@@ -30,7 +20,7 @@ export function parseBindAddress(
 }
 
 /** Starts an HTTP server with the given routes; resolves once it listens. */
-export async function serve(
+async function serve(
   address: { host: string; port: number },
   routes: Record<string, () => Promise<{ status: number; body: string; type?: string }>>,
 ): Promise<Server> {
@@ -63,7 +53,7 @@ export async function serve(
 }
 
 /** Routes for `/metrics`. */
-export function metricsRoutes(registry: Registry) {
+function metricsRoutes(registry: Registry) {
   return {
     "/metrics": async () => ({
       status: 200,
@@ -78,11 +68,41 @@ function answer(state: HealthState) {
 }
 
 /** Routes for `/healthz` and `/readyz`. */
-export function healthRoutes(health: HealthSource) {
+function healthRoutes(health: HealthSource) {
   return {
     "/healthz": async () => answer(health.alive()),
     "/readyz": async () => answer(health.ready()),
   };
+}
+
+/** Where the controller's endpoints listen; an address left out is not served. */
+export interface Endpoints {
+  /** `/metrics`. */
+  readonly metrics?: { host: string; port: number } | undefined;
+  /** `/healthz` and `/readyz`. */
+  readonly health?: { host: string; port: number } | undefined;
+  readonly registry: Registry;
+  readonly healthSource: HealthSource;
+}
+
+/**
+ * Starts the servers of the endpoints; resolves once they listen. When one cannot listen, those
+ * already started are closed again and the error is thrown.
+ */
+export async function serveEndpoints(endpoints: Endpoints): Promise<Server[]> {
+  const servers: Server[] = [];
+  try {
+    if (endpoints.metrics) {
+      servers.push(await serve(endpoints.metrics, metricsRoutes(endpoints.registry)));
+    }
+    if (endpoints.health) {
+      servers.push(await serve(endpoints.health, healthRoutes(endpoints.healthSource)));
+    }
+  } catch (error) {
+    await Promise.all(servers.map(closeServer));
+    throw error;
+  }
+  return servers;
 }
 
 /** Closes a server, ending idle keep-alive connections. */

@@ -12,11 +12,10 @@ export {
   createConntrackCleaner,
   destinationsWithFlows,
 } from "./conntrack.js";
+export { buildDoctorReport, type DoctorFacts } from "./doctor/evaluate.js";
 export { type DoctorInput, type DoctorOptions, runDoctor } from "./doctor/gather.js";
 export {
-  buildDoctorReport,
   DOCTOR_REPORT_VERSION,
-  type DoctorFacts,
   type DoctorReport,
   type DoctorSource,
   type DoctorVerdict,
@@ -26,10 +25,10 @@ export {
   type ProbeOutcome,
   type ServiceStatus,
   type StaleRule,
-} from "./doctor/report.js";
+} from "./doctor/schema.js";
 export { formatDoctorReport } from "./doctor/text.js";
 export { parseDuration } from "./duration.js";
-export type { HealthSource, HealthState } from "./http-server.js";
+export type { HealthSource, HealthState } from "./health.js";
 export { InputFileError, readNode, readServicesFile } from "./input-files.js";
 export { Reflector, type ReflectorEvent, type ReflectorOptions } from "./kube/reflector.js";
 export { ControllerMetrics } from "./metrics.js";
@@ -42,4 +41,5 @@ export {
   type NodeNetwork,
 } from "./node-network.js";
 export { type RunningController, type RunOptions, runController } from "./run.js";
-export { type DesiredState, SyncLoop, type SyncLoopOptions } from "./sync-loop.js";
+export { SyncLoop, type SyncLoopOptions } from "./sync/sync-loop.js";
+export type { DesiredState } from "./sync/syncer.js";

@@ -4,6 +4,7 @@
 import { readFile } from "node:fs/promises";
 import type { NodeInput, ServiceInput } from "@ipvs-node-controller/core";
 import { parseAllDocuments } from "yaml";
+import { errorLine } from "./error-line.js";
 
 /** A file could not be read or parsed. The message names the file. */
 export class InputFileError extends Error {
@@ -41,7 +42,7 @@ async function readDocuments(path: string): Promise<unknown[]> {
   for (const document of documents) {
     const [error] = document.errors;
     if (error !== undefined) {
-      throw new InputFileError(`cannot parse ${path}: ${error.message.split("\n")[0]}`);
+      throw new InputFileError(`cannot parse ${path}: ${errorLine(error)}`);
     }
     const value = document.toJS();
     if (value !== null && value !== undefined) values.push(value);

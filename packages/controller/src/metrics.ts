@@ -5,7 +5,8 @@
 import type { RulesetStats } from "@ipvs-node-controller/core";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
 
-const PREFIX = "ipvs_node_controller_";
+/** The prefix of every metric name of the controller. */
+export const METRIC_PREFIX = "ipvs_node_controller_";
 
 /** Every metric the controller exports. */
 export class ControllerMetrics {
@@ -19,7 +20,7 @@ export class ControllerMetrics {
 
   /** Time of one sync: computing the ruleset and applying it. */
   readonly syncDuration = new Histogram({
-    name: `${PREFIX}sync_duration_seconds`,
+    name: `${METRIC_PREFIX}sync_duration_seconds`,
     help: "Duration of a sync (compute + apply, and verify when due), by the kind of apply",
     labelNames: ["mode"] as const,
     buckets: [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30],
@@ -27,81 +28,81 @@ export class ControllerMetrics {
   });
 
   readonly syncs = new Counter({
-    name: `${PREFIX}syncs_total`,
+    name: `${METRIC_PREFIX}syncs_total`,
     help: "Syncs that succeeded, by the kind of apply (full, incremental, none)",
     labelNames: ["mode"] as const,
     registers: [this.registry],
   });
 
   readonly syncFailures = new Counter({
-    name: `${PREFIX}sync_failures_total`,
+    name: `${METRIC_PREFIX}sync_failures_total`,
     help: "Syncs whose apply failed (the previous rules stayed in place)",
     registers: [this.registry],
   });
 
   readonly mappings = new Gauge({
-    name: `${PREFIX}mappings`,
+    name: `${METRIC_PREFIX}mappings`,
     help: "DNAT mappings in the kernel, by IP family",
     labelNames: ["family"] as const,
     registers: [this.registry],
   });
 
   readonly skippedEntries = new Gauge({
-    name: `${PREFIX}skipped_entries`,
+    name: `${METRIC_PREFIX}skipped_entries`,
     help: "Services or parts of Services that produced no mapping, by reason",
     labelNames: ["reason"] as const,
     registers: [this.registry],
   });
 
   readonly conflicts = new Gauge({
-    name: `${PREFIX}conflicts`,
+    name: `${METRIC_PREFIX}conflicts`,
     help: "(IP, protocol, port) claimed by more than one Service",
     registers: [this.registry],
   });
 
   readonly lastSuccessfulSync = new Gauge({
-    name: `${PREFIX}last_successful_sync_timestamp_seconds`,
+    name: `${METRIC_PREFIX}last_successful_sync_timestamp_seconds`,
     help: "Unix time of the last successful sync",
     registers: [this.registry],
   });
 
   readonly programmingLatency = new Histogram({
-    name: `${PREFIX}network_programming_duration_seconds`,
+    name: `${METRIC_PREFIX}network_programming_duration_seconds`,
     help: "Time from a Service or Node change being observed to its rules being in the kernel",
     buckets: [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60],
     registers: [this.registry],
   });
 
   readonly watchRestarts = new Counter({
-    name: `${PREFIX}watch_restarts_total`,
+    name: `${METRIC_PREFIX}watch_restarts_total`,
     help: "Watches restarted after an error, by resource",
     labelNames: ["resource"] as const,
     registers: [this.registry],
   });
 
   readonly watchFailing = new Gauge({
-    name: `${PREFIX}watch_failing`,
+    name: `${METRIC_PREFIX}watch_failing`,
     help: "1 while listing or watching a resource fails (the rules stay as they are, drift is still repaired from the cache), 0 once the API server answers again, by resource",
     labelNames: ["resource"] as const,
     registers: [this.registry],
   });
 
   readonly localExternalIPs = new Gauge({
-    name: `${PREFIX}local_external_ips`,
+    name: `${METRIC_PREFIX}local_external_ips`,
     help: "Translated external IPs that are local addresses of this node (0 where kube-proxy does not run in IPVS mode: the rules are inert there), by IP family",
     labelNames: ["family"] as const,
     registers: [this.registry],
   });
 
   readonly externalIPs = new Gauge({
-    name: `${PREFIX}external_ips`,
+    name: `${METRIC_PREFIX}external_ips`,
     help: "Distinct external IPs with a mapping, by IP family",
     labelNames: ["family"] as const,
     registers: [this.registry],
   });
 
   readonly kubeIpvsInterface = new Gauge({
-    name: `${PREFIX}kube_ipvs0_present`,
+    name: `${METRIC_PREFIX}kube_ipvs0_present`,
     help: "1 when this node has kube-proxy's IPVS dummy interface kube-ipvs0, else 0",
     registers: [this.registry],
   });

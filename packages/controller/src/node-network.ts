@@ -7,7 +7,14 @@
  */
 
 import { type CommandRunner, ToolRefusedError } from "@ipvs-node-controller/backend";
-import { type IpFamily, parseIP, type Ruleset } from "@ipvs-node-controller/core";
+import {
+  type IpFamily,
+  parseIP,
+  type Ruleset,
+  type RulesetResult,
+} from "@ipvs-node-controller/core";
+import type { Logger } from "pino";
+import type { ControllerMetrics } from "./metrics.js";
 
 /** The name kube-proxy's IPVS mode gives its dummy interface. */
 export const KUBE_IPVS_INTERFACE = "kube-ipvs0";
@@ -85,4 +92,30 @@ export function describeLocality(report: LocalityReport): string {
     return `none of the ${total} translated external IPs is a local address of this node (${ipvs}): the rules are inert here, as they should be where kube-proxy does not run in IPVS mode`;
   }
   return `${local} of the ${total} translated external IPs are local addresses of this node (${ipvs}): the rules act on them`;
+}
+
+/**
+ * Reports, for each desired state handed to it, how many translated external IPs are local
+ * addresses of the node, and whether kube-ipvs0 exists: as metrics always, in the log when the
+ * answer changes.
+ */
+export function localityReporter(
+  runner: CommandRunner,
+  metrics: ControllerMetrics,
+  log: Logger,
+): (result: RulesetResult) => Promise<void> {
+  let lastReport = "";
+  return async (result) => {
+    const report = localityOf(result.ruleset, await inspectNodeNetwork(runner));
+    for (const family of ["ipv4", "ipv6"] as const) {
+      metrics.externalIPs.set({ family }, report.externalIPs[family]);
+      metrics.localExternalIPs.set({ family }, report.local[family]);
+    }
+    metrics.kubeIpvsInterface.set(report.kubeIpvsInterface ? 1 : 0);
+    const sentence = describeLocality(report);
+    if (sentence !== lastReport) {
+      lastReport = sentence;
+      log.info({ ...report }, sentence);
+    }
+  };
 }

@@ -5,6 +5,7 @@
 
 import { type Backend, ToolNotStartedError } from "@ipvs-node-controller/backend";
 import { computeRuleset, type RulesetResult } from "@ipvs-node-controller/core";
+import type { Console } from "./console.js";
 import { readNode, readServicesFile } from "./input-files.js";
 import {
   type BackendFlags,
@@ -15,12 +16,6 @@ import {
   type RuleFlags,
 } from "./options.js";
 import { describeSkips, groupConflicts, groupSkips } from "./skip-report.js";
-
-/** Where a one-shot command writes: results to `out`, diagnostics to `err`, one line each. */
-export interface Console {
-  out(text: string): void;
-  err(text: string): void;
-}
 
 /** Flags of `render` and `sync`. */
 export interface OneShotFlags extends RuleFlags, BackendFlags {

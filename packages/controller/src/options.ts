@@ -20,6 +20,14 @@ import { parseDuration } from "./duration.js";
 export const BACKEND_NAMES = ["nft", "iptables"] as const;
 export type BackendName = (typeof BACKEND_NAMES)[number];
 
+/**
+ * The backend that `name` is not: whose rules an instance of `name` removes once its own are in
+ * place, and that `doctor` reports as left over.
+ */
+export function otherBackendOf(name: BackendName): BackendName {
+  return name === "nft" ? "iptables" : "nft";
+}
+
 /** Rule options as commander hands them over. */
 export interface RuleFlags {
   netStack?: string;

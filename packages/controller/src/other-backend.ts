@@ -14,8 +14,28 @@
  * ends, the connection closes and its rules are removed at once, so they never go stale.
  */
 import type { Socket } from "node:net";
+import { type Backend, ToolNotStartedError } from "@ipvs-node-controller/backend";
 import type { Logger } from "pino";
 import { connectToPresence, holdPresence, type Presence } from "./presence.js";
+
+/**
+ * Removes whatever `backend` left behind, so switching `--backend` is safe, and logs what it
+ * removed. Never throws: a failure is logged, and a tool that is not installed cannot have left
+ * anything behind.
+ */
+export async function removeRulesOf(backend: Backend, log: Logger): Promise<void> {
+  try {
+    if (await backend.cleanup()) {
+      log.info({ backend: backend.name }, "removed the rules of the previously used backend");
+    }
+  } catch (error) {
+    if (error instanceof ToolNotStartedError) {
+      log.debug({ backend: backend.name, err: error }, "the other backend's tool is not available");
+    } else {
+      log.warn({ backend: backend.name, err: error }, "could not remove the other backend's rules");
+    }
+  }
+}
 
 /** Options of {@link OtherBackendJanitor}. */
 export interface OtherBackendJanitorOptions {

@@ -28,8 +28,6 @@ export interface PresenceOptions {
 
 /** A held (or awaited) presence; release it on stop. */
 export interface Presence {
-  /** Whether this instance holds the name now. */
-  held(): boolean;
   release(): Promise<void>;
 }
 
@@ -38,7 +36,6 @@ export function holdPresence(backend: string, options: PresenceOptions = {}): Pr
   const retryMs = options.retryMs ?? 1000;
   const peers = new Set<Socket>();
   let server: Server | undefined;
-  let held = false;
   let released = false;
   let waitingReported = false;
   let timer: NodeJS.Timeout | undefined;
@@ -63,21 +60,18 @@ export function holdPresence(backend: string, options: PresenceOptions = {}): Pr
         return;
       }
       server = candidate;
-      held = true;
       options.onState?.("held");
     });
   };
   attempt();
 
   return {
-    held: () => held,
     async release() {
       released = true;
       if (timer !== undefined) clearTimeout(timer);
       for (const socket of peers) socket.destroy();
       const current = server;
       server = undefined;
-      held = false;
       if (current !== undefined) await new Promise((resolve) => current.close(resolve));
     },
   };

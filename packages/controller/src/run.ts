@@ -2,36 +2,26 @@
  * `ipvs-node-controller run`: the node agent. Wires watch → cache → core → backend → kernel.
  */
 import type { Server } from "node:http";
-import {
-  type Backend,
-  type CommandRunner,
-  ToolNotStartedError,
-} from "@ipvs-node-controller/backend";
-import {
-  type CoreConfig,
-  type NodeInput,
-  RulesetEngine,
-  type RulesetResult,
-  type ServiceInput,
-  trimNode,
-  trimService,
-} from "@ipvs-node-controller/core";
-import { CoreV1Api, KubeConfig, Watch } from "@kubernetes/client-node";
+import type { Backend } from "@ipvs-node-controller/backend";
+import { type CoreConfig, RulesetEngine } from "@ipvs-node-controller/core";
 import type { Logger } from "pino";
+import { type Clock, systemClock } from "./clock.js";
 import { createConntrackCleaner } from "./conntrack.js";
-import {
-  closeServer,
-  type HealthSource,
-  healthRoutes,
-  metricsRoutes,
-  serve,
-} from "./http-server.js";
-import { Reflector, type ReflectorEvent } from "./kube/reflector.js";
+import { controllerHealth, type HealthSource } from "./health.js";
+import { closeServer, serveEndpoints } from "./http-server.js";
+import { clusterFromKubeconfig } from "./kube/cluster.js";
+import { ClusterWatch } from "./kube/cluster-watch.js";
 import { ControllerMetrics } from "./metrics.js";
-import { describeLocality, inspectNodeNetwork, localityOf } from "./node-network.js";
-import { type BackendFlags, type BackendName, createBackend, createRunner } from "./options.js";
-import { OtherBackendJanitor } from "./other-backend.js";
-import { SyncLoop } from "./sync-loop.js";
+import { localityReporter } from "./node-network.js";
+import {
+  type BackendFlags,
+  type BackendName,
+  createBackend,
+  createRunner,
+  otherBackendOf,
+} from "./options.js";
+import { OtherBackendJanitor, removeRulesOf } from "./other-backend.js";
+import { SyncLoop } from "./sync/sync-loop.js";
 
 /** Everything `run` needs, already validated. */
 export interface RunOptions {
@@ -50,6 +40,8 @@ export interface RunOptions {
   readonly log: Logger;
   /** Page size of the initial list calls. */
   readonly listPageSize?: number;
+  /** Default: the real clock. */
+  readonly clock?: Clock;
 }
 
 /** A running controller. */
@@ -60,215 +52,69 @@ export interface RunningController {
   stop(): Promise<void>;
 }
 
-/** The kubeconfig at `path`; default: in-cluster config, else `KUBECONFIG` / `~/.kube/config`. */
-export function loadKubeConfig(path: string | undefined): KubeConfig {
-  const kubeConfig = new KubeConfig();
-  if (path !== undefined) kubeConfig.loadFromFile(path);
-  else if (process.env.KUBERNETES_SERVICE_HOST) kubeConfig.loadFromCluster();
-  else kubeConfig.loadFromDefault();
-  return kubeConfig;
-}
-
-/** The backend that `--backend` did not choose. */
-function otherBackendName(options: RunOptions): BackendName {
-  return options.backend === "nft" ? "iptables" : "nft";
-}
-
-/**
- * Removes whatever the other backend left behind, so switching `--backend` is safe. Called by
- * the {@link OtherBackendJanitor} once our rules are in place and no instance of the other
- * backend runs.
- */
-async function removeOtherBackend(options: RunOptions, otherBackend: Backend): Promise<void> {
-  const other = otherBackendName(options);
-  try {
-    const removed = await otherBackend.cleanup();
-    if (removed) {
-      options.log.info({ backend: other }, "removed the rules of the previously used backend");
-    }
-  } catch (error) {
-    if (error instanceof ToolNotStartedError) {
-      // The other tool is not installed, so it cannot have left anything behind.
-      options.log.debug(
-        { backend: other, err: error },
-        "the other backend's tool is not available",
-      );
-    } else {
-      options.log.warn(
-        { backend: other, err: error },
-        "could not remove the other backend's rules",
-      );
-    }
-  }
-}
-
-function logReflectorEvent(log: Logger, metrics: ControllerMetrics, resource: string) {
-  // When listing or watching started to fail; undefined while the API server answers.
-  let failingSince: number | undefined;
-  metrics.watchFailing.set({ resource }, 0);
-  const answered = () => {
-    if (failingSince === undefined) return;
-    log.info({ resource, failedForMs: Date.now() - failingSince }, "watch recovered");
-    failingSince = undefined;
-    metrics.watchFailing.set({ resource }, 0);
-  };
-  return (event: ReflectorEvent) => {
-    switch (event.type) {
-      case "listed":
-        answered();
-        log.info({ resource, objects: event.objects }, "listed");
-        if (resource === "node" && event.objects === 0) {
-          // The logger's base fields already name the node.
-          log.warn("this node's Node object was not found; pod CIDRs unknown");
-        }
-        break;
-      case "expired":
-        log.info({ resource }, "resource version expired; listing again");
-        break;
-      case "watching":
-        answered();
-        break;
-      case "retry":
-        failingSince ??= Date.now();
-        metrics.watchFailing.set({ resource }, 1);
-        metrics.watchRestarts.inc({ resource });
-        log.warn(
-          { resource, err: event.error, retryInMs: event.delayMs },
-          "watch failed; retrying",
-        );
-        break;
-      case "watch-ended":
-        if (event.error) log.debug({ resource, err: event.error }, "watch ended");
-        break;
-    }
-  };
-}
-
-/**
- * Reports how many translated external IPs are local addresses of the node, and whether
- * kube-ipvs0 exists: as metrics always, in the log when the answer changes.
- */
-function nodeInspector(runner: CommandRunner, metrics: ControllerMetrics, log: Logger) {
-  let lastReport = "";
-  return async (result: RulesetResult) => {
-    const report = localityOf(result.ruleset, await inspectNodeNetwork(runner));
-    for (const family of ["ipv4", "ipv6"] as const) {
-      metrics.externalIPs.set({ family }, report.externalIPs[family]);
-      metrics.localExternalIPs.set({ family }, report.local[family]);
-    }
-    metrics.kubeIpvsInterface.set(report.kubeIpvsInterface ? 1 : 0);
-    const sentence = describeLocality(report);
-    if (sentence !== lastReport) {
-      lastReport = sentence;
-      log.info({ ...report }, sentence);
-    }
-  };
-}
-
 /** Starts the controller; resolves once the servers listen and the watches started. */
 export async function runController(options: RunOptions): Promise<RunningController> {
   const { log } = options;
+  const clock = options.clock ?? systemClock;
   // Validate before touching anything: a bad flag must not leave half a controller behind.
   const engine = new RulesetEngine({ config: options.config });
-  const kubeConfig = loadKubeConfig(options.kubeconfig);
-  const api = kubeConfig.makeApiClient(CoreV1Api);
-  const watch = new Watch(kubeConfig);
+  const cluster = clusterFromKubeconfig({
+    kubeconfig: options.kubeconfig,
+    nodeName: options.nodeName,
+    pageSize: options.listPageSize,
+  });
   const metrics = new ControllerMetrics({ processMetrics: true });
   const runner = createRunner(options.backendFlags);
   const backend: Backend = createBackend(options.backend, options.backendFlags, runner, (message) =>
     log.info(message),
   );
   // One instance of the other backend per process: its variant detection runs once.
-  const otherBackend = createBackend(otherBackendName(options), options.backendFlags, runner);
+  const otherBackend = createBackend(otherBackendOf(options.backend), options.backendFlags, runner);
   const janitor = new OtherBackendJanitor({
     backend: options.backend,
-    other: otherBackendName(options),
-    removeOther: () => removeOtherBackend(options, otherBackend),
+    other: otherBackend.name,
+    removeOther: () => removeRulesOf(otherBackend, log),
     log,
   });
-  const inspectNode = nodeInspector(runner, metrics, log);
+  const reportLocality = localityReporter(runner, metrics, log);
 
-  const pageSize = options.listPageSize ?? 500;
-  let loop: SyncLoop | undefined;
-  // A list that finds nothing (no Node object, no Service) changes nothing in the engine, yet it
-  // may be the one the first sync was waiting for: without this, that sync would wait for the
-  // next periodic one.
-  const wakeWhenListed =
-    (next: (event: ReflectorEvent) => void) =>
-    (event: ReflectorEvent): void => {
-      next(event);
-      if (event.type === "listed") loop?.recheckReadiness();
-    };
-  const services = new Reflector<ServiceInput>({
-    name: "services",
-    list: (token) => api.listServiceForAllNamespaces({ limit: pageSize, _continue: token }),
-    watchPath: "/api/v1/services",
-    watch,
-    trim: trimService,
-    onChange: (key, service) => {
-      // An update that changes nothing the core reads (a label, a condition) wakes nothing.
-      if (engine.setService(key, service)) loop?.markDirty();
-    },
-    onEvent: wakeWhenListed(logReflectorEvent(log, metrics, "services")),
-  });
-  const fieldSelector = `metadata.name=${options.nodeName}`;
-  const nodes = new Reflector<NodeInput>({
-    name: "node",
-    list: (token) => api.listNode({ fieldSelector, _continue: token }),
-    watchPath: "/api/v1/nodes",
-    watchQuery: { fieldSelector },
-    watch,
-    trim: trimNode,
-    onChange: (_key, node) => {
-      if (engine.setNode(node)) loop?.markDirty();
-    },
-    onEvent: wakeWhenListed(logReflectorEvent(log, metrics, "node")),
-  });
-
-  loop = new SyncLoop({
+  const clusterWatch = new ClusterWatch({ cluster, sink: engine, log, metrics, clock });
+  const loop = new SyncLoop({
     backend,
-    state: {
-      ready: () => services.hasSynced && nodes.hasSynced,
-      takeChanges: () => engine.takeChanges(),
-      result: () => engine.result(),
-      stats: () => engine.stats(),
-    },
+    state: engine,
+    ready: clusterWatch.synced,
     minSyncPeriodMs: options.minSyncPeriodMs,
     syncPeriodMs: options.syncPeriodMs,
     metrics,
     log,
+    clock,
     // Called when our rules are in place: after a full sync and after each verify.
     inspect: async (result) => {
       await janitor.afterSync();
-      await inspectNode(result);
+      await reportLocality(result);
     },
     conntrack: createConntrackCleaner({ runner, log, registry: metrics.registry }),
   });
   let stopping = false;
-  const health: HealthSource = {
-    alive: () => (stopping ? { ok: false, reason: "stopping" } : (loop as SyncLoop).liveness()),
-    ready: () => {
-      if (!services.hasSynced || !nodes.hasSynced)
-        return { ok: false, reason: "caches not synced" };
-      return (loop as SyncLoop).readiness();
-    },
-  };
+  const health = controllerHealth({
+    stopping: () => stopping,
+    synced: clusterWatch.synced,
+    sync: loop,
+  });
 
-  const servers: Server[] = [];
+  let servers: Server[];
   try {
-    if (options.metricsAddress) {
-      servers.push(await serve(options.metricsAddress, metricsRoutes(metrics.registry)));
-    }
-    if (options.healthAddress) {
-      servers.push(await serve(options.healthAddress, healthRoutes(health)));
-    }
+    servers = await serveEndpoints({
+      metrics: options.metricsAddress,
+      health: options.healthAddress,
+      registry: metrics.registry,
+      healthSource: health,
+    });
   } catch (error) {
-    await Promise.all(servers.map(closeServer));
     await janitor.stop();
     throw error;
   }
-  services.start();
-  nodes.start();
+  clusterWatch.start(loop);
   loop.start();
   log.info({ backend: options.backend, syncPeriodMs: options.syncPeriodMs }, "controller started");
 
@@ -278,8 +124,8 @@ export async function runController(options: RunOptions): Promise<RunningControl
     async stop() {
       if (stopping) return;
       stopping = true;
-      await Promise.all([services.stop(), nodes.stop()]);
-      await (loop as SyncLoop).stop();
+      await clusterWatch.stop();
+      await loop.stop();
       await janitor.stop();
       await Promise.all(servers.map(closeServer));
       log.info("controller stopped; rules left in place");

@@ -4,7 +4,13 @@
  * entries); a log must name such a Service once, with its reasons, a few examples and the count,
  * so that one hostile object cannot flood it.
  */
-import type { Conflict, SkippedEntry, SkipReason } from "@ipvs-node-controller/core";
+import type {
+  Conflict,
+  RulesetChanges,
+  SkippedEntry,
+  SkipReason,
+} from "@ipvs-node-controller/core";
+import type { Logger } from "pino";
 
 /** Examples of details kept per Service. */
 export const MAX_DETAILS = 5;
@@ -44,6 +50,31 @@ export function groupSkips(entries: readonly SkippedEntry[]): ServiceSkips[] {
 export function describeSkips(group: ServiceSkips): string {
   const more = group.count > group.details.length ? ` (${group.count} problems)` : "";
   return `${group.reasons.join(", ")}: ${group.details.join("; ")}${more}`;
+}
+
+/**
+ * Logs each skip and warning of `changes` once, when it appears, and each skip again when it goes
+ * away: one line per Service, however many of its addresses and ports are bad.
+ */
+export function logSkipChanges(log: Logger, changes: RulesetChanges): void {
+  for (const group of groupSkips(changes.skipsAppeared)) {
+    const many =
+      group.count > 1
+        ? { reasons: group.reasons, details: group.details, entries: group.count }
+        : {};
+    log.warn(
+      { service: group.service, reason: group.reasons[0], detail: group.details[0], ...many },
+      "service skipped",
+    );
+  }
+  for (const group of groupSkips(changes.skipsDisappeared)) {
+    const many = group.count > 1 ? { reasons: group.reasons, entries: group.count } : {};
+    log.info(
+      { service: group.service, reason: group.reasons[0], ...many },
+      "service no longer skipped",
+    );
+  }
+  for (const warning of changes.warningsAppeared) log.warn({ warning }, "node configuration");
 }
 
 /** Conflicts between one winner and one loser. */

@@ -23,7 +23,7 @@ import {
   type Topology,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { CLI } from "./controller-process.js";
+import { CLI } from "./support/controller-process.js";
 
 const enabled = await kernelTestsEnabled("IPVS-mode semantics tests");
 

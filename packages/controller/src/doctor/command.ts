@@ -1,7 +1,7 @@
 /**
  * `ipvs-node-controller doctor`: flags in, a report on stdout, the exit code out.
  */
-import type { Console } from "../oneshot.js";
+import type { Console } from "../console.js";
 import {
   type BackendFlags,
   coreConfigFromFlags,

@@ -15,24 +15,15 @@ import {
   type RulesetSettings,
   type ServiceInput,
   settingsOf,
-  trimNode,
-  trimService,
 } from "@ipvs-node-controller/core";
-import { CoreV1Api } from "@kubernetes/client-node";
+import { errorLine } from "../error-line.js";
 import { readNode, readServicesFile } from "../input-files.js";
+import { type ClusterOptions, clusterFromKubeconfig, listCluster } from "../kube/cluster.js";
 import { inspectNodeNetwork } from "../node-network.js";
-import type { BackendFlags, BackendName } from "../options.js";
-import { loadKubeConfig } from "../run.js";
+import { type BackendFlags, type BackendName, otherBackendOf } from "../options.js";
+import { buildDoctorReport, type DoctorFacts, type LiveRulesFact, probeKey } from "./evaluate.js";
 import { mapLimited, probeTcp } from "./probe.js";
-import {
-  buildDoctorReport,
-  type DoctorFacts,
-  type DoctorReport,
-  type DoctorSource,
-  type LiveRulesFact,
-  type ProbeOutcome,
-  probeKey,
-} from "./report.js";
+import type { DoctorReport, DoctorSource, ProbeOutcome } from "./schema.js";
 
 /** Where `doctor` reads Services and the Node from. */
 export type DoctorInput =
@@ -45,14 +36,7 @@ export type DoctorInput =
       /** Names the node in the report when the Node file does not. */
       readonly nodeName?: string;
     }
-  | {
-      readonly kind: "api";
-      /** Default: in-cluster config, else `KUBECONFIG` / `~/.kube/config`. */
-      readonly kubeconfig?: string;
-      readonly nodeName: string;
-      /** Page size of the list calls. Default 500. */
-      readonly pageSize?: number;
-    };
+  | ({ readonly kind: "api" } & ClusterOptions);
 
 /** Everything `doctor` needs, already validated. */
 export interface DoctorOptions {
@@ -94,46 +78,24 @@ async function readInputs(input: DoctorInput): Promise<Inputs> {
       },
     };
   }
-  const kubeConfig = loadKubeConfig(input.kubeconfig);
-  const api = kubeConfig.makeApiClient(CoreV1Api);
-  const services: ServiceInput[] = [];
-  let token: string | undefined;
-  do {
-    const page = await api.listServiceForAllNamespaces({
-      limit: input.pageSize ?? 500,
-      _continue: token,
-    });
-    for (const item of page.items) {
-      const trimmed = trimService(item);
-      if (trimmed !== undefined) services.push(trimmed);
-    }
-    token = page.metadata?._continue || undefined;
-  } while (token !== undefined);
-  // The same call `run` makes, so the same RBAC (list nodes) suffices.
-  const nodes = await api.listNode({ fieldSelector: `metadata.name=${input.nodeName}` });
-  const [found] = nodes.items;
+  const cluster = clusterFromKubeconfig(input);
+  const { services, node } = await listCluster(cluster);
   return {
     services,
-    node: found === undefined ? undefined : trimNode(found),
+    node,
     nodeName: input.nodeName,
-    source: {
-      kind: "api",
-      server: kubeConfig.getCurrentCluster()?.server ?? "",
-      nodeFound: found !== undefined,
-    },
+    source: { kind: "api", server: cluster.server, nodeFound: node !== undefined },
   };
 }
 
 /** One backend's rules, or why they could not be read. */
-async function readLive<T extends LiveRules>(
-  read: () => Promise<T>,
-): Promise<{ readonly ok: true; readonly rules: T } | Extract<LiveRulesFact, { ok: false }>> {
+async function readLive(read: () => Promise<LiveRules>): Promise<LiveRulesFact> {
   try {
     return { ok: true, rules: await read() };
   } catch (error) {
     return {
       ok: false,
-      error: (error as Error).message.split("\n")[0] ?? "",
+      error: errorLine(error),
       notStarted: error instanceof ToolNotStartedError,
     };
   }
@@ -205,24 +167,29 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
     const inspected = await inspectNodeNetwork(runner);
     network = { ok: true, ...inspected };
   } catch (error) {
-    network = { ok: false, error: (error as Error).message.split("\n")[0] ?? "" };
+    network = { ok: false, error: errorLine(error) };
   }
 
   // The backends' own read-back: the comparison their periodic verify makes.
-  const nft = await readLive(() =>
-    createNftBackend({ nftPath: backendFlags.nftPath, runner }).read(settings),
-  );
   const iptablesBackend = createIptablesBackend({
     mode: backendFlags.iptablesMode,
     binDir: backendFlags.iptablesBinDir,
     runner,
   });
-  const iptables = await readLive(() => iptablesBackend.read(settings));
+  const live: Record<BackendName, LiveRulesFact> = {
+    nft: await readLive(() =>
+      createNftBackend({ nftPath: backendFlags.nftPath, runner }).read(settings),
+    ),
+    iptables: await readLive(() => iptablesBackend.read(settings)),
+  };
   let iptablesVariant: DoctorFacts["iptablesVariant"];
   try {
     iptablesVariant = { ok: true, ...(await iptablesBackend.detection()) };
   } catch (error) {
-    iptablesVariant = { ok: false, error: iptables.ok ? (error as Error).message : iptables.error };
+    iptablesVariant = {
+      ok: false,
+      error: live.iptables.ok ? (error as Error).message : live.iptables.error,
+    };
   }
 
   const facts: Omit<DoctorFacts, "probes"> = {
@@ -236,8 +203,8 @@ export async function runDoctor(options: DoctorOptions): Promise<DoctorReport> {
     ...(inputs.node === undefined ? {} : { node: inputs.node }),
     result,
     backend: options.backend,
-    live: options.backend === "nft" ? nft : iptables,
-    otherLive: options.backend === "nft" ? iptables : nft,
+    live: live[options.backend],
+    otherLive: live[otherBackendOf(options.backend)],
   };
   const probes =
     options.probeTimeoutMs === undefined

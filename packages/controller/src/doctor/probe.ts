@@ -3,7 +3,7 @@
  * output hook, where our rules translate traffic that starts on the node.
  */
 import { connect } from "node:net";
-import type { ProbeOutcome } from "./report.js";
+import type { ProbeOutcome } from "./schema.js";
 
 /**
  * Connects to `ip:port` and closes again at once: `ok` when the handshake completed, `refused`

@@ -6,45 +6,14 @@
 import {
   type CoreConfig,
   cidrRange,
-  type IpFamily,
   type Mapping,
   type NodeInput,
-  type NodeIPSource,
   nodeIPsOf,
+  ownerOf,
   parseCIDR,
   podCIDRsOf,
 } from "@ipvs-node-controller/core";
-
-/** How much of the node's pod CIDRs of a family a restriction admits. */
-export type PodCoverage = "all" | "some" | "none" | "unknown";
-
-/** One restricted LoadBalancer IP: who may reach it from this node. */
-export interface RestrictedAddress {
-  readonly family: IpFamily;
-  readonly externalIP: string;
-  /** The ports of the Service on this address. */
-  readonly ports: readonly string[];
-  /** The source CIDRs translated, as the mapping holds them. */
-  readonly allowedSources: readonly string[];
-  /** Whether host-network traffic is translated: the node's IP is inside a range. */
-  readonly admitsNode: boolean;
-  /** How much of this node's pod CIDRs the sources cover. */
-  readonly admitsPods: PodCoverage;
-}
-
-/** A Service with at least one restricted LoadBalancer IP. */
-export interface RestrictedService {
-  /** `namespace/name`. */
-  readonly service: string;
-  readonly addresses: readonly RestrictedAddress[];
-}
-
-/** The node IP each family's restrictions are checked against, and where it came from. */
-export interface NodeIPReport {
-  readonly family: IpFamily;
-  readonly address: string;
-  readonly source: NodeIPSource;
-}
+import type { NodeIPReport, PodCoverage, RestrictedAddress, RestrictedService } from "./schema.js";
 
 /** This node's IPs as the core checks source ranges against them. */
 export function nodeIPReport(
@@ -94,7 +63,7 @@ export function restrictedServices(
   for (const mapping of wanted) {
     const allowed = mapping.allowedSources;
     if (allowed === undefined) continue;
-    const owner = `${mapping.service.namespace}/${mapping.service.name}`;
+    const owner = ownerOf(mapping);
     const addresses = byService.get(owner) ?? new Map<string, RestrictedAddress>();
     byService.set(owner, addresses);
     const port = `${mapping.protocol}/${mapping.port}`;

@@ -3,7 +3,13 @@
  * on, each Service's translations, what is left over or skipped, and the problems last, where a
  * terminal leaves them in view.
  */
-import type { DoctorReport, MappingStatus, PodTrafficFamily, RulesSummary } from "./report.js";
+import type {
+  DoctorReport,
+  MappingStatus,
+  PodTrafficFamily,
+  ProbeOutcome,
+  RulesSummary,
+} from "./schema.js";
 
 /** Left-aligned columns, two spaces apart, each as wide as its widest cell. */
 function columns(rows: readonly (readonly string[])[], indent: string): string[] {
@@ -23,8 +29,28 @@ function columns(rows: readonly (readonly string[])[], indent: string): string[]
   );
 }
 
-function plural(count: number, word: string): string {
+/** `1 problem`, `2 problems`. */
+export function plural(count: number, word: string): string {
   return `${count} ${word}${count === 1 ? "" : "s"}`;
+}
+
+/** `192.0.2.10 tcp/80`. */
+export function keyText(key: {
+  readonly externalIP: string;
+  readonly protocol: string;
+  readonly port: number;
+}): string {
+  return `${key.externalIP} ${key.protocol}/${key.port}`;
+}
+
+/** `ok`, `refused`, `timeout`, or `error` with the system's code. */
+export function probeText(outcome: ProbeOutcome): string {
+  return outcome.result === "error" ? `error ${outcome.detail ?? ""}`.trim() : outcome.result;
+}
+
+/** Whether an address is local to the node, `local?` when unknown. */
+function localityText(local: boolean | null): string {
+  return local === null ? "local?" : local ? "local" : "not local";
 }
 
 function rulesLine(rules: RulesSummary): string {
@@ -50,7 +76,6 @@ function podTrafficLine(family: PodTrafficFamily): string {
 }
 
 function mappingRow(mapping: MappingStatus): string[] {
-  const locality = mapping.local === null ? "local?" : mapping.local ? "local" : "not local";
   const rule =
     mapping.rule === "wrong-target"
       ? `rule to ${mapping.liveClusterIP ?? "?"}`
@@ -59,18 +84,11 @@ function mappingRow(mapping: MappingStatus): string[] {
         : mapping.rule === "present"
           ? "rule ok"
           : `rule ${mapping.rule}`;
-  const row = [
-    `${mapping.externalIP} ${mapping.protocol}/${mapping.port}`,
-    "->",
-    mapping.clusterIP,
-    locality,
-    rule,
-  ];
+  const row = [keyText(mapping), "->", mapping.clusterIP, localityText(mapping.local), rule];
   const probe = mapping.probe;
   if (probe !== undefined) {
-    const result = probe.result === "error" ? `error ${probe.detail ?? ""}`.trim() : probe.result;
     const cluster = probe.clusterIP === undefined ? "" : ` (cluster IP: ${probe.clusterIP.result})`;
-    row.push(`probe ${result}${cluster}`);
+    row.push(`probe ${probeText(probe)}${cluster}`);
   }
   return row;
 }
@@ -170,10 +188,10 @@ export function formatDoctorReport(report: DoctorReport): string {
   lines.push(
     ...columns(
       report.staleRules.map((rule) => [
-        `${rule.externalIP} ${rule.protocol}/${rule.port}`,
+        keyText(rule),
         "->",
         rule.clusterIP,
-        rule.local === null ? "local?" : rule.local ? "local" : "not local",
+        localityText(rule.local),
         rule.owner === "" ? "(no owner named)" : `(was ${rule.owner})`,
       ]),
       "  ",
@@ -191,9 +209,7 @@ export function formatDoctorReport(report: DoctorReport): string {
     lines.push("");
     lines.push(`conflicts (${report.conflicts.length})`);
     for (const conflict of report.conflicts) {
-      lines.push(
-        `  ${conflict.externalIP} ${conflict.protocol}/${conflict.port}: ${conflict.winner} wins over ${conflict.loser}`,
-      );
+      lines.push(`  ${keyText(conflict)}: ${conflict.winner} wins over ${conflict.loser}`);
     }
   }
   if (report.warnings.length > 0) {

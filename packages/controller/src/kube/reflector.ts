@@ -5,17 +5,15 @@
  * client-node's own informer stops for good on any error other than 410 Gone and keeps whole
  * objects (managedFields included). A node agent must instead follow the API server through
  * restarts and outages, and should hold as little as it can: this reflector keeps only each
- * object's key and resourceVersion (to tell, after a relist, which objects went away), and the
- * consumer keeps what it derives from the objects.
+ * object's key (to tell, after a relist, which objects went away), and the consumer keeps what it
+ * derives from the objects. Every wait (retry delays, the list and watch time limits) is on the
+ * injected {@link Clock}.
  */
 import type { Watch } from "@kubernetes/client-node";
 import { type Backoff, backoffDelay } from "../backoff.js";
-
-/** One page of a list call, as the generated client returns it. */
-export interface ListPage {
-  readonly items: readonly unknown[];
-  readonly metadata?: { readonly resourceVersion?: string; readonly _continue?: string };
-}
+import { type Clock, systemClock } from "../clock.js";
+import type { Resource } from "./cluster.js";
+import { listPages } from "./list.js";
 
 /** Lifecycle events, for logs and metrics. */
 export type ReflectorEvent =
@@ -26,19 +24,9 @@ export type ReflectorEvent =
   | { readonly type: "expired" }
   | { readonly type: "retry"; readonly error: unknown; readonly delayMs: number };
 
-/** How a reflector lists, watches and trims its objects. */
-export interface ReflectorOptions<T> {
-  /** For logs, e.g. `services`. */
-  readonly name: string;
-  /** Lists one page; `continueToken` is undefined for the first page. */
-  readonly list: (continueToken: string | undefined) => Promise<ListPage>;
-  /** The watch path, e.g. `/api/v1/services`. */
-  readonly watchPath: string;
-  /** Extra query parameters of the watch, e.g. a field selector. */
-  readonly watchQuery?: Readonly<Record<string, string>>;
+/** How a reflector lists, watches and trims its objects, and whom it tells. */
+export interface ReflectorOptions<T> extends Resource<T> {
   readonly watch: Pick<Watch, "watch">;
-  /** Keeps only what the consumer reads; undefined drops the object. */
-  readonly trim: (object: unknown) => T | undefined;
   /**
    * Called with every object as it arrives, trimmed: added or updated (by a watch event, or by a
    * list, page by page) or deleted (undefined; by a watch event, or at the end of a relist for
@@ -59,6 +47,10 @@ export interface ReflectorOptions<T> {
   readonly stallGraceMs?: number;
   /** A list call taking longer than this is abandoned and retried. Default 60 s. */
   readonly listTimeoutMs?: number;
+  /** Where time is read and waited for. Default: the real clock. */
+  readonly clock?: Clock;
+  /** A number in [0, 1), for the jitter of retry delays and watch timeouts. Default `Math.random`. */
+  readonly random?: () => number;
 }
 
 interface ObjectMeta {
@@ -87,55 +79,26 @@ function statusCode(error: unknown): number | undefined {
 /** A resourceVersion too old for the server: start again with a fresh list. */
 class ExpiredError extends Error {}
 
-/** Rejects when `promise` has not settled within `ms`, or as soon as `signal` aborts. */
-function withTimeout<T>(
-  promise: Promise<T>,
-  ms: number,
-  what: string,
-  signal: AbortSignal,
-): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  let onAbort = () => {};
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
-    onAbort = () => reject(new Error(`${what} stopped`));
-    signal.addEventListener("abort", onAbort);
-  });
-  return Promise.race([promise, timeout]).finally(() => {
-    clearTimeout(timer);
-    signal.removeEventListener("abort", onAbort);
-  });
-}
-
-const sleep = (ms: number, signal: AbortSignal) =>
-  new Promise<void>((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => {
-      clearTimeout(timer);
-      resolve();
-    });
-  });
-
 /** Follows the API server's objects of one kind, through errors and restarts. */
 export class Reflector<T> {
-  /** The resourceVersion of every object present, by `namespace/name`. */
-  private readonly present = new Map<string, string>();
+  /** The key (`namespace/name`) of every object present. */
+  private readonly present = new Set<string>();
   private resourceVersion = "";
   private synced = false;
   private readonly stopper = new AbortController();
   private currentWatch: AbortController | undefined;
   private loop: Promise<void> | undefined;
+  private readonly clock: Clock;
+  private readonly random: () => number;
 
-  constructor(private readonly options: ReflectorOptions<T>) {}
+  constructor(private readonly options: ReflectorOptions<T>) {
+    this.clock = options.clock ?? systemClock;
+    this.random = options.random ?? Math.random;
+  }
 
   /** True once the first complete list has been handed over. */
   get hasSynced(): boolean {
     return this.synced;
-  }
-
-  /** The keys (`namespace/name`) of the objects present, with their resourceVersion. */
-  get keys(): ReadonlyMap<string, string> {
-    return this.present;
   }
 
   /** Starts listing and watching in the background. */
@@ -152,6 +115,36 @@ export class Reflector<T> {
 
   private get stopped(): boolean {
     return this.stopper.signal.aborted;
+  }
+
+  /** Waits `ms` on the clock, or less when the reflector stops or `cancel` aborts. */
+  private async sleep(ms: number, cancel?: AbortSignal): Promise<void> {
+    const wake = new AbortController();
+    const abort = () => wake.abort();
+    const signals = cancel === undefined ? [this.stopper.signal] : [this.stopper.signal, cancel];
+    for (const signal of signals) {
+      if (signal.aborted) wake.abort();
+      signal.addEventListener("abort", abort);
+    }
+    try {
+      await this.clock.sleep(ms, wake.signal);
+    } finally {
+      for (const signal of signals) signal.removeEventListener("abort", abort);
+    }
+  }
+
+  /** Rejects when `promise` has not settled within `ms`, or as soon as the reflector stops. */
+  private async withTimeout<R>(promise: Promise<R>, ms: number, what: string): Promise<R> {
+    const settled = new AbortController();
+    const deadline = this.sleep(ms, settled.signal).then((): never => {
+      throw new Error(this.stopped ? `${what} stopped` : `${what} timed out after ${ms} ms`);
+    });
+    try {
+      // The race handles the deadline's rejection also when the promise wins.
+      return await Promise.race([promise, deadline]);
+    } finally {
+      settled.abort();
+    }
   }
 
   private async run(): Promise<void> {
@@ -171,9 +164,9 @@ export class Reflector<T> {
         }
         failures += 1;
         const base = backoffDelay(backoff, failures);
-        const delayMs = Math.round(base * (0.8 + Math.random() * 0.4));
+        const delayMs = Math.round(base * (0.8 + this.random() * 0.4));
         this.options.onEvent?.({ type: "retry", error, delayMs });
-        await sleep(delayMs, this.stopper.signal);
+        await this.sleep(delayMs);
       }
     }
   }
@@ -184,27 +177,25 @@ export class Reflector<T> {
    */
   private async relist(): Promise<void> {
     const listed = new Set<string>();
-    let continueToken: string | undefined;
     let resourceVersion = "";
-    do {
-      const page = await withTimeout(
+    const list = (continueToken: string | undefined) =>
+      this.withTimeout(
         this.options.list(continueToken),
         this.options.listTimeoutMs ?? 60_000,
         `listing ${this.options.name}`,
-        this.stopper.signal,
       );
+    for await (const page of listPages(list, this.stopper.signal)) {
       for (const item of page.items) {
         const trimmed = this.options.trim(item);
         if (trimmed === undefined) continue;
         const key = keyOf(item);
         listed.add(key);
-        this.present.set(key, metaOf(item).resourceVersion ?? "");
+        this.present.add(key);
         this.options.onChange(key, trimmed);
       }
-      continueToken = page.metadata?._continue || undefined;
       resourceVersion = page.metadata?.resourceVersion ?? "";
-    } while (continueToken !== undefined && !this.stopped);
-    for (const key of [...this.present.keys()]) {
+    }
+    for (const key of [...this.present]) {
       if (listed.has(key)) continue;
       this.present.delete(key);
       this.options.onChange(key, undefined);
@@ -219,33 +210,35 @@ export class Reflector<T> {
     // The server closes the watch after timeoutSeconds; a spread keeps many nodes from
     // re-watching in lockstep, as client-go does.
     const [minSeconds, maxSeconds] = this.options.watchTimeoutSeconds ?? [300, 600];
-    const timeoutSeconds = minSeconds + Math.floor(Math.random() * (maxSeconds - minSeconds + 1));
+    const timeoutSeconds = minSeconds + Math.floor(this.random() * (maxSeconds - minSeconds + 1));
     return new Promise<void>((resolve, reject) => {
       let expired = false;
       let settled = false;
+      const ended = new AbortController();
       const settle = (outcome: () => void) => {
         if (settled) return;
         settled = true;
-        clearTimeout(stallTimer);
+        ended.abort();
         this.stopper.signal.removeEventListener("abort", onStop);
         outcome();
       };
       // stop() ends the wait at once, whether or not the aborted stream reports its end.
       const onStop = () => settle(resolve);
       this.stopper.signal.addEventListener("abort", onStop);
-      const stallTimer = setTimeout(
-        () => {
-          this.currentWatch?.abort();
-          settle(() =>
-            reject(
-              new Error(
-                `the ${this.options.name} watch stalled past its ${timeoutSeconds} s timeout`,
-              ),
-            ),
-          );
-        },
+      void this.sleep(
         timeoutSeconds * 1000 + (this.options.stallGraceMs ?? 30_000),
-      );
+        ended.signal,
+      ).then(() => {
+        if (settled || this.stopped) return;
+        this.currentWatch?.abort();
+        settle(() =>
+          reject(
+            new Error(
+              `the ${this.options.name} watch stalled past its ${timeoutSeconds} s timeout`,
+            ),
+          ),
+        );
+      });
       const onEvent = (phase: string, object: unknown) => {
         if (phase === "ERROR") {
           // The server reports "too old resource version" as an in-stream Status, then closes.
@@ -260,7 +253,7 @@ export class Reflector<T> {
         if (trimmed === undefined) {
           if (this.present.delete(key)) this.options.onChange(key, undefined);
         } else {
-          this.present.set(key, version ?? "");
+          this.present.add(key);
           this.options.onChange(key, trimmed);
         }
       };
