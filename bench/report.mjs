@@ -3,6 +3,7 @@
 //
 //   pnpm bench:report              (root; after scripts/setup.sh; under half an hour on 2 cores)
 //   pnpm bench:report --quick      (a smoke run in a few minutes: bench/results/quick.*, README untouched)
+//   pnpm bench:report --original-binary PATH   (the original controller itself beside ours)
 //
 // Flags and BENCH_* variables change the parameters (see lib/options.mjs), e.g.
 // `--parts incremental,connections`, `--backends nft`, `--sizes 100,1000`, `--changes 20`.
@@ -10,7 +11,7 @@
 // the JSON alone, measuring nothing.
 
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { dirname } from "node:path";
+import { basename, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { measureConnectionRate } from "./connection-rate.mjs";
 import { measureController } from "./controller.mjs";
@@ -21,6 +22,7 @@ import { log } from "./lib/log.mjs";
 import { commitOf, loadAverage, machineInfo } from "./lib/machine.mjs";
 import { renderMarkdown, renderReadmeFigures } from "./lib/markdown.mjs";
 import { parseOptions } from "./lib/options.mjs";
+import { measureOriginalController } from "./original-controller.mjs";
 import { measureOriginalMethod } from "./original-method.mjs";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
@@ -35,6 +37,18 @@ function updateReadme(figures) {
   const end = text.indexOf(END);
   if (start < 0 || end < start) throw new Error(`README.md lacks ${START} … ${END}`);
   writeFileSync(README, `${text.slice(0, start + START.length)}\n${figures}\n${text.slice(end)}`);
+}
+
+/**
+ * The command line as the report prints it: the original binary by its file name, since where it
+ * lies on this machine means nothing elsewhere.
+ */
+function withoutDirectories(args) {
+  return args.map((arg, i) =>
+    args[i - 1] === "--original-binary"
+      ? basename(arg)
+      : arg.replace(/^(--original-binary=).*\/([^/]*)$/, "$1$2"),
+  );
 }
 
 /** Moves the controller benchmark's sessions into the report's sections. */
@@ -90,12 +104,15 @@ await main(async () => {
     options.out ?? `${ROOT}bench/results/${options.quick ? "quick" : "latest"}`.replace(/\/$/, "");
   const started = Date.now();
   const report = {
-    command: `pnpm bench:report${process.argv.length > 2 ? ` ${process.argv.slice(2).join(" ")}` : ""}`,
+    command: ["pnpm bench:report", ...withoutDirectories(process.argv.slice(2))].join(" "),
     date: new Date(started).toISOString().replace(/\.\d+Z$/, "Z"),
     commit: await commitOf(ROOT),
     machine: await machineInfo(),
     loadAverage: { before: loadAverage() },
-    parameters: options,
+    parameters: {
+      ...options,
+      ...(options.originalBinary ? { originalBinary: basename(options.originalBinary) } : {}),
+    },
   };
   log("report", `parts: ${options.parts.join(", ")}; load average ${report.loadAverage.before}`);
 
@@ -112,7 +129,13 @@ await main(async () => {
     Object.assign(report, controllerSections(result, options));
   }
   if (options.parts.includes("original")) {
-    report.originalMethod = await measureOriginalMethod(options);
+    // The original controller itself when given, else its method emulated.
+    if (options.originalBinary) {
+      report.originalController = await measureOriginalController(options);
+      report.machine.kubeApiserver ??= report.originalController.kubeApiserver;
+    } else {
+      report.originalMethod = await measureOriginalMethod(options);
+    }
   }
 
   report.loadAverage.after = loadAverage();
