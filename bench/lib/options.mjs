@@ -102,12 +102,15 @@ export function parseOptions(argv, env = process.env) {
     }
   }
   const quick = raw.quick === "true" || raw.quick === "1";
-  // A smoke run leaves the README's figures alone unless asked to.
-  const readme = raw.readme === undefined ? !quick : raw.readme !== "false";
-  const options = { ...(quick ? QUICK : FULL), quick, readme };
+  const options = { ...(quick ? QUICK : FULL), quick };
   for (const [key, text] of Object.entries(raw)) {
     if (!FLAGS.has(key)) options[key] = convert(key, text);
   }
+  // A smoke run, or one of some parts only, leaves the READMEs' figures alone unless asked to.
+  options.readme =
+    raw.readme === undefined
+      ? !quick && PARTS.every((part) => options.parts.includes(part))
+      : raw.readme !== "false";
   for (const part of options.parts) {
     if (!PARTS.includes(part)) throw new Error(`unknown part ${part}; parts: ${PARTS.join(", ")}`);
   }
