@@ -1,10 +1,11 @@
 // The method of the original controller, emulated, against ours, on the same Services (one TCP
-// port each, as the original was measured); what the report's `original` part runs when it is
-// not given the original controller itself (original-controller.mjs runs that): per Service, two rules (a MARK and a DNAT) in each of
-// two chains, each one checked and then appended with one `iptables` process per step
-// (`iptables -t nat -C CHAIN rule || iptables -t nat -A CHAIN rule`), one after the other, timed
-// until every rule is in. Ours: the same Services through the engine and one full sync of each
-// backend. Every run starts in a fresh network namespace, inside which the timing process runs.
+// port each, as the original was measured): what the report's `original` part runs when it is
+// not given the original controller itself (original-controller.mjs runs that). Per Service, two
+// rules (a MARK and a DNAT) in each of two chains, each one checked and then appended with one
+// `iptables` process per step (`iptables -t nat -C CHAIN rule || iptables -t nat -A CHAIN rule`),
+// one after the other, timed until every rule is in. Ours: the same Services through the engine
+// and one full sync of each backend, in process, without the controller's start-up or the API
+// server. Every run starts in a fresh network namespace, inside which the timing process runs.
 //
 //   node bench/original-method.mjs [--quick] [--original-sizes 250,1000] [--backends nft]
 
