@@ -22,17 +22,12 @@
 import { readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 import { createIptablesBackend } from "@ipvs-node-controller/backend-iptables";
 import { RulesetEngine, trimNode } from "@ipvs-node-controller/core";
-import {
-  ADDRESS_PLAN,
-  createTopology,
-  kubeClient,
-  runnerIn,
-  startTestApiServer,
-} from "@ipvs-node-controller/test-support";
-import { defer, main, startProcess } from "./lib/cleanup.mjs";
+import { ADDRESS_PLAN, runnerIn } from "@ipvs-node-controller/test-support";
+import { startProcess } from "./lib/cleanup.mjs";
+import { measureInRemote, startApiServer } from "./lib/cluster.mjs";
 import {
   CLI,
   daemonSetNodeOptions,
@@ -45,8 +40,8 @@ import {
 import { topGroups } from "./lib/heap-snapshot.mjs";
 import { nftMonitor, rulePoller, syncChecker } from "./lib/kernel-watch.mjs";
 import { log, sleep } from "./lib/log.mjs";
-import { insideNamespace, namespaceContext, runInNamespace, tempDir } from "./lib/namespace.mjs";
-import { backendFlags, parseOptions } from "./lib/options.mjs";
+import { benchmarkEntry, tempDir } from "./lib/namespace.mjs";
+import { backendFlags } from "./lib/options.mjs";
 import {
   apiService,
   changedIP,
@@ -62,15 +57,7 @@ const HEAP_SUMMARY = fileURLToPath(new URL("lib/heap-snapshot.mjs", import.meta.
 const METRICS = `${ADDRESS_PLAN.nodeRemoteSide.ipv4}:10266`;
 
 export async function measureController(options) {
-  const topology = await createTopology({ prefix: "bench-ctl" });
-  defer(() => topology.destroy());
-  return runInNamespace(
-    topology.namespaces.remote,
-    import.meta.url,
-    { options, namespaces: topology.namespaces },
-    // A private lock for iptables-legacy: other users of the machine's lock stay out of the figures.
-    { XTABLES_LOCKFILE: `${tempDir("xtables")}/xtables.lock` },
-  );
+  return measureInRemote("bench-ctl", import.meta.url, { options });
 }
 
 /** A metric's value from the Prometheus text. */
@@ -87,17 +74,7 @@ async function metrics() {
 
 /** The measuring half, inside the `remote` namespace. */
 async function measure({ options, namespaces }) {
-  const api = await startTestApiServer({
-    listenAddress: ADDRESS_PLAN.remote.ipv4,
-    // Local policy allocates a health-check node port per Service: room for 10,000 of them.
-    extraApiServerArgs: ["--service-node-port-range=20000-65000"],
-  });
-  defer(() => api.stop());
-  const version = JSON.parse((await api.kubectl(["version", "-o", "json"])).stdout).serverVersion
-    .gitVersion;
-  const kube = kubeClient(api);
-  defer(() => kube.close());
-  await kube.request("POST", "/api/v1/nodes", nodeObject(ADDRESS_PLAN.podCIDR.ipv4));
+  const { api, kube, version } = await startApiServer();
   const clusterIPs = [];
   const patchIP = (i, ip) => patchIngressIP(kube, i, ip);
   const incremental = {};
@@ -434,12 +411,4 @@ function heapReport(sessions, sizes) {
   };
 }
 
-const context = namespaceContext();
-if (context !== undefined) {
-  await insideNamespace(context, measure);
-} else if (import.meta.url === pathToFileURL(process.argv[1]).href) {
-  await main(async () => {
-    const options = parseOptions(process.argv.slice(2));
-    console.log(JSON.stringify(await measureController(options), null, 2));
-  });
-}
+await benchmarkEntry(import.meta.url, measureController, measure);

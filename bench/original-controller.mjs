@@ -25,16 +25,10 @@
 import { createHash } from "node:crypto";
 import { accessSync, constants, createReadStream, mkdirSync, symlinkSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
 import { runTool } from "@ipvs-node-controller/exec";
-import {
-  ADDRESS_PLAN,
-  createTopology,
-  kubeClient,
-  runnerIn,
-  startTestApiServer,
-} from "@ipvs-node-controller/test-support";
-import { defer, main, startProcess } from "./lib/cleanup.mjs";
+import { runnerIn } from "@ipvs-node-controller/test-support";
+import { startProcess } from "./lib/cleanup.mjs";
+import { measureInRemote, startApiServer } from "./lib/cluster.mjs";
 import {
   CLI,
   daemonSetNodeOptions,
@@ -45,16 +39,9 @@ import {
 } from "./lib/controller-process.mjs";
 import { nftMonitor } from "./lib/kernel-watch.mjs";
 import { log, sleep } from "./lib/log.mjs";
-import { insideNamespace, namespaceContext, runInNamespace, tempDir } from "./lib/namespace.mjs";
-import { backendFlags, parseOptions } from "./lib/options.mjs";
-import {
-  changedIP,
-  createServices,
-  lbIP,
-  nodeObject,
-  PORTS,
-  patchIngressIP,
-} from "./lib/services.mjs";
+import { benchmarkEntry, tempDir } from "./lib/namespace.mjs";
+import { backendFlags } from "./lib/options.mjs";
+import { changedIP, createServices, lbIP, PORTS, patchIngressIP } from "./lib/services.mjs";
 import { median, round, summarize } from "./lib/stats.mjs";
 
 const ONE_PORT = [PORTS[0]];
@@ -66,15 +53,7 @@ export async function measureOriginalController(options) {
   if (!options.originalBinary) throw new Error("--original-binary PATH is needed");
   const binary = resolve(options.originalBinary);
   accessSync(binary, constants.X_OK);
-  const topology = await createTopology({ prefix: "bench-orig" });
-  defer(() => topology.destroy());
-  const result = await runInNamespace(
-    topology.namespaces.remote,
-    import.meta.url,
-    { options, binary, namespaces: topology.namespaces },
-    // A private lock for iptables-legacy: other users of the machine's lock stay out of the figures.
-    { XTABLES_LOCKFILE: `${tempDir("xtables")}/xtables.lock` },
-  );
+  const result = await measureInRemote("bench-orig", import.meta.url, { options, binary });
   return { ...result, original: { ...(await describeBinary(binary)), ...result.original } };
 }
 
@@ -94,17 +73,7 @@ async function describeBinary(binary) {
 
 /** The measuring half, inside the `remote` namespace. */
 async function measure({ options, binary, namespaces }) {
-  const api = await startTestApiServer({
-    listenAddress: ADDRESS_PLAN.remote.ipv4,
-    // Local policy allocates a health-check node port per Service.
-    extraApiServerArgs: ["--service-node-port-range=20000-65000"],
-  });
-  defer(() => api.stop());
-  const version = JSON.parse((await api.kubectl(["version", "-o", "json"])).stdout).serverVersion
-    .gitVersion;
-  const kube = kubeClient(api);
-  defer(() => kube.close());
-  await kube.request("POST", "/api/v1/nodes", nodeObject(ADDRESS_PLAN.podCIDR.ipv4));
+  const { api, kube, version } = await startApiServer();
   const cluster = {
     api,
     kube,
@@ -174,17 +143,10 @@ function originalProgram(binary, variant) {
       }
     },
     start(cluster) {
-      return startProcess(
-        "ip",
-        [
-          "netns",
-          "exec",
-          cluster.node,
-          binary,
-          "--metrics-addr=0",
-          `--kubeconfig=${cluster.api.kubeconfigPath}`,
-        ],
-        { env: { ...process.env, NODE_NAME, PATH: `${toolsDir(variant)}:${process.env.PATH}` } },
+      return startInNode(
+        cluster,
+        [binary, "--metrics-addr=0", `--kubeconfig=${cluster.api.kubeconfigPath}`],
+        { NODE_NAME, PATH: `${toolsDir(variant)}:${process.env.PATH}` },
       );
     },
   };
@@ -202,12 +164,9 @@ function ourProgram(backend, options) {
       flags.backend === "nft" ? nftTranslations(node) : iptablesTranslations(node, flags.mode, 1),
     async prepare() {},
     start(cluster) {
-      return startProcess(
-        "ip",
+      return startInNode(
+        cluster,
         [
-          "netns",
-          "exec",
-          cluster.node,
           process.execPath,
           CLI,
           "run",
@@ -218,10 +177,17 @@ function ourProgram(backend, options) {
           "--metrics-bind-address=127.0.0.1:10266",
           "--log-level=info",
         ],
-        { env: { ...process.env, NODE_NAME, NODE_OPTIONS: daemonSetNodeOptions() } },
+        { NODE_NAME, NODE_OPTIONS: daemonSetNodeOptions() },
       );
     },
   };
+}
+
+/** Starts `command` in the node namespace, with `env` added to this process's environment. */
+function startInNode(cluster, command, env) {
+  return startProcess("ip", ["netns", "exec", cluster.node, ...command], {
+    env: { ...process.env, ...env },
+  });
 }
 
 const toolDirs = new Map();
@@ -438,12 +404,4 @@ async function session(cluster, options, program, n) {
   };
 }
 
-const context = namespaceContext();
-if (context !== undefined) {
-  await insideNamespace(context, measure);
-} else if (import.meta.url === pathToFileURL(process.argv[1]).href) {
-  await main(async () => {
-    const options = parseOptions(process.argv.slice(2));
-    console.log(JSON.stringify(await measureOriginalController(options), null, 2));
-  });
-}
+await benchmarkEntry(import.meta.url, measureOriginalController, measure);

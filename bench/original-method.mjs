@@ -9,22 +9,14 @@
 //
 //   node bench/original-method.mjs [--quick] [--original-sizes 250,1000] [--backends nft]
 
-import { pathToFileURL } from "node:url";
 import { createIptablesBackend } from "@ipvs-node-controller/backend-iptables";
 import { createNftBackend } from "@ipvs-node-controller/backend-nft";
 import { RulesetEngine, trimNode, trimService } from "@ipvs-node-controller/core";
 import { runTool } from "@ipvs-node-controller/exec";
 import { ADDRESS_PLAN } from "@ipvs-node-controller/test-support";
-import { main } from "./lib/cleanup.mjs";
 import { log } from "./lib/log.mjs";
-import {
-  addNamespace,
-  insideNamespace,
-  namespaceContext,
-  runInNamespace,
-  tempDir,
-} from "./lib/namespace.mjs";
-import { backendFlags, parseOptions } from "./lib/options.mjs";
+import { addNamespace, benchmarkEntry, runInNamespace, tempDir } from "./lib/namespace.mjs";
+import { backendFlags } from "./lib/options.mjs";
 import {
   apiService,
   clusterIP,
@@ -137,14 +129,6 @@ async function ours(n, name) {
   return { seconds: round(seconds, 3) };
 }
 
-const context = namespaceContext();
-if (context !== undefined) {
-  await insideNamespace(context, ({ job, n, backend }) =>
-    job === "original" ? original(n) : ours(n, backend),
-  );
-} else if (import.meta.url === pathToFileURL(process.argv[1]).href) {
-  await main(async () => {
-    const options = parseOptions(process.argv.slice(2));
-    console.log(JSON.stringify(await measureOriginalMethod(options), null, 2));
-  });
-}
+await benchmarkEntry(import.meta.url, measureOriginalMethod, ({ job, n, backend }) =>
+  job === "original" ? original(n) : ours(n, backend),
+);
