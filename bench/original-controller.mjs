@@ -54,7 +54,10 @@ export async function measureOriginalController(options) {
   const binary = resolve(options.originalBinary);
   accessSync(binary, constants.X_OK);
   const result = await measureInRemote("bench-orig", import.meta.url, { options, binary });
-  return { ...result, original: { ...(await describeBinary(binary)), ...result.original } };
+  const described = await describeBinary(binary);
+  // What the binary was built from, as whoever built it says (Go records "(devel)" for a checkout).
+  if (options.originalVersion) described.version = options.originalVersion;
+  return { ...result, original: { ...described, ...result.original } };
 }
 
 /** What can be told about the binary: its name, digest and Go build information. */

@@ -392,7 +392,7 @@ function originalControllerSection(report) {
   const lines = [
     "## The original controller against ours, end to end",
     "",
-    `The original controller (\`${o.binary}\`: ${built.join(", ")})`,
+    `The original controller${o.version ? ` ${o.version}` : ""} (\`${o.binary}\`: ${built.join(", ")})`,
     "and ours, each started as its DaemonSet starts it, one after the other in the same node",
     "namespace against the same kube-apiserver, with LoadBalancer Services of 1 TCP port each (the",
     "original translates whole IPs). The original runs `iptables` of the variant its row names",
@@ -633,7 +633,8 @@ function originalRows(report) {
           return `${who}: ${text}`;
         })
         .join("; ");
-    const what = `the original controller (kakao/ipvs-node-controller) vs ours, ${count(n)} Services of 1 port`;
+    const version = e2e.original.version ? ` ${e2e.original.version}` : "";
+    const what = `the original controller (kakao/ipvs-node-controller${version}) vs ours, ${count(n)} Services of 1 port`;
     return [
       [
         `${what}: process start → first rule / all rules in the kernel`,

@@ -52,7 +52,7 @@ const QUICK = {
 
 const LISTS = new Set(["parts", "backends", "sizes", "originalSizes", "originalIptables"]);
 const WORDS = new Set(["parts", "backends", "originalIptables"]);
-const TEXT = new Set(["minSyncPeriod", "out", "render", "originalBinary"]);
+const TEXT = new Set(["minSyncPeriod", "out", "render", "originalBinary", "originalVersion"]);
 const FLAGS = new Set(["quick", "readme"]);
 
 const camel = (flag) => flag.replace(/-([a-z])/g, (_, letter) => letter.toUpperCase());
