@@ -13,15 +13,14 @@
 //
 //   node bench/connection-rate.mjs [--quick] [--connection-services 10000] [--backends nft]
 
-import { pathToFileURL } from "node:url";
 import { createIptablesBackend } from "@ipvs-node-controller/backend-iptables";
 import { createNftBackend } from "@ipvs-node-controller/backend-nft";
 import { RulesetEngine, trimNode, trimService } from "@ipvs-node-controller/core";
 import { ADDRESS_PLAN, createTopology } from "@ipvs-node-controller/test-support";
-import { defer, main, startProcess } from "./lib/cleanup.mjs";
+import { defer, startProcess } from "./lib/cleanup.mjs";
 import { log, sleep } from "./lib/log.mjs";
-import { tempDir } from "./lib/namespace.mjs";
-import { backendFlags, parseOptions } from "./lib/options.mjs";
+import { benchmarkEntry, tempDir } from "./lib/namespace.mjs";
+import { backendFlags } from "./lib/options.mjs";
 import {
   apiService,
   clusterIP,
@@ -200,9 +199,4 @@ export async function measureConnectionRate(options) {
   };
 }
 
-if (import.meta.url === pathToFileURL(process.argv[1]).href) {
-  await main(async () => {
-    const options = parseOptions(process.argv.slice(2));
-    console.log(JSON.stringify(await measureConnectionRate(options), null, 2));
-  });
-}
+await benchmarkEntry(import.meta.url, measureConnectionRate);

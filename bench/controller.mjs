@@ -19,80 +19,45 @@
 //
 //   node bench/controller.mjs [--quick] [--sizes 100,1000] [--backends nft] [--changes 50]
 
-import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readdirSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 import { createIptablesBackend } from "@ipvs-node-controller/backend-iptables";
 import { RulesetEngine, trimNode } from "@ipvs-node-controller/core";
+import { ADDRESS_PLAN, runnerIn } from "@ipvs-node-controller/test-support";
+import { startProcess } from "./lib/cleanup.mjs";
+import { measureInRemote, startApiServer } from "./lib/cluster.mjs";
 import {
-  ADDRESS_PLAN,
-  createTopology,
-  kubeClient,
-  runnerIn,
-  startTestApiServer,
-} from "@ipvs-node-controller/test-support";
-import { defer, main, startProcess } from "./lib/cleanup.mjs";
+  CLI,
+  daemonSetNodeOptions,
+  durationMs,
+  MiB,
+  memoryOf,
+  mib,
+  within,
+} from "./lib/controller-process.mjs";
 import { topGroups } from "./lib/heap-snapshot.mjs";
 import { nftMonitor, rulePoller, syncChecker } from "./lib/kernel-watch.mjs";
 import { log, sleep } from "./lib/log.mjs";
-import { insideNamespace, namespaceContext, runInNamespace, tempDir } from "./lib/namespace.mjs";
-import { backendFlags, parseOptions } from "./lib/options.mjs";
+import { benchmarkEntry, tempDir } from "./lib/namespace.mjs";
+import { backendFlags } from "./lib/options.mjs";
 import {
   apiService,
   changedIP,
-  inBatches,
-  lbIP,
+  createServices,
   NAMESPACE,
   nodeObject,
+  patchIngressIP,
   serviceName,
-  serviceSpec,
 } from "./lib/services.mjs";
 import { median, round, summarize } from "./lib/stats.mjs";
 
-/** A JSON patch (RFC 6902), as load-balancer controllers send status updates. */
-const JSON_PATCH = "application/json-patch+json";
-
-const ROOT = new URL("../", import.meta.url);
-const CLI = fileURLToPath(new URL("packages/controller/dist/bin.js", ROOT));
 const HEAP_SUMMARY = fileURLToPath(new URL("lib/heap-snapshot.mjs", import.meta.url));
 const METRICS = `${ADDRESS_PLAN.nodeRemoteSide.ipv4}:10266`;
-const MiB = 1024 * 1024;
 
 export async function measureController(options) {
-  const topology = await createTopology({ prefix: "bench-ctl" });
-  defer(() => topology.destroy());
-  return runInNamespace(
-    topology.namespaces.remote,
-    import.meta.url,
-    { options, namespaces: topology.namespaces },
-    // A private lock for iptables-legacy: other users of the machine's lock stay out of the figures.
-    { XTABLES_LOCKFILE: `${tempDir("xtables")}/xtables.lock` },
-  );
-}
-
-/** The NODE_OPTIONS the DaemonSet sets, read from its manifest so that both stay the same. */
-function daemonSetNodeOptions() {
-  const manifest = readFileSync(new URL("deploy/base/daemonset.yaml", ROOT), "utf8");
-  const match = /name: NODE_OPTIONS\s+value: (.+)/.exec(manifest);
-  return match ? match[1].trim() : "";
-}
-
-function durationMs(text) {
-  const match = /^(\d+(?:\.\d+)?)(ms|s|m)$/.exec(text);
-  if (!match) throw new Error(`--min-sync-period ${text}: use e.g. 500ms or 1s`);
-  return Number(match[1]) * { ms: 1, s: 1000, m: 60_000 }[match[2]];
-}
-
-/** Resolves with the promise's value, or `undefined` after `ms`. */
-const within = (promise, ms) =>
-  Promise.race([promise, new Promise((resolve) => setTimeout(resolve, ms, undefined))]);
-
-/** VmRSS and VmHWM of a process, in bytes. */
-function memoryOf(pid) {
-  const status = readFileSync(`/proc/${pid}/status`, "utf8");
-  const kib = (name) => Number(new RegExp(`${name}:\\s+(\\d+) kB`).exec(status)?.[1]) * 1024;
-  return { rss: kib("VmRSS"), hwm: kib("VmHWM") };
+  return measureInRemote("bench-ctl", import.meta.url, { options });
 }
 
 /** A metric's value from the Prometheus text. */
@@ -109,26 +74,9 @@ async function metrics() {
 
 /** The measuring half, inside the `remote` namespace. */
 async function measure({ options, namespaces }) {
-  const api = await startTestApiServer({
-    listenAddress: ADDRESS_PLAN.remote.ipv4,
-    // Local policy allocates a health-check node port per Service: room for 10,000 of them.
-    extraApiServerArgs: ["--service-node-port-range=20000-65000"],
-  });
-  defer(() => api.stop());
-  const version = JSON.parse((await api.kubectl(["version", "-o", "json"])).stdout).serverVersion
-    .gitVersion;
-  const kube = kubeClient(api);
-  defer(() => kube.close());
-  await kube.request("POST", "/api/v1/nodes", nodeObject(ADDRESS_PLAN.podCIDR.ipv4));
-  const services = `/api/v1/namespaces/${NAMESPACE}/services`;
+  const { api, kube, version } = await startApiServer();
   const clusterIPs = [];
-  const patchIP = (i, ip) =>
-    kube.request(
-      "PATCH",
-      `${services}/${serviceName(i)}/status`,
-      [{ op: "replace", path: "/status/loadBalancer/ingress/0/ip", value: ip }],
-      JSON_PATCH,
-    );
+  const patchIP = (i, ip) => patchIngressIP(kube, i, ip);
   const incremental = {};
   for (const variant of ["nft", "legacy"]) {
     incremental[variant] = await appliesIncrementally(variant, namespaces.pod);
@@ -140,27 +88,7 @@ async function measure({ options, namespaces }) {
   const results = {};
   for (const n of options.sizes) {
     const started = performance.now();
-    await inBatches(
-      n,
-      16,
-      async (i) => {
-        const service = await kube.request("POST", services, serviceSpec(i));
-        clusterIPs[i] = service.spec.clusterIP;
-        await kube.request(
-          "PATCH",
-          `${services}/${serviceName(i)}/status`,
-          [
-            {
-              op: "add",
-              path: "/status/loadBalancer",
-              value: { ingress: [{ ip: lbIP(i), ipMode: "VIP" }] },
-            },
-          ],
-          JSON_PATCH,
-        );
-      },
-      present,
-    );
+    await createServices(kube, present, n, clusterIPs);
     created[n] = round((performance.now() - started) / 1000, 1);
     log(
       "controller",
@@ -380,7 +308,6 @@ async function session(cluster, options, backend, n, snapshot) {
   await controller.stop();
   await removeRules(namespaces.node, backend);
 
-  const mib = (bytes) => round(bytes / MiB, 1);
   return {
     readySeconds,
     latencyMs: { ...summarize(latencies), missed },
@@ -484,12 +411,4 @@ function heapReport(sessions, sizes) {
   };
 }
 
-const context = namespaceContext();
-if (context !== undefined) {
-  await insideNamespace(context, measure);
-} else if (import.meta.url === pathToFileURL(process.argv[1]).href) {
-  await main(async () => {
-    const options = parseOptions(process.argv.slice(2));
-    console.log(JSON.stringify(await measureController(options), null, 2));
-  });
-}
+await benchmarkEntry(import.meta.url, measureController, measure);

@@ -8,22 +8,14 @@
 //
 //   node bench/incremental-sync.mjs [--quick] [--sizes 100,1000] [--backends nft] [--changes 50]
 
-import { pathToFileURL } from "node:url";
 import { runTool } from "@ipvs-node-controller/backend";
 import { createIptablesBackend } from "@ipvs-node-controller/backend-iptables";
 import { createNftBackend } from "@ipvs-node-controller/backend-nft";
 import { RulesetEngine, trimNode, trimService } from "@ipvs-node-controller/core";
 import { ADDRESS_PLAN } from "@ipvs-node-controller/test-support";
-import { main } from "./lib/cleanup.mjs";
 import { log, sleep } from "./lib/log.mjs";
-import {
-  addNamespace,
-  insideNamespace,
-  namespaceContext,
-  runInNamespace,
-  tempDir,
-} from "./lib/namespace.mjs";
-import { backendFlags, parseOptions } from "./lib/options.mjs";
+import { addNamespace, benchmarkEntry, runInNamespace, tempDir } from "./lib/namespace.mjs";
+import { backendFlags } from "./lib/options.mjs";
 import { apiService, changedIP, NAMESPACE, nodeObject, serviceName } from "./lib/services.mjs";
 import { median, round, summarize } from "./lib/stats.mjs";
 
@@ -162,12 +154,4 @@ async function measure({ backend, sizes, changes, warmup }) {
   return bySize;
 }
 
-const context = namespaceContext();
-if (context !== undefined) {
-  await insideNamespace(context, measure);
-} else if (import.meta.url === pathToFileURL(process.argv[1]).href) {
-  await main(async () => {
-    const options = parseOptions(process.argv.slice(2));
-    console.log(JSON.stringify(await measureIncrementalSync(options), null, 2));
-  });
-}
+await benchmarkEntry(import.meta.url, measureIncrementalSync, measure);

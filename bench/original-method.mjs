@@ -1,28 +1,22 @@
 // The method of the original controller, emulated, against ours, on the same Services (one TCP
-// port each, as the original was measured): per Service, two rules (a MARK and a DNAT) in each of
-// two chains, each one checked and then appended with one `iptables` process per step
-// (`iptables -t nat -C CHAIN rule || iptables -t nat -A CHAIN rule`), one after the other, timed
-// until every rule is in. Ours: the same Services through the engine and one full sync of each
-// backend. Every run starts in a fresh network namespace, inside which the timing process runs.
+// port each, as the original was measured): what the report's `original` part runs when it is
+// not given the original controller itself (original-controller.mjs runs that). Per Service, two
+// rules (a MARK and a DNAT) in each of two chains, each one checked and then appended with one
+// `iptables` process per step (`iptables -t nat -C CHAIN rule || iptables -t nat -A CHAIN rule`),
+// one after the other, timed until every rule is in. Ours: the same Services through the engine
+// and one full sync of each backend, in process, without the controller's start-up or the API
+// server. Every run starts in a fresh network namespace, inside which the timing process runs.
 //
 //   node bench/original-method.mjs [--quick] [--original-sizes 250,1000] [--backends nft]
 
-import { pathToFileURL } from "node:url";
 import { runTool } from "@ipvs-node-controller/backend";
 import { createIptablesBackend } from "@ipvs-node-controller/backend-iptables";
 import { createNftBackend } from "@ipvs-node-controller/backend-nft";
 import { RulesetEngine, trimNode, trimService } from "@ipvs-node-controller/core";
 import { ADDRESS_PLAN } from "@ipvs-node-controller/test-support";
-import { main } from "./lib/cleanup.mjs";
 import { log } from "./lib/log.mjs";
-import {
-  addNamespace,
-  insideNamespace,
-  namespaceContext,
-  runInNamespace,
-  tempDir,
-} from "./lib/namespace.mjs";
-import { backendFlags, parseOptions } from "./lib/options.mjs";
+import { addNamespace, benchmarkEntry, runInNamespace, tempDir } from "./lib/namespace.mjs";
+import { backendFlags } from "./lib/options.mjs";
 import {
   apiService,
   clusterIP,
@@ -135,14 +129,6 @@ async function ours(n, name) {
   return { seconds: round(seconds, 3) };
 }
 
-const context = namespaceContext();
-if (context !== undefined) {
-  await insideNamespace(context, ({ job, n, backend }) =>
-    job === "original" ? original(n) : ours(n, backend),
-  );
-} else if (import.meta.url === pathToFileURL(process.argv[1]).href) {
-  await main(async () => {
-    const options = parseOptions(process.argv.slice(2));
-    console.log(JSON.stringify(await measureOriginalMethod(options), null, 2));
-  });
-}
+await benchmarkEntry(import.meta.url, measureOriginalMethod, ({ job, n, backend }) =>
+  job === "original" ? original(n) : ours(n, backend),
+);

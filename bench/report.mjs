@@ -1,16 +1,17 @@
 // The benchmark report: runs every benchmark of this directory, then writes
-// bench/results/latest.json, bench/results/latest.md and the figures of the root README.md.
+// bench/results/latest.json, bench/results/latest.md and the figures of the READMEs (GENERATED).
 //
 //   pnpm bench:report              (root; after scripts/setup.sh; under half an hour on 2 cores)
-//   pnpm bench:report --quick      (a smoke run in a few minutes: bench/results/quick.*, README untouched)
+//   pnpm bench:report --quick      (a smoke run in a few minutes: bench/results/quick.*, READMEs untouched)
+//   pnpm bench:report --original-binary PATH   (the original controller itself beside ours)
 //
 // Flags and BENCH_* variables change the parameters (see lib/options.mjs), e.g.
 // `--parts incremental,connections`, `--backends nft`, `--sizes 100,1000`, `--changes 20`.
-// `--render bench/results/latest.json` writes its Markdown and the README's figures again from
+// `--render bench/results/latest.json` writes its Markdown and the READMEs' figures again from
 // the JSON alone, measuring nothing.
 
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { dirname } from "node:path";
+import { basename, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { measureConnectionRate } from "./connection-rate.mjs";
 import { measureController } from "./controller.mjs";
@@ -19,22 +20,51 @@ import { main } from "./lib/cleanup.mjs";
 import { evaluateGoals } from "./lib/goals.mjs";
 import { log } from "./lib/log.mjs";
 import { commitOf, loadAverage, machineInfo } from "./lib/machine.mjs";
-import { renderMarkdown, renderReadmeFigures } from "./lib/markdown.mjs";
+import { renderMarkdown, renderMemoryFigures, renderReadmeFigures } from "./lib/markdown.mjs";
 import { parseOptions } from "./lib/options.mjs";
+import { measureOriginalController } from "./original-controller.mjs";
 import { measureOriginalMethod } from "./original-method.mjs";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
-const README = `${ROOT}README.md`;
-const START = "<!-- figures:start -->";
-const END = "<!-- figures:end -->";
+/**
+ * The figures the READMEs carry, each between `<!-- NAME:start -->` and `<!-- NAME:end -->` in
+ * its file and rendered from the report alone (`undefined` when the report lacks its figures).
+ */
+const GENERATED = [
+  {
+    file: "README.md",
+    name: "figures",
+    render: (report) => renderReadmeFigures(report, "bench/results/latest.md"),
+  },
+  {
+    file: "packages/controller/README.md",
+    name: "memory",
+    render: (report) => renderMemoryFigures(report, "../../bench/results/latest.md"),
+  },
+];
 
-/** Replaces what lies between the README's figure markers. */
-function updateReadme(figures) {
-  const text = readFileSync(README, "utf8");
-  const start = text.indexOf(START);
-  const end = text.indexOf(END);
-  if (start < 0 || end < start) throw new Error(`README.md lacks ${START} … ${END}`);
-  writeFileSync(README, `${text.slice(0, start + START.length)}\n${figures}\n${text.slice(end)}`);
+/** Replaces what lies between a file's markers. */
+function updateBetweenMarkers(file, name, text) {
+  const path = `${ROOT}${file}`;
+  const start = `<!-- ${name}:start -->`;
+  const end = `<!-- ${name}:end -->`;
+  const content = readFileSync(path, "utf8");
+  const from = content.indexOf(start);
+  const to = content.indexOf(end);
+  if (from < 0 || to < from) throw new Error(`${file} lacks ${start} … ${end}`);
+  writeFileSync(path, `${content.slice(0, from + start.length)}\n${text}\n${content.slice(to)}`);
+}
+
+/**
+ * The command line as the report prints it: the original binary by its file name, since where it
+ * lies on this machine means nothing elsewhere.
+ */
+function withoutDirectories(args) {
+  return args.map((arg, i) =>
+    args[i - 1] === "--original-binary"
+      ? basename(arg)
+      : arg.replace(/^(--original-binary=).*\/([^/]*)$/, "$1$2"),
+  );
 }
 
 /** Moves the controller benchmark's sessions into the report's sections. */
@@ -67,9 +97,12 @@ function controllerSections(result, options) {
 /** Writes the Markdown report next to the JSON one, and the README's figures when asked to. */
 function render(report, out, options) {
   writeFileSync(`${out}.md`, renderMarkdown(report));
-  if (options.readme) {
-    updateReadme(renderReadmeFigures(report, "bench/results/latest.md"));
-    log("report", "updated the figures of README.md");
+  if (!options.readme) return;
+  for (const { file, name, render } of GENERATED) {
+    const text = render(report);
+    if (text === undefined) continue;
+    updateBetweenMarkers(file, name, text);
+    log("report", `updated the ${name} of ${file}`);
   }
 }
 
@@ -90,12 +123,15 @@ await main(async () => {
     options.out ?? `${ROOT}bench/results/${options.quick ? "quick" : "latest"}`.replace(/\/$/, "");
   const started = Date.now();
   const report = {
-    command: `pnpm bench:report${process.argv.length > 2 ? ` ${process.argv.slice(2).join(" ")}` : ""}`,
+    command: ["pnpm bench:report", ...withoutDirectories(process.argv.slice(2))].join(" "),
     date: new Date(started).toISOString().replace(/\.\d+Z$/, "Z"),
     commit: await commitOf(ROOT),
     machine: await machineInfo(),
     loadAverage: { before: loadAverage() },
-    parameters: options,
+    parameters: {
+      ...options,
+      ...(options.originalBinary ? { originalBinary: basename(options.originalBinary) } : {}),
+    },
   };
   log("report", `parts: ${options.parts.join(", ")}; load average ${report.loadAverage.before}`);
 
@@ -112,7 +148,13 @@ await main(async () => {
     Object.assign(report, controllerSections(result, options));
   }
   if (options.parts.includes("original")) {
-    report.originalMethod = await measureOriginalMethod(options);
+    // The original controller itself when given, else its method emulated.
+    if (options.originalBinary) {
+      report.originalController = await measureOriginalController(options);
+      report.machine.kubeApiserver ??= report.originalController.kubeApiserver;
+    } else {
+      report.originalMethod = await measureOriginalMethod(options);
+    }
   }
 
   report.loadAverage.after = loadAverage();

@@ -22,8 +22,21 @@ pnpm run --silent lint
 pnpm run --silent typecheck
 status=0
 pnpm exec vitest run --reporter=default --reporter=json --outputFile.json="$report" || status=$?
+# The summary; under CI=true a skipped test fails the run: a suite that could not run proves nothing.
 node -e '
   const r = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8"));
-  console.log(`Tests: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${r.numPendingTests + r.numTodoTests} skipped`);
-' "$report" || true
+  const skipped = r.numPendingTests + r.numTodoTests;
+  console.log(`Tests: ${r.numPassedTests} passed, ${r.numFailedTests} failed, ${skipped} skipped`);
+  if (skipped > 0 && process.env.CI === "true") {
+    for (const file of r.testResults) {
+      for (const test of file.assertionResults) {
+        if (test.status !== "passed" && test.status !== "failed") {
+          console.log(`  ${test.status}: ${file.name.replace(`${process.cwd()}/`, "")} > ${test.fullName}`);
+        }
+      }
+    }
+    console.log("CI=true: no test may be skipped");
+    process.exit(1);
+  }
+' "$report" || status=1
 exit "$status"

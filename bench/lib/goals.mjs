@@ -84,15 +84,20 @@ export function evaluateGoals(report) {
 
   const latency = report.programmingLatencyMs ?? {};
   if (latency.nft?.[large]) {
-    goals.push(
-      check(
-        "latency-nft",
-        `Status patch → rule in the kernel, nft, ${count(large)} Services, p99`,
-        latency.nft[large].p99,
-        50,
-        " ms",
-      ),
+    const goal = check(
+      "latency-nft",
+      `Status patch → rule in the kernel, nft, ${count(large)} Services, p99`,
+      latency.nft[large].p99,
+      50,
+      " ms",
     );
+    // A change never seen has no latency, and none could be low enough.
+    const { missed } = latency.nft[large];
+    if (missed > 0) {
+      goal.met = false;
+      goal.missedBy = `${missed} change${missed === 1 ? "" : "s"} never seen`;
+    }
+    goals.push(goal);
   }
   for (const [backend, bySize] of Object.entries(latency)) {
     const burst = bySize[large]?.burst;

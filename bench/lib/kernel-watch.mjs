@@ -32,45 +32,49 @@ import { CHANGED_IPS } from "./services.mjs";
 /** The chain holding a mapping's DNAT rule: the bucket of its external IP's last byte. */
 const chainOf = (mapping) => bucketChain(bucketOf(dnatKey(mapping)));
 
-/** Resolves with `performance.now()` when `ip`'s rules appear; see {@link Watcher.expect}. */
+/**
+ * Resolves with `performance.now()` when `ip`'s rules appear (after `times` sightings); see
+ * {@link Watcher.expect}.
+ */
 class Pending {
   constructor() {
     this.waiting = new Map();
   }
-  add(key) {
+  add(key, times = 1) {
     let resolve;
     const seen = new Promise((done) => {
       resolve = done;
     });
-    this.waiting.set(key, resolve);
+    this.waiting.set(key, { resolve, left: times });
     return seen;
   }
   see(key, at) {
-    const resolve = this.waiting.get(key);
-    if (resolve === undefined) return;
+    const entry = this.waiting.get(key);
+    if (entry === undefined || --entry.left > 0) return;
     this.waiting.delete(key);
-    resolve(at);
+    entry.resolve(at);
   }
 }
 
 /**
  * `nft monitor` in `namespace`: `expect(ip)` resolves when an element or a rule naming `ip` is
- * added.
+ * added; with `lines` and `matching`, once `lines` added objects naming `ip` and `matching` that
+ * line (e.g. the original controller's two DNAT rules of an IP, among its mark rules).
  */
-export async function nftMonitor(namespace) {
+export async function nftMonitor(namespace, { lines = 1, matching = () => true } = {}) {
   const monitor = startProcess("ip", ["netns", "exec", namespace, "nft", "monitor"]);
   const pending = new Pending();
   createInterface({ input: monitor.stdout }).on("line", (line) => {
     const at = performance.now();
     // Only additions: a deletion names the LB IP a Service moves away from.
-    if (!line.startsWith("add ")) return;
-    for (const ip of line.match(CHANGED_IPS) ?? []) pending.see(ip, at);
+    if (!line.startsWith("add ") || !matching(line)) return;
+    for (const ip of new Set(line.match(CHANGED_IPS) ?? [])) pending.see(ip, at);
   });
   // nft subscribes to the kernel's notifications as it starts; it prints nothing until then.
   await sleep(500);
   return {
     kind: "nft monitor",
-    expect: (ip) => pending.add(ip),
+    expect: (ip) => pending.add(ip, lines),
     stop: () => monitor.stop(),
   };
 }

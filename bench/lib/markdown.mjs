@@ -13,6 +13,15 @@ const ms = (value) =>
 const pair = (summary) => (summary?.n ? `${ms(summary.p50)} / ${ms(summary.p99)}` : "–");
 const percent = (ratio) => `${(ratio * 100).toFixed(1)} %`;
 
+/**
+ * Single changes never seen in the kernel, per size, of all made (the unmeasured warm-up ones
+ * included): `0 / 0 / 1 of 53`.
+ */
+const neverSeen = (bySize, report) => {
+  const { sizes, changes, warmup } = report.parameters;
+  return `${sizes.map((n) => bySize?.[n]?.missed ?? "–").join(" / ")} of ${changes + warmup}`;
+};
+
 /** A table with its columns padded to one width, as the formatter (Biome) writes them. */
 function table(header, rows) {
   const width = (text) => [...text].length;
@@ -111,6 +120,7 @@ function latencySection(report) {
   const rows = Object.entries(data).map(([backend, bySize]) => [
     backend,
     ...sizes.map((n) => pair(bySize[n])),
+    neverSeen(bySize, report),
     pair(bySize[large]?.controllerSyncMs),
     ms(bySize[large]?.readySeconds * 1000),
   ]);
@@ -141,7 +151,8 @@ function latencySection(report) {
     "`status.loadBalancer` moving one Service to a new LB IP, timed from the patch call's response to",
     `the new rule being in the kernel. ${p.changes} changes per cell, each after the previous one landed and`,
     `\`--min-sync-period\` (${p.minSyncPeriod}) passed. p50 / p99 in ms (the p99 of ${p.changes} changes is the`,
-    "slowest one). How the rule was seen (see bench/README.md for why):",
+    "slowest one). A change whose rule was not seen within 60 s is counted as never seen and left",
+    "out of the percentiles. How the rule was seen (see bench/README.md for why):",
     "",
     ...Object.entries(data).map(
       ([backend, bySize]) =>
@@ -152,6 +163,7 @@ function latencySection(report) {
       [
         "backend",
         ...sizes.map((n) => `${count(n)} Services`),
+        `changes never seen, ${sizes.map(count).join(" / ")}`,
         `controller's own sync, ${count(large)}`,
         `start → all rules in (ms), ${count(large)}`,
       ],
@@ -344,18 +356,110 @@ function originalSection(report) {
   ]);
   const tool = Object.values(data)[0]?.iptables ?? "iptables";
   return [
-    "## The original method, emulated, against ours",
+    "## The original controller's method, emulated, against our full sync",
     "",
-    "Per Service (one TCP port), a MARK and a DNAT rule in each of two chains, each checked and then",
-    `appended with one \`iptables\` process per step (${tool}), one after the other; ours: the same`,
-    "Services through the engine and one full sync. Each in a fresh namespace; seconds until every",
-    "rule is in, and our speed-up.",
+    "Not the original controller: its method, emulated (`pnpm bench:report --original-binary PATH`",
+    "runs the original itself instead). Per Service (one TCP port), a MARK and a DNAT rule in each",
+    `of two chains, each checked and then appended with one \`iptables\` process per step (${tool}),`,
+    "one after the other, from Node.js; ours: the same Services through the engine and one full",
+    "sync, in process, without the controller's start-up or the API server. Each in a fresh",
+    "namespace; seconds until every rule is in, and our speed-up.",
     "",
     table(
-      ["Services", "original (s)", "iptables processes", ...backends.map((b) => `ours, ${b}`)],
+      [
+        "Services (1 port)",
+        "emulated original (s)",
+        "iptables processes",
+        ...backends.map((b) => `ours, ${b}`),
+      ],
       rows,
     ),
   ].join("\n");
+}
+
+/** The original controller's programs first, then ours, in the order they ran. */
+const programName = (name) =>
+  name.startsWith("original-") ? `original, ${name.slice("original-".length)}` : `ours, ${name}`;
+
+function originalControllerSection(report) {
+  const data = report.originalController;
+  const o = data.original;
+  const built = [
+    o.module && `Go module ${o.module}`,
+    o.goVersion && `built with ${o.goVersion}`,
+    `sha256 ${o.sha256.slice(0, 12)}…`,
+  ].filter(Boolean);
+  const lines = [
+    "## The original controller against ours, end to end",
+    "",
+    `The original controller${o.version ? ` ${o.version}` : ""} (\`${o.binary}\`: ${built.join(", ")})`,
+    "and ours, each started as its DaemonSet starts it, one after the other in the same node",
+    "namespace against the same kube-apiserver, with LoadBalancer Services of 1 TCP port each (the",
+    "original translates whole IPs). The original runs `iptables` of the variant its row names",
+    `(${Object.values(o.iptables).join(", ")}); ours, its backend.`,
+    "",
+    "Times are from the process's start. A Service counts once its translation is complete (the",
+    "original: its DNAT rules in both of its chains, for pods and for the host; ours: the map",
+    "element or the DNAT rule), seen by listing the kernel every 20 ms until the first rule, then",
+    "every 250 ms. Memory: VmRSS once settled (steady) and VmHWM at the end of the session (peak),",
+    `in MiB. Then ${data.changes} changes, each moving one Service to a new LB IP: from the status patch`,
+    "accepted to the new IP's translation in the kernel (p50 / slowest; `nft monitor`, or",
+    "back-to-back listings for iptables-legacy), and whether the old IP's translation was still",
+    `in the kernel once \`--min-sync-period\` (${report.parameters.minSyncPeriod}) and one more second had passed.`,
+  ];
+  for (const [n, programs] of Object.entries(data.bySize)) {
+    lines.push(
+      "",
+      `${count(n)} Services:`,
+      "",
+      table(
+        [
+          "program",
+          "first rule (s)",
+          "all rules (s)",
+          "RSS steady",
+          "RSS peak",
+          "one change (ms)",
+          "changes never seen",
+          "old IP's rules left behind",
+        ],
+        Object.entries(programs).map(([name, s]) => [
+          programName(name),
+          String(s.firstRuleSeconds),
+          String(s.allRulesSeconds),
+          String(s.steadyMiB),
+          String(s.peakMiB),
+          pair({ ...s.changeMs, p99: s.changeMs.max }),
+          `${s.changeMs.missed} of ${s.changes}`,
+          `${s.oldRulesLeftBehind} of ${s.changes}`,
+        ]),
+      ),
+    );
+  }
+  const summary = originalSummary(data);
+  if (summary) lines.push("", summary);
+  return lines.join("\n");
+}
+
+/** At the largest size: how much longer the original takes, and how much more memory ours holds. */
+function originalSummary(data) {
+  const [n, programs] = Object.entries(data.bySize).at(-1) ?? [];
+  if (!programs) return undefined;
+  const entries = Object.entries(programs);
+  const originals = entries.filter(([name]) => name.startsWith("original-"));
+  const ours = entries.filter(([name]) => !name.startsWith("original-"));
+  if (originals.length === 0 || ours.length === 0) return undefined;
+  const ratios = (pick) =>
+    ours.map(([backend, s]) => `${pick(s).toFixed(1)}× (${backend})`).join(", ");
+  const sentences = originals.map(
+    ([name, original]) =>
+      `The original with ${name.slice("original-".length)} takes ` +
+      ratios((s) => original.allRulesSeconds / s.allRulesSeconds) +
+      " as long as ours to have every rule in, and ours holds " +
+      ratios((s) => s.steadyMiB / original.steadyMiB) +
+      " its steady memory.",
+  );
+  return `At ${count(n)} Services: ${sentences.join(" ")}`;
 }
 
 /** The full report. */
@@ -376,6 +480,7 @@ export function renderMarkdown(report) {
   if (report.programmingLatencyMs) sections.push("", latencySection(report));
   if (report.connectionRate) sections.push("", connectionSection(report));
   if (report.rssMiB) sections.push("", memorySection(report));
+  if (report.originalController) sections.push("", originalControllerSection(report));
   if (report.originalMethod) sections.push("", originalSection(report));
   return `${sections.join("\n")}\n`;
 }
@@ -406,8 +511,8 @@ export function renderReadmeFigures(report, reportPath) {
   }
   for (const [backend, bySize] of Object.entries(lat)) {
     rows.push([
-      `status patch accepted → rule in the kernel, ${backend}, p50 (p99)`,
-      `${across(bySize, (x) => x?.p50)} ms (${across(bySize, (x) => x?.p99)})`,
+      `status patch accepted → rule in the kernel, ${backend}, p50 (p99); changes never seen`,
+      `${across(bySize, (x) => x?.p50)} ms (${across(bySize, (x) => x?.p99)}); ${neverSeen(bySize, report)}`,
       backend === "nft" ? `p99 ≤ 50 ms: ${statusOf(report, "latency-nft")}` : "",
     ]);
   }
@@ -463,26 +568,108 @@ export function renderReadmeFigures(report, reportPath) {
       ]);
     }
   }
-  const original = report.originalMethod;
-  if (original) {
-    const largest = Object.values(original).at(-1);
-    rows.push([
-      `programming ${count(largest.services)} Services: the original method vs ours`,
-      `${largest.originalSeconds} s vs ${Object.entries(largest.oursSeconds)
-        .map(([backend, s]) => `${backend} ${s} s`)
-        .join(", ")} (${Object.values(largest.speedUp)
-        .map((x) => `${x}×`)
-        .join(", ")} faster)`,
-      "",
-    ]);
-  }
+  rows.push(...originalRows(report));
   return [
     `Generated by \`${report.command}\` on ${report.date.slice(0, 10)}: ${machineLine(report)}; ${loadLine(report)}.`,
-    `Services are LoadBalancer Services of 3 ports each; every figure, how it is measured and the`,
-    `goals met or missed are in [${reportPath}](${reportPath}).`,
+    "Services are LoadBalancer Services of 3 ports each, except where a row says 1 port; every",
+    `figure, how it is measured and the goals met or missed are in [${reportPath}](${reportPath}).`,
     "",
     table(["what", "figure", "goal"], rows),
   ].join("\n");
+}
+
+/** The memory figures of the controller's README: `run` with the nft backend at each size. */
+export function renderMemoryFigures(report, reportPath) {
+  const bySize = report.rssMiB?.bySize?.nft;
+  if (!bySize) return undefined;
+  const rows = Object.entries(bySize).map(([n, memory]) => [
+    count(n),
+    `${memory.steadyMiB} MiB`,
+    `${memory.startupPeakMiB} MiB`,
+    `${memory.peakOverChangesMiB} MiB`,
+    `${memory.heapUsedMiB} MiB`,
+  ]);
+  const changes = Object.values(bySize)[0]?.changes;
+  const heap = report.rssMiB.heap;
+  return [
+    `Generated by \`${report.command}\` on ${report.date.slice(0, 10)}: ${machineLine(report)}; ${loadLine(report)}.`,
+    `nft backend, LoadBalancer Services of 3 ports each; the whole report: [${reportPath}](${reportPath}).`,
+    "",
+    table(
+      [
+        "Services",
+        "RSS steady",
+        "RSS peak (start-up)",
+        `RSS peak over ${changes} changes`,
+        "V8 heap used",
+      ],
+      rows,
+    ),
+    ...(heap
+      ? [
+          "",
+          `Live V8 heap per Service, from heap snapshots at ${Object.keys(heap.heapMiB).map(count).join(" and ")} Services: ${heap.perServiceKiB} KiB.`,
+        ]
+      : []),
+  ].join("\n");
+}
+
+/** The README's rows about the original controller: end to end when it ran, else its method emulated. */
+function originalRows(report) {
+  const e2e = report.originalController;
+  if (e2e) {
+    const [n, programs] = Object.entries(e2e.bySize).at(-1);
+    const entries = Object.entries(programs);
+    /** `original: iptables-nft A, iptables-legacy B; ours: nft C, …` */
+    const side = (pick) =>
+      ["original", "ours"]
+        .map((who) => {
+          const mine = entries.filter(
+            ([name]) => name.startsWith("original-") === (who === "original"),
+          );
+          const text = mine
+            .map(([name, s]) => `${name.replace(/^original-/, "")} ${pick(s)}`)
+            .join(", ");
+          return `${who}: ${text}`;
+        })
+        .join("; ");
+    const version = e2e.original.version ? ` ${e2e.original.version}` : "";
+    const what = `the original controller (kakao/ipvs-node-controller${version}) vs ours, ${count(n)} Services of 1 port`;
+    return [
+      [
+        `${what}: process start → first rule / all rules in the kernel`,
+        `${side((s) => `${s.firstRuleSeconds} / ${s.allRulesSeconds}`)} s`,
+        "",
+      ],
+      [
+        "the same: resident memory, steady / peak (MiB)",
+        side((s) => `${s.steadyMiB} / ${s.peakMiB}`),
+        "",
+      ],
+      [
+        "the same: one LB IP change → new rule in the kernel, p50 (changes never seen)",
+        `${side((s) => `${ms(s.changeMs.p50)} (${s.changeMs.missed})`)} ms`,
+        "",
+      ],
+      [
+        `the same: the old LB IP's rules left in the kernel, of ${e2e.changes} changes`,
+        side((s) => String(s.oldRulesLeftBehind)),
+        "",
+      ],
+    ];
+  }
+  const original = report.originalMethod;
+  if (!original) return [];
+  const largest = Object.values(original).at(-1);
+  return [
+    [
+      `emulated: one iptables process per rule (the original's method) vs our full sync in process (no start-up, no API), ${count(largest.services)} Services of 1 port`,
+      `${largest.originalSeconds} s vs ${Object.entries(largest.oursSeconds)
+        .map(([backend, s]) => `${backend} ${s} s`)
+        .join(", ")}`,
+      "",
+    ],
+  ];
 }
 
 /**

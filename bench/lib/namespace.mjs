@@ -8,9 +8,10 @@ import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
+import { fileURLToPath, pathToFileURL } from "node:url";
 import { runTool } from "@ipvs-node-controller/backend";
-import { cleanUp as cleanUpAll, cleanUpOnSignals, defer, stopChild } from "./cleanup.mjs";
+import { cleanUp as cleanUpAll, cleanUpOnSignals, defer, main, stopChild } from "./cleanup.mjs";
+import { parseOptions } from "./options.mjs";
 
 let counter = 0;
 
@@ -89,4 +90,21 @@ export async function insideNamespace(context, body) {
     await cleanUpAll();
   }
   process.exit(code);
+}
+
+/**
+ * The entry of a benchmark module `moduleUrl`: in a process that {@link runInNamespace} started,
+ * runs `inside` (the measuring half; none for a module that never runs in a namespace); run alone
+ * (`node bench/NAME.mjs [flags]`), prints the JSON of `alone(options)`; imported, does nothing.
+ */
+export async function benchmarkEntry(moduleUrl, alone, inside) {
+  const context = namespaceContext();
+  if (context !== undefined && inside !== undefined) {
+    await insideNamespace(context, inside);
+  } else if (moduleUrl === pathToFileURL(process.argv[1]).href) {
+    await main(async () => {
+      const options = parseOptions(process.argv.slice(2));
+      console.log(JSON.stringify(await alone(options), null, 2));
+    });
+  }
 }

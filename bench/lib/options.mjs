@@ -27,8 +27,12 @@ const FULL = {
   connectionRuns: 5,
   connectionSeconds: 3,
   connectionConcurrency: 32,
-  // The original method is quadratic: 1,000 Services take minutes.
+  // Services of 1 port for the original controller (with --original-binary) or, without it, its
+  // method emulated; the method is quadratic: 1,000 Services take a minute.
   originalSizes: [250, 1000],
+  // The iptables variants the original controller runs with, and its single changes.
+  originalIptables: ["nft", "legacy"],
+  originalChanges: 10,
 };
 
 const QUICK = {
@@ -43,10 +47,12 @@ const QUICK = {
   connectionRuns: 2,
   connectionSeconds: 1,
   originalSizes: [50, 100],
+  originalChanges: 3,
 };
 
-const LISTS = new Set(["parts", "backends", "sizes", "originalSizes"]);
-const TEXT = new Set(["minSyncPeriod", "out", "render"]);
+const LISTS = new Set(["parts", "backends", "sizes", "originalSizes", "originalIptables"]);
+const WORDS = new Set(["parts", "backends", "originalIptables"]);
+const TEXT = new Set(["minSyncPeriod", "out", "render", "originalBinary", "originalVersion"]);
 const FLAGS = new Set(["quick", "readme"]);
 
 const camel = (flag) => flag.replace(/-([a-z])/g, (_, letter) => letter.toUpperCase());
@@ -58,7 +64,7 @@ function convert(key, text) {
       .split(",")
       .map((item) => item.trim())
       .filter(Boolean);
-    return key === "parts" || key === "backends" ? items : items.map(Number);
+    return WORDS.has(key) ? items : items.map(Number);
   }
   if (TEXT.has(key)) return text;
   const value = Number(text);
@@ -96,12 +102,15 @@ export function parseOptions(argv, env = process.env) {
     }
   }
   const quick = raw.quick === "true" || raw.quick === "1";
-  // A smoke run leaves the README's figures alone unless asked to.
-  const readme = raw.readme === undefined ? !quick : raw.readme !== "false";
-  const options = { ...(quick ? QUICK : FULL), quick, readme };
+  const options = { ...(quick ? QUICK : FULL), quick };
   for (const [key, text] of Object.entries(raw)) {
     if (!FLAGS.has(key)) options[key] = convert(key, text);
   }
+  // A smoke run, or one of some parts only, leaves the READMEs' figures alone unless asked to.
+  options.readme =
+    raw.readme === undefined
+      ? !quick && PARTS.every((part) => options.parts.includes(part))
+      : raw.readme !== "false";
   for (const part of options.parts) {
     if (!PARTS.includes(part)) throw new Error(`unknown part ${part}; parts: ${PARTS.join(", ")}`);
   }
@@ -110,7 +119,13 @@ export function parseOptions(argv, env = process.env) {
       throw new Error(`unknown backend ${backend}; backends: ${BACKENDS.join(", ")}`);
     }
   }
+  for (const variant of options.originalIptables) {
+    if (variant !== "nft" && variant !== "legacy") {
+      throw new Error(`unknown iptables variant ${variant}; variants: nft, legacy`);
+    }
+  }
   options.sizes = [...options.sizes].sort((a, b) => a - b);
+  options.originalSizes = [...options.originalSizes].sort((a, b) => a - b);
   return options;
 }
 

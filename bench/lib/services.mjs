@@ -128,3 +128,46 @@ export async function inBatches(total, concurrency, work, from = 0) {
     }),
   );
 }
+
+/** A JSON patch (RFC 6902), as load-balancer controllers send status updates. */
+const JSON_PATCH = "application/json-patch+json";
+
+const SERVICES = `/api/v1/namespaces/${NAMESPACE}/services`;
+
+/**
+ * Creates Services `from..to-1` (`ports` each) on the API server and sets their status as a
+ * load-balancer controller would (`lbIP(i)`); `clusterIPs[i]` gets each one's cluster IP.
+ */
+export async function createServices(kube, from, to, clusterIPs, ports = PORTS) {
+  await inBatches(
+    to,
+    16,
+    async (i) => {
+      const service = await kube.request("POST", SERVICES, serviceSpec(i, ports));
+      clusterIPs[i] = service.spec.clusterIP;
+      await kube.request(
+        "PATCH",
+        `${SERVICES}/${serviceName(i)}/status`,
+        [
+          {
+            op: "add",
+            path: "/status/loadBalancer",
+            value: { ingress: [{ ip: lbIP(i), ipMode: "VIP" }] },
+          },
+        ],
+        JSON_PATCH,
+      );
+    },
+    from,
+  );
+}
+
+/** Moves Service `i` to the LB IP `ip`: resolves when the API server accepted the patch. */
+export function patchIngressIP(kube, i, ip) {
+  return kube.request(
+    "PATCH",
+    `${SERVICES}/${serviceName(i)}/status`,
+    [{ op: "replace", path: "/status/loadBalancer/ingress/0/ip", value: ip }],
+    JSON_PATCH,
+  );
+}

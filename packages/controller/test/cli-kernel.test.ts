@@ -5,15 +5,14 @@
 import { chmod, mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import {
   createTopology,
   kernelTestsEnabled,
   type Topology,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { CLI } from "./support/controller-process.js";
 
-const CLI = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
 const enabled = await kernelTestsEnabled("CLI kernel tests");
 
 const service = (name: string, lbIP: string, clusterIP: string) => ({

@@ -3,7 +3,6 @@
  * run, least-privilege RBAC proven with a real ServiceAccount token, and static checks of the
  * DaemonSet in every overlay.
  */
-import { existsSync } from "node:fs";
 import { readFile } from "node:fs/promises";
 import { fileURLToPath } from "node:url";
 import {
@@ -18,6 +17,7 @@ import {
 import type { V1DaemonSet, V1Service } from "@kubernetes/client-node";
 import { execa, type ResultPromise } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { builtCli } from "../support/built-cli.js";
 import {
   controllerContainer,
   expectHardenedDaemonSet,
@@ -38,25 +38,14 @@ const RENDERED_MANIFEST = `${DEPLOY_DIR}/ipvs-node-controller.yaml`;
 const OVERLAYS = ["nft", "iptables", "dual-stack"] as const;
 type Overlay = (typeof OVERLAYS)[number];
 
-const inCi = process.env.CI === "true";
 const assetsDir = await envtestTestsEnabled("deploy.test.ts: the API-server tests");
 const describeWithApiServer = assetsDir ? describe : describe.skip;
 
-// The controller as the image runs it: the built CLI (scripts/setup.sh builds it).
-const CONTROLLER_BIN = fileURLToPath(new URL("../../dist/bin.js", import.meta.url));
-const canRunController = await (async () => {
-  if (!assetsDir) return false;
-  if (!(await kernelTestsEnabled("deploy.test.ts: the DaemonSet's command line in a namespace"))) {
-    return false;
-  }
-  if (existsSync(CONTROLLER_BIN)) return true;
-  if (inCi) throw new Error(`${CONTROLLER_BIN} is missing: build the controller before testing`);
-  console.warn(
-    `deploy.test.ts: SKIPPING the run of the DaemonSet's command line: ${CONTROLLER_BIN} ` +
-      "is not built (pnpm run build)",
-  );
-  return false;
-})();
+// The controller as the image runs it: the built CLI, built from the current sources (a missing
+// or stale build fails the test that runs it; see built-cli.ts).
+const canRunController =
+  Boolean(assetsDir) &&
+  (await kernelTestsEnabled("deploy.test.ts: the DaemonSet's command line in a namespace"));
 
 describe("the committed install manifest", () => {
   it("is a hardened host-network DaemonSet with read-only RBAC, without any cluster", async () => {
@@ -483,7 +472,7 @@ describe.skipIf(!canRunController)("the DaemonSet's command line, run in a node 
         "exec",
         namespace,
         process.execPath,
-        CONTROLLER_BIN,
+        builtCli(),
         ...(container.args ?? []),
         `--kubeconfig=${kubeconfig}`,
       ],

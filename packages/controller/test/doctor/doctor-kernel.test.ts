@@ -8,7 +8,6 @@
 import { mkdtemp, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import {
   createTopology,
   kernelTestsEnabled,
@@ -16,8 +15,8 @@ import {
 } from "@ipvs-node-controller/test-support";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { DoctorReport } from "../../src/index.js";
+import { CLI } from "../support/controller-process.js";
 
-const CLI = fileURLToPath(new URL("../../dist/bin.js", import.meta.url));
 const enabled = await kernelTestsEnabled("doctor kernel tests");
 
 const service = (name: string, lbIP: string, clusterIP: string, port = 80) => ({

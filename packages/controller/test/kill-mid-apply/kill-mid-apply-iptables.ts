@@ -77,7 +77,7 @@ export async function defineIptablesKillSuite(
         rmSync(lockDir, { recursive: true, force: true });
       });
 
-      it(`leaves the complete old or the complete new rules after ${KILLS} kills`, async () => {
+      it(`leaves the complete old or the complete new rules, both seen, over ${KILLS} kills`, async () => {
         const figures = await runKillSuite(
           topology,
           {

@@ -29,7 +29,7 @@ describe.skipIf(!enabled)("SIGKILL of nft in the middle of a full sync", () => {
     await topology?.destroy();
   });
 
-  it(`leaves the complete old or the complete new table after ${KILLS} kills`, async () => {
+  it(`leaves the complete old or the complete new table, both seen, over ${KILLS} kills`, async () => {
     const figures = await runKillSuite(
       topology,
       {

@@ -4,11 +4,11 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { readdir, readFile, readlink, stat } from "node:fs/promises";
-import { fileURLToPath } from "node:url";
 import { eventually, type HttpAnswer, httpGet, runnerIn } from "@ipvs-node-controller/test-support";
+import { builtCli } from "./built-cli.js";
 
-/** The built CLI: the tests run what the DaemonSet runs. */
-export const CLI = fileURLToPath(new URL("../../dist/bin.js", import.meta.url));
+/** The built CLI: the tests run what the DaemonSet runs, built from the current sources. */
+export const CLI = builtCli();
 
 /** One line of the controller's JSON log (pino). */
 export interface LogEntry {
