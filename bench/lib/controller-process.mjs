@@ -6,7 +6,9 @@ import { fileURLToPath } from "node:url";
 const ROOT = new URL("../../", import.meta.url);
 
 /** The CLI the DaemonSet runs, as built by `scripts/setup.sh`. */
-export const CLI = fileURLToPath(new URL("packages/controller/dist/bin.js", ROOT));
+export const CLI = fileURLToPath(
+  new URL("packages/controller/bundle/ipvs-node-controller.mjs", ROOT),
+);
 
 /** The NODE_OPTIONS the DaemonSet sets, read from its manifest so that both stay the same. */
 export function daemonSetNodeOptions() {

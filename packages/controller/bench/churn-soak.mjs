@@ -54,7 +54,7 @@ for (const [name, value] of Object.entries({ count, rate, durationS, warmupS }))
 }
 if (warmupS >= durationS) throw new Error("--warmup must be shorter than --duration");
 
-const cli = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+const cli = fileURLToPath(new URL("../bundle/ipvs-node-controller.mjs", import.meta.url));
 const INSPECTOR_PORT = 9229;
 const SAMPLE_MS = 5000;
 const mib = (bytes) => (bytes / 1024 / 1024).toFixed(1);

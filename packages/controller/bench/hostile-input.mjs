@@ -28,7 +28,7 @@ const { values: flags } = parseArgs({
   },
 });
 const runs = Number(flags.runs);
-const cli = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+const cli = fileURLToPath(new URL("../bundle/ipvs-node-controller.mjs", import.meta.url));
 const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
 const mib = (bytes) => `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
 

@@ -16,7 +16,7 @@ import {
 import { CoreV1Api, KubeConfig } from "@kubernetes/client-node";
 
 const count = Number(process.argv[2] ?? 10_000);
-const cli = fileURLToPath(new URL("../dist/bin.js", import.meta.url));
+const cli = fileURLToPath(new URL("../bundle/ipvs-node-controller.mjs", import.meta.url));
 
 async function inBatches(total, concurrency, work) {
   let next = 0;

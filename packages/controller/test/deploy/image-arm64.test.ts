@@ -26,6 +26,7 @@ import {
 } from "@ipvs-node-controller/test-support";
 import { execa } from "execa";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { builtCli } from "../support/built-cli.js";
 import { loadBalancerService } from "../support/node-fixture.js";
 import {
   buildImage,
@@ -38,7 +39,7 @@ import {
   startNodeContainer,
 } from "./docker.js";
 
-const CLI = fileURLToPath(new URL("../../dist/bin.js", import.meta.url));
+const CLI = builtCli();
 
 const LB_IP = "192.0.2.10";
 const CLUSTER_IP = "10.96.0.10";

@@ -1,6 +1,6 @@
 /**
- * The built CLI that the process tests run, and the check that it is built from the sources as
- * they are now.
+ * The bundled CLI that the process tests run, as the image ships it, and the check that it is
+ * bundled from the sources as they are now.
  */
 import { existsSync, readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
@@ -9,30 +9,34 @@ import { fileURLToPath } from "node:url";
 const PACKAGES = fileURLToPath(new URL("../../../", import.meta.url));
 
 /**
- * The built CLI, `packages/controller/dist/bin.js`, once it is known to be built from the
- * sources as they are now: every package it loads must have been built after its newest source
- * file. The stamp is `tsc -b`'s own, each package's `tsconfig.tsbuildinfo`, which it rewrites
- * whenever an input is newer. Throws otherwise, naming the newer file: a process test of stale
- * code would prove nothing about this code.
+ * The bundled CLI, `packages/controller/bundle/ipvs-node-controller.mjs`, once it is known to be
+ * bundled from the sources as they are now: its build's metafile must be newer than every source
+ * file of every package (the bundle is made from their TypeScript sources) and than the bundling
+ * script. Throws otherwise, naming the newer file: a process test of stale code would prove
+ * nothing about this code.
  */
 export function builtCli(): string {
-  const cli = join(PACKAGES, "controller", "dist", "bin.js");
+  const bundle = join(PACKAGES, "controller", "bundle");
+  const cli = join(bundle, "ipvs-node-controller.mjs");
+  const stamp = join(bundle, "meta.json");
   const rebuild = "run `pnpm run build` (scripts/setup.sh does) before these tests";
-  if (!existsSync(cli)) throw new Error(`packages/controller/dist/bin.js is missing: ${rebuild}`);
+  if (!existsSync(cli) || !existsSync(stamp)) {
+    throw new Error(`packages/controller/bundle/ is missing: ${rebuild}`);
+  }
+  const built = statSync(stamp).mtimeMs;
+  const inputs = [join(PACKAGES, "controller", "bundle.mjs")];
   for (const name of readdirSync(PACKAGES)) {
     const src = join(PACKAGES, name, "src");
     if (!existsSync(src)) continue;
-    const stamp = join(PACKAGES, name, "tsconfig.tsbuildinfo");
-    const built = existsSync(stamp) ? statSync(stamp).mtimeMs : Number.NEGATIVE_INFINITY;
-    const inputs = [
-      join(PACKAGES, name, "tsconfig.json"),
-      ...readdirSync(src, { recursive: true, encoding: "utf8" }).map((file) => join(src, file)),
-    ];
-    for (const input of inputs) {
-      if (statSync(input).mtimeMs > built) {
-        const file = input.slice(PACKAGES.length);
-        throw new Error(`packages/${name}/dist is older than packages/${file}: ${rebuild}`);
-      }
+    for (const file of readdirSync(src, { recursive: true, encoding: "utf8" })) {
+      inputs.push(join(src, file));
+    }
+  }
+  for (const input of inputs) {
+    const info = statSync(input);
+    if (info.isFile() && info.mtimeMs > built) {
+      const file = input.slice(PACKAGES.length);
+      throw new Error(`packages/controller/bundle/ is older than packages/${file}: ${rebuild}`);
     }
   }
   return cli;
