@@ -10,8 +10,9 @@ import {
   trimNode,
   trimService,
 } from "@ipvs-node-controller/core";
-import { CoreV1Api, KubeConfig, Watch } from "@kubernetes/client-node";
-import { type ListCall, listAll } from "./list.js";
+import { KubeConfig } from "@kubernetes/client-node";
+import { ApiClient, type Query, type WatchClient } from "./api-client.js";
+import { type ListCall, type ListPage, listAll } from "./list.js";
 
 /** The kubeconfig at `path`; default: in-cluster config, else `KUBECONFIG` / `~/.kube/config`. */
 function loadKubeConfig(path: string | undefined): KubeConfig {
@@ -40,7 +41,7 @@ export interface Cluster {
   /** The API server's URL. */
   readonly server: string;
   /** The watch client of this cluster. */
-  readonly watch: Pick<Watch, "watch">;
+  readonly watch: WatchClient;
   /** Every Service, in all namespaces, trimmed to what the core reads. */
   readonly services: Resource<ServiceInput>;
   /** This node's Node object (a list of at most one), trimmed to what the core reads. */
@@ -59,27 +60,32 @@ export interface ClusterOptions {
 
 /** The cluster a kubeconfig names. Nothing is sent before a list or a watch starts. */
 export function clusterFromKubeconfig(options: ClusterOptions): Cluster {
-  const kubeConfig = loadKubeConfig(options.kubeconfig);
-  const api = kubeConfig.makeApiClient(CoreV1Api);
+  const client = new ApiClient(loadKubeConfig(options.kubeconfig));
   const pageSize = options.pageSize ?? 500;
   const fieldSelector = `metadata.name=${options.nodeName}`;
   return {
-    server: kubeConfig.getCurrentCluster()?.server ?? "",
-    watch: new Watch(kubeConfig),
+    server: client.server,
+    watch: client,
     services: {
       name: "services",
-      list: (token) => api.listServiceForAllNamespaces({ limit: pageSize, _continue: token }),
+      list: listCall(client, "/api/v1/services", { limit: pageSize }),
       watchPath: "/api/v1/services",
       trim: trimService,
     },
     node: {
       name: "node",
-      list: (token) => api.listNode({ fieldSelector, _continue: token }),
+      list: listCall(client, "/api/v1/nodes", { fieldSelector }),
       watchPath: "/api/v1/nodes",
       watchQuery: { fieldSelector },
       trim: trimNode,
     },
   };
+}
+
+/** The list call of `path`: one GET per page, the continue token of the previous page passed on. */
+export function listCall(client: ApiClient, path: string, query: Query): ListCall {
+  return async (continueToken) =>
+    (await client.get(path, { ...query, continue: continueToken })) as ListPage;
 }
 
 /** What one list of a cluster found. */

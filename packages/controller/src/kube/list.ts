@@ -3,10 +3,10 @@
  * a token for the next one. `run`'s reflectors and `doctor` read every page the same way.
  */
 
-/** One page of a list call, as the generated client returns it. */
+/** One page of a list call, as the API server sends it. */
 export interface ListPage {
   readonly items: readonly unknown[];
-  readonly metadata?: { readonly resourceVersion?: string; readonly _continue?: string };
+  readonly metadata?: { readonly resourceVersion?: string; readonly continue?: string };
 }
 
 /** Lists one page; `continueToken` is undefined for the first page. */
@@ -22,7 +22,7 @@ export async function* listPages(list: ListCall, stop?: AbortSignal): AsyncGener
   do {
     const page = await list(continueToken);
     yield page;
-    continueToken = page.metadata?._continue || undefined;
+    continueToken = page.metadata?.continue || undefined;
   } while (continueToken !== undefined && !stop?.aborted);
 }
 

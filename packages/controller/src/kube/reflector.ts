@@ -9,9 +9,9 @@
  * derives from the objects. Every wait (retry delays, the list and watch time limits) is on the
  * injected {@link Clock}.
  */
-import type { Watch } from "@kubernetes/client-node";
 import { type Backoff, backoffDelay } from "../backoff.js";
 import { type Clock, systemClock } from "../clock.js";
+import type { WatchClient, WatchHandle } from "./api-client.js";
 import type { Resource } from "./cluster.js";
 import { listPages } from "./list.js";
 
@@ -26,7 +26,7 @@ export type ReflectorEvent =
 
 /** How a reflector lists, watches and trims its objects, and whom it tells. */
 export interface ReflectorOptions<T> extends Resource<T> {
-  readonly watch: Pick<Watch, "watch">;
+  readonly watch: WatchClient;
   /**
    * Called with every object as it arrives, trimmed: added or updated (by a watch event, or by a
    * list, page by page) or deleted (undefined; by a watch event, or at the end of a relist for
@@ -86,7 +86,7 @@ export class Reflector<T> {
   private resourceVersion = "";
   private synced = false;
   private readonly stopper = new AbortController();
-  private currentWatch: AbortController | undefined;
+  private currentWatch: WatchHandle | undefined;
   private loop: Promise<void> | undefined;
   private readonly clock: Clock;
   private readonly random: () => number;
@@ -285,7 +285,7 @@ export class Reflector<T> {
               controller.abort();
               return;
             }
-            // client-node calls `done` before returning when the request failed or was refused,
+            // The client calls `done` before returning when the request failed or was refused,
             // so a watch still unsettled here was answered 200 and streams events.
             this.options.onEvent?.({ type: "watching" });
           },

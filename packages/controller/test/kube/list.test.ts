@@ -14,7 +14,7 @@ function pagedList(pages: readonly (readonly number[])[]) {
     const next = index + 1 < pages.length ? String(index + 1) : undefined;
     return {
       items: pages[index] ?? [],
-      metadata: { resourceVersion: "7", ...(next === undefined ? {} : { _continue: next }) },
+      metadata: { resourceVersion: "7", ...(next === undefined ? {} : { continue: next }) },
     };
   };
   return { list, asked };

@@ -10,8 +10,10 @@ import {
   startTestApiServer,
   type TestApiServer,
 } from "@ipvs-node-controller/test-support";
-import { CoreV1Api, KubeConfig, Watch } from "@kubernetes/client-node";
+import { KubeConfig } from "@kubernetes/client-node";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { ApiClient } from "../../src/kube/api-client.js";
+import { listCall } from "../../src/kube/cluster.js";
 import type { ListPage } from "../../src/kube/list.js";
 import { Reflector, type ReflectorEvent } from "../../src/kube/reflector.js";
 
@@ -22,8 +24,7 @@ type Handed = string[];
 
 describe.skipIf(!enabled)("Reflector on a real API server", () => {
   let api: TestApiServer;
-  let kubeConfig: KubeConfig;
-  let core: CoreV1Api;
+  let client: ApiClient;
   const running: Reflector<ServiceInput>[] = [];
   let namespaces = 0;
 
@@ -33,9 +34,9 @@ describe.skipIf(!enabled)("Reflector on a real API server", () => {
     api = await startTestApiServer({
       extraApiServerArgs: ["--etcd-compaction-interval=1s", "--watch-cache=false"],
     });
-    kubeConfig = new KubeConfig();
+    const kubeConfig = new KubeConfig();
     kubeConfig.loadFromFile(api.kubeconfigPath);
-    core = kubeConfig.makeApiClient(CoreV1Api);
+    client = new ApiClient(kubeConfig);
   }, 180_000);
   afterEach(async () => {
     await Promise.all(running.splice(0).map((reflector) => reflector.stop()));
@@ -61,6 +62,10 @@ describe.skipIf(!enabled)("Reflector on a real API server", () => {
     return namespace;
   }
 
+  /** The Services of `namespace`, two per page. */
+  const listServices = (namespace: string) =>
+    listCall(client, `/api/v1/namespaces/${namespace}/services`, { limit: 2 });
+
   function start(
     namespace: string,
     overrides: { list?: (token: string | undefined) => Promise<ListPage> } = {},
@@ -70,11 +75,9 @@ describe.skipIf(!enabled)("Reflector on a real API server", () => {
     const events: ReflectorEvent[] = [];
     const reflector = new Reflector<ServiceInput>({
       name: "services",
-      list:
-        overrides.list ??
-        ((token) => core.listNamespacedService({ namespace, limit: 2, _continue: token })),
+      list: overrides.list ?? listServices(namespace),
       watchPath: `/api/v1/namespaces/${namespace}/services`,
-      watch: new Watch(kubeConfig),
+      watch: client,
       trim: trimService,
       onChange: (key, service) => {
         handed.push(`${key}=${service?.spec?.externalIPs?.[0] ?? "deleted"}`);
@@ -96,7 +99,7 @@ describe.skipIf(!enabled)("Reflector on a real API server", () => {
       list: async (token) => {
         pages += 1;
         expect(reflector.hasSynced).toBe(false);
-        return core.listNamespacedService({ namespace, limit: 2, _continue: token });
+        return listServices(namespace)(token);
       },
     });
     await eventually("synced", () => reflector.hasSynced);
@@ -153,11 +156,11 @@ describe.skipIf(!enabled)("Reflector on a real API server", () => {
     let lists = 0;
     const { handed, events, objects } = start(namespace, {
       list: async (token) => {
-        const page = await core.listNamespacedService({ namespace, limit: 2, _continue: token });
+        const page = await listServices(namespace)(token);
         // The first complete list pretends to be ancient, so the watch that follows is refused
         // with 410 Gone ("too old resource version"), as after a long disconnection; by then
         // one Service is gone.
-        if (page.metadata?._continue === undefined && ++lists === 1) {
+        if (page.metadata?.continue === undefined && ++lists === 1) {
           await api.kubectl(["delete", "service", "-n", namespace, "s2"]);
           await new Promise((resolve) => setTimeout(resolve, 3000)); // let a compaction pass
           return { ...page, metadata: { ...page.metadata, resourceVersion: "1" } };
