@@ -9,10 +9,10 @@ import { ConfigError } from "@ipvs-node-controller/core";
 import { Command, CommanderError, Option } from "commander";
 import pino from "pino";
 import { type Console, processConsole } from "./console.js";
-import { type DoctorFlags, doctorCommand } from "./doctor/command.js";
+import type { DoctorFlags } from "./doctor/command.js";
 import { errorLine } from "./error-line.js";
 import { parseBindAddress } from "./http-server.js";
-import { cleanupCommand, type OneShotFlags, renderCommand, syncOnceCommand } from "./oneshot.js";
+import type { OneShotFlags } from "./oneshot.js";
 import {
   addBackendOptions,
   addRuleOptions,
@@ -21,10 +21,16 @@ import {
   durationFlag,
   type RuleFlags,
 } from "./options.js";
-import { runController } from "./run.js";
 
 /** The package's version, for `--version`. */
 const VERSION: string = createRequire(import.meta.url)("../package.json").version;
+
+/**
+ * The one-shot commands' module. Each command's code loads when the command runs, so that `run`,
+ * a long-lived process on every node, holds none of `render`'s, `sync`'s, `cleanup`'s or
+ * `doctor`'s (nor the YAML parser they read files with), and they hold none of `run`'s.
+ */
+const oneShot = () => import("./oneshot.js");
 
 /** A usage error: reported in one line, exit code 2. */
 class UsageError extends Error {}
@@ -69,19 +75,19 @@ function buildProgram(io: Console, signals: NodeJS.EventEmitter, outcome: Outcom
 
   withFiles(
     program.command("render").description("print the document a sync would feed to the kernel"),
-  ).action((flags: OneShotFlags) => renderCommand(flags, io));
+  ).action(async (flags: OneShotFlags) => (await oneShot()).renderCommand(flags, io));
 
   withFiles(program.command("sync").description("apply the rules to this network namespace"))
     .requiredOption(
       "--once",
       "apply once and exit (the only mode of this command; `run` watches a cluster)",
     )
-    .action((flags: OneShotFlags) => syncOnceCommand(flags, io));
+    .action(async (flags: OneShotFlags) => (await oneShot()).syncOnceCommand(flags, io));
 
   addBackendOptions(
     program.command("cleanup").description("remove every rule the controller created"),
     ["nft", "iptables", "all"],
-  ).action((flags: BackendFlags) => cleanupCommand(flags, io));
+  ).action(async (flags: BackendFlags) => (await oneShot()).cleanupCommand(flags, io));
 
   addBackendOptions(
     addRuleOptions(
@@ -117,6 +123,7 @@ function buildProgram(io: Console, signals: NodeJS.EventEmitter, outcome: Outcom
       } else if (flags.kubeconfig !== undefined) {
         throw new UsageError("--services and --kubeconfig exclude each other");
       }
+      const { doctorCommand } = await import("./doctor/command.js");
       outcome.exitCode = await doctorCommand(flags, io);
     });
 
@@ -175,6 +182,7 @@ function buildProgram(io: Console, signals: NodeJS.EventEmitter, outcome: Outcom
         signals.once("SIGTERM", () => resolve("SIGTERM"));
         signals.once("SIGINT", () => resolve("SIGINT"));
       });
+      const { runController } = await import("./run.js");
       const controller = await runController({
         kubeconfig: flags.kubeconfig,
         nodeName: flags.nodeName,
