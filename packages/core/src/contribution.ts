@@ -39,7 +39,11 @@ export interface Claim {
   readonly ip: CanonicalIP;
   /** {@link portKey} of the mapping: (protocol, port) as one number. */
   readonly portKey: number;
-  /** Creation time in milliseconds since the epoch; missing or unreadable timestamps sort last. */
+  /**
+   * Creation time in whole seconds since the epoch, the API's own precision (a small integer,
+   * which V8 keeps in place rather than in a number of its own); missing or unreadable
+   * timestamps sort last.
+   */
   readonly created: number;
   /** `namespace/name`. */
   readonly owner: string;
@@ -118,7 +122,7 @@ function creationTime(service: ServiceInput): number {
       : typeof stamp === "string"
         ? Date.parse(stamp)
         : Number.NaN;
-  return Number.isFinite(time) ? time : Number.POSITIVE_INFINITY;
+  return Number.isFinite(time) ? Math.floor(time / 1000) : Number.POSITIVE_INFINITY;
 }
 
 function externalAddresses(service: ServiceInput, config: CoreConfig): ExternalAddress[] {

@@ -62,12 +62,8 @@ export interface RulesetStats {
 interface KeyState {
   readonly ip: CanonicalIP;
   readonly portKey: number;
-  /**
-   * Claims of every Service that wants this key; nearly always one. Replaced by an exact-size
-   * literal when it was empty: a pushed-to empty array reserves room for 16, which for 30,000
-   * keys is megabytes.
-   */
-  candidates: Claim[];
+  /** Claims of every Service that wants this key; see {@link Candidates}. */
+  candidates: Candidates;
   /** The winner's mapping as last settled: what the ruleset holds for this key. */
   published: Mapping | undefined;
   /** The losers' skip entries as last settled. */
@@ -122,8 +118,39 @@ function compareConflicts(a: Conflict, b: Conflict): number {
   return compareMappings(a, b) || (a.loser < b.loser ? -1 : a.loser > b.loser ? 1 : 0);
 }
 
+/**
+ * The claims on one key. Nearly always exactly one: that claim itself, without an array around
+ * it (an array of one costs 56 bytes, a tenth of a key's memory); an exact-size array only while
+ * Services conflict over the key; undefined once none claims it.
+ */
+type Candidates = Claim | readonly Claim[] | undefined;
+
+const isClaim = (candidates: Candidates): candidates is Claim =>
+  candidates !== undefined && "mapping" in candidates;
+
+/** Every claim of `candidates`, as an array. */
+function claimsOf(candidates: Candidates): readonly Claim[] {
+  if (candidates === undefined) return [];
+  return isClaim(candidates) ? [candidates] : candidates;
+}
+
+function withClaim(candidates: Candidates, claim: Claim): Candidates {
+  if (candidates === undefined) return claim;
+  // concat allocates exactly what it returns; a push would reserve room for 16 more.
+  return isClaim(candidates) ? [candidates, claim] : candidates.concat([claim]);
+}
+
+function withoutClaim(candidates: Candidates, claim: Claim): Candidates {
+  if (candidates === claim) return undefined;
+  if (candidates === undefined || isClaim(candidates)) return candidates;
+  const index = candidates.indexOf(claim);
+  if (index < 0) return candidates;
+  return candidates.length === 2 ? candidates[1 - index] : candidates.toSpliced(index, 1);
+}
+
 /** The winning claim among `candidates`, if any. */
-function winnerOf(candidates: readonly Claim[]): Claim | undefined {
+function winnerOf(candidates: Candidates): Claim | undefined {
+  if (candidates === undefined || isClaim(candidates)) return candidates;
   let best = candidates[0];
   for (let i = 1; i < candidates.length; i++) {
     const candidate = candidates[i] as Claim;
@@ -131,6 +158,10 @@ function winnerOf(candidates: readonly Claim[]): Claim | undefined {
   }
   return best;
 }
+
+/** Whether Services conflict over the key: more than one claims it. */
+const contested = (candidates: Candidates): boolean =>
+  candidates !== undefined && !isClaim(candidates);
 
 function conflictSkip(loser: Claim, winner: Claim): SkippedEntry {
   const { externalIP, protocol, port } = loser.mapping;
@@ -152,7 +183,7 @@ export class RulesetEngine {
   private settingsDirty = false;
   private readonly services = new Map<string, ServiceEntry>();
   /** Key states by external IP; an IP has few ports, so a short array beats a Map per IP. */
-  private readonly byIP = new Map<string, KeyState[]>();
+  private readonly byIP = new Map<string, readonly KeyState[]>();
   /** Keys whose candidates changed since the last settle. */
   private touched: KeyState[] = [];
 
@@ -207,7 +238,7 @@ export class RulesetEngine {
     if (previous !== undefined) {
       for (const claim of previous.claims) {
         const state = this.stateOf(claim);
-        state.candidates.splice(state.candidates.indexOf(claim), 1);
+        state.candidates = withoutClaim(state.candidates, claim);
         this.touch(state);
       }
       this.count(previous.skipped, -1);
@@ -218,8 +249,7 @@ export class RulesetEngine {
     }
     for (const claim of contribution.claims) {
       const state = this.stateOf(claim);
-      if (state.candidates.length === 0) state.candidates = [claim];
-      else state.candidates.push(claim);
+      state.candidates = withClaim(state.candidates, claim);
       this.touch(state);
     }
     this.count(contribution.skipped, 1);
@@ -273,7 +303,7 @@ export class RulesetEngine {
       if (state.published !== undefined) mappings.push(state.published);
       else removed.push(keyOfPort(state.ip.family, state.ip.address, state.portKey));
       compareSkips(state.reportedConflictSkips, state.conflictSkips);
-      if (state.candidates.length === 0) this.forget(state);
+      if (state.candidates === undefined) this.forget(state);
     }
     this.reportKeys = [];
     for (const key of this.reportServices) {
@@ -317,7 +347,7 @@ export class RulesetEngine {
       byAddress.push(published);
       for (const state of published) {
         skipped.push(...state.conflictSkips);
-        if (state.candidates.length > 1) conflicts.push(...this.conflictsOf(state));
+        if (contested(state.candidates)) conflicts.push(...this.conflictsOf(state));
       }
     }
     byAddress.sort((a, b) => {
@@ -363,16 +393,16 @@ export class RulesetEngine {
     const state: KeyState = {
       ip: claim.ip,
       portKey: claim.portKey,
-      candidates: [],
+      candidates: undefined,
       published: undefined,
       conflictSkips: NONE,
       touched: false,
       inReport: false,
       reportedConflictSkips: NONE,
     };
-    // An exact-size literal for the first port of an IP, as for `candidates`.
-    if (states === undefined) this.byIP.set(claim.ip.address, [state]);
-    else states.push(state);
+    // Exact-size arrays, as for `candidates`: a push (and a spread) would reserve room for 16
+    // more; concat and toSpliced allocate what they return.
+    this.byIP.set(claim.ip.address, states === undefined ? [state] : states.concat([state]));
     return state;
   }
 
@@ -394,8 +424,9 @@ export class RulesetEngine {
     const states = this.byIP.get(state.ip.address);
     if (states === undefined) return;
     const index = states.indexOf(state);
-    if (index >= 0) states.splice(index, 1);
-    if (states.length === 0) this.byIP.delete(state.ip.address);
+    if (index < 0) return;
+    if (states.length === 1) this.byIP.delete(state.ip.address);
+    else this.byIP.set(state.ip.address, states.toSpliced(index, 1));
   }
 
   private count(entries: readonly SkippedEntry[], sign: 1 | -1): void {
@@ -409,7 +440,7 @@ export class RulesetEngine {
   private conflictsOf(state: KeyState): Conflict[] {
     const winner = winnerOf(state.candidates) as Claim;
     const { family, externalIP, protocol, port } = winner.mapping;
-    return state.candidates
+    return claimsOf(state.candidates)
       .filter((candidate) => candidate !== winner)
       .map((loser) => ({
         family,
@@ -429,13 +460,12 @@ export class RulesetEngine {
       this.mappingCounts[state.ip.family] +=
         (winner === undefined ? 0 : 1) - (state.published === undefined ? 0 : 1);
       state.published = winner?.mapping;
-      if (state.candidates.length <= 1 && state.conflictSkips.length === 0) continue;
-      const skips =
-        state.candidates.length > 1
-          ? state.candidates
-              .filter((candidate) => candidate !== winner)
-              .map((loser) => conflictSkip(loser, winner as Claim))
-          : NONE;
+      if (!contested(state.candidates) && state.conflictSkips.length === 0) continue;
+      const skips = contested(state.candidates)
+        ? claimsOf(state.candidates)
+            .filter((candidate) => candidate !== winner)
+            .map((loser) => conflictSkip(loser, winner as Claim))
+        : NONE;
       this.count(state.conflictSkips, -1);
       this.count(skips, 1);
       this.conflictCount += skips.length - state.conflictSkips.length;
