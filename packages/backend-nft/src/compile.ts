@@ -45,14 +45,19 @@ import {
   type RulesetDiff,
   type RulesetSettings,
 } from "@ipvs-node-controller/core";
-
-/** One libnftables JSON command or object; the schema is nft's, see libnftables-json(5). */
-export type NftObject = Record<string, unknown>;
-
-/** A complete `nft -j -f` document. */
-export interface NftDocument {
-  nftables: NftObject[];
-}
+import type {
+  NftChain,
+  NftCommand,
+  NftConcat,
+  NftDocument,
+  NftExpression,
+  NftMapElement,
+  NftMatch,
+  NftPrefix,
+  NftReference,
+  NftSetElement,
+  NftStatement,
+} from "./nft-json.js";
 
 /** Hook priority of both chains: before iptables' and kube-proxy's nat (-100), after conntrack. */
 export const CHAIN_PRIORITY = -110;
@@ -85,6 +90,11 @@ export function translateChainName(family: IpFamily, marked: boolean): string {
   return marked ? `translate-masquerade-${family}` : `translate-${family}`;
 }
 
+/** `@name`: a reference to a set or map of our table. */
+function reference(name: string): NftReference {
+  return `@${name}`;
+}
+
 const NFT_PROTOCOL: Record<IpFamily, { payload: "ip" | "ip6"; addressType: string }> = {
   ipv4: { payload: "ip", addressType: "ipv4_addr" },
   ipv6: { payload: "ip6", addressType: "ipv6_addr" },
@@ -104,7 +114,7 @@ export function elementComment(service: Mapping["service"]): string {
   return `${service.namespace}/${service.name}`;
 }
 
-function lookupKey(family: IpFamily): NftObject {
+function lookupKey(family: IpFamily): NftConcat {
   return {
     concat: [
       { payload: { protocol: NFT_PROTOCOL[family].payload, field: "daddr" } },
@@ -115,12 +125,12 @@ function lookupKey(family: IpFamily): NftObject {
 }
 
 /** The key of a map element: external IP . protocol . port. */
-function elementKey(mapping: Mapping): NftObject {
+function elementKey(mapping: Mapping): NftConcat {
   return { concat: [mapping.externalIP, mapping.protocol, mapping.port] };
 }
 
 /** A map element with its comment: `[{elem: {val, comment}}, clusterIP]`. */
-function mapElement(mapping: Mapping): unknown[] {
+function mapElement(mapping: Mapping): NftMapElement {
   return [
     { elem: { val: elementKey(mapping), comment: elementComment(mapping.service) } },
     mapping.clusterIP,
@@ -128,75 +138,72 @@ function mapElement(mapping: Mapping): unknown[] {
 }
 
 /** The element of `restricted-<family>` for a restricted mapping, with its owner as comment. */
-function restrictedElement(mapping: Mapping): NftObject {
+function restrictedElement(mapping: Mapping): NftSetElement {
   return { elem: { val: elementKey(mapping), comment: elementComment(mapping.service) } };
 }
 
-function cidrElement(cidr: string): NftObject {
+function cidrElement(cidr: string): NftPrefix {
   const [addr = "", len = ""] = cidr.split("/");
   return { prefix: { addr, len: Number(len) } };
 }
 
 /** The elements of `allowed-<family>` for a mapping: one per source range it admits. */
-function allowedElements(mapping: Mapping): NftObject[] {
+function allowedElements(mapping: Mapping): NftConcat[] {
   return (mapping.allowedSources ?? []).map((cidr) => ({
     concat: [mapping.externalIP, mapping.protocol, mapping.port, cidrElement(cidr)],
   }));
 }
 
 /** The external IP is an address of this node, as kube-proxy's IPVS mode makes it. */
-const DESTINATION_LOCAL: NftObject = {
+const DESTINATION_LOCAL: NftMatch = {
   match: { op: "==", left: { fib: { result: "type", flags: ["daddr"] } }, right: "local" },
 };
 
-const HOST_ORIGINATED: NftObject = {
+const HOST_ORIGINATED: NftMatch = {
   match: { op: "==", left: { fib: { result: "type", flags: ["saddr"] } }, right: "local" },
 };
 
 /** Membership of the packet's key in the family's map: the one lookup every packet costs. */
-function translated(family: IpFamily): NftObject {
-  return { match: { op: "==", left: lookupKey(family), right: `@${mapName(family)}` } };
+function translated(family: IpFamily): NftMatch {
+  return { match: { op: "==", left: lookupKey(family), right: reference(mapName(family)) } };
 }
 
 /** Leaves a restricted key untranslated for a source it does not admit. */
-function unadmittedSourceReturns(family: IpFamily): NftObject[] {
+function unadmittedSourceReturns(family: IpFamily): NftStatement[] {
   const { payload } = NFT_PROTOCOL[family];
-  const keyWithSource = {
-    concat: [
-      ...(lookupKey(family).concat as NftObject[]),
-      { payload: { protocol: payload, field: "saddr" } },
-    ],
+  const keyWithSource: NftConcat = {
+    concat: [...lookupKey(family).concat, { payload: { protocol: payload, field: "saddr" } }],
   };
   return [
-    { match: { op: "==", left: lookupKey(family), right: `@${restrictedSetName(family)}` } },
-    { match: { op: "!=", left: keyWithSource, right: `@${allowedSetName(family)}` } },
+    { match: { op: "==", left: lookupKey(family), right: reference(restrictedSetName(family)) } },
+    { match: { op: "!=", left: keyWithSource, right: reference(allowedSetName(family)) } },
     { return: null },
   ];
 }
 
-function dnat(family: IpFamily): NftObject {
+function dnat(family: IpFamily): NftStatement {
   return {
     dnat: {
       family: NFT_PROTOCOL[family].payload,
-      addr: { map: { key: lookupKey(family), data: `@${mapName(family)}` } },
+      addr: { map: { key: lookupKey(family), data: reference(mapName(family)) } },
     },
   };
 }
 
-function setMark(mark: number): NftObject {
+function setMark(mark: number): NftStatement {
   return {
     mangle: { key: { meta: { key: "mark" } }, value: { "|": [{ meta: { key: "mark" } }, mark] } },
   };
 }
 
-function localPodMatch(family: IpFamily, match: LocalPodMatch): NftObject {
+function localPodMatch(family: IpFamily, match: LocalPodMatch): NftMatch {
   switch (match.kind) {
     case "sourceCIDRs":
       return {
         match: {
           op: "==",
           left: { payload: { protocol: NFT_PROTOCOL[family].payload, field: "saddr" } },
-          right: `@${podSetName(family)}`,
+          right: reference(podSetName(family)),
         },
       };
     case "inputInterface":
@@ -213,7 +220,7 @@ export interface ChainSpec {
   readonly name: string;
   readonly hook?: "prerouting" | "output";
   /** The rule expressions, in order, exactly as `nft -j list` prints them back. */
-  readonly rules: readonly NftObject[][];
+  readonly rules: readonly (readonly NftStatement[])[];
 }
 
 /**
@@ -222,8 +229,8 @@ export interface ChainSpec {
  */
 export function tableChains(settings: RulesetSettings): ChainSpec[] {
   const regular: ChainSpec[] = [];
-  const prerouting: NftObject[][] = [];
-  const output: NftObject[][] = [];
+  const prerouting: NftStatement[][] = [];
+  const output: NftStatement[][] = [];
   for (const { family, localPods } of settings.families) {
     const podChain = translateChainName(family, settings.markPodTraffic);
     const hostChain = translateChainName(family, true);
@@ -261,7 +268,7 @@ export interface CollectionSpec {
   readonly isMap: boolean;
   readonly type: string | readonly string[];
   readonly map?: string;
-  readonly flags?: readonly string[];
+  readonly flags?: readonly "interval"[];
 }
 
 /** Every set and map of the table, in the order they are created. */
@@ -318,20 +325,15 @@ export function mergeIntervals(intervals: readonly AddressInterval[]): AddressIn
   return merged;
 }
 
-/**
- * The `elem` value of each collection of one family that has elements, by name; `mapElements`
- * stands for the map's elements (the elements themselves, or a placeholder that
- * {@link fullSyncJson} fills).
- */
-function familyElements(family: FamilyRuleset, mapElements: unknown): Map<string, unknown> {
-  const elements = new Map<string, unknown>();
+/** The elements of each set of one family that has elements, by name (the map's aside). */
+function familySetElements(family: FamilyRuleset): Map<string, readonly NftSetElement[]> {
+  const elements = new Map<string, readonly NftSetElement[]>();
   if (family.localPods.kind === "sourceCIDRs" && family.localPods.cidrs.length > 0) {
     elements.set(
       podSetName(family.family),
       outermostCIDRs(family.localPods.cidrs).map(cidrElement),
     );
   }
-  if (family.mappings.length > 0) elements.set(mapName(family.family), mapElements);
   const restricted = family.mappings.filter((mapping) => mapping.allowedSources !== undefined);
   if (restricted.length > 0) {
     elements.set(restrictedSetName(family.family), restricted.map(restrictedElement));
@@ -340,39 +342,53 @@ function familyElements(family: FamilyRuleset, mapElements: unknown): Map<string
   return elements;
 }
 
-/** The definitions of everything inside the table; see {@link familyElements} for `mapElements`. */
-function tableContents(
-  ruleset: Ruleset,
-  table: string,
-  mapElements: (family: FamilyRuleset) => unknown = (family) => family.mappings.map(mapElement),
-): NftObject[] {
-  const base = { family: "inet", table };
-  const commands: NftObject[] = [];
+/** The elements of a family's map: every mapping's, or a stand-in for them (see fullSyncJson). */
+type MapElements = (family: FamilyRuleset) => readonly NftMapElement[];
+
+const everyMapElement: MapElements = (family) => family.mappings.map(mapElement);
+
+/** The definitions of everything inside the table. */
+function tableContents(ruleset: Ruleset, table: string, mapElements: MapElements): NftCommand[] {
+  const base = { family: "inet", table } as const;
+  const commands: NftCommand[] = [];
   for (const family of ruleset.families) {
-    const elements = familyElements(family, mapElements(family));
+    const setElements = familySetElements(family);
     for (const { name, isMap, type, map, flags } of tableCollections({
       ...ruleset,
       families: [family],
     })) {
-      const elem = elements.get(name);
-      commands.push({
-        add: {
-          [isMap ? "map" : "set"]: {
-            ...base,
-            name,
-            type,
-            ...(map === undefined ? {} : { map }),
-            ...(flags === undefined ? {} : { flags }),
-            ...(elem === undefined ? {} : { elem }),
+      const options = flags === undefined ? {} : { flags };
+      if (isMap) {
+        const elem = family.mappings.length > 0 ? mapElements(family) : undefined;
+        commands.push({
+          add: {
+            map: {
+              ...base,
+              name,
+              type,
+              map: map ?? "",
+              ...options,
+              ...(elem === undefined ? {} : { elem }),
+            },
           },
-        },
-      });
+        });
+      } else {
+        const elem = setElements.get(name);
+        commands.push({
+          add: {
+            set: { ...base, name, type, ...options, ...(elem === undefined ? {} : { elem }) },
+          },
+        });
+      }
     }
   }
   const chains = tableChains(ruleset);
   for (const { name, hook } of chains) {
-    const baseChain = { type: "nat", hook, prio: CHAIN_PRIORITY, policy: "accept" };
-    commands.push({ add: { chain: { ...base, name, ...(hook === undefined ? {} : baseChain) } } });
+    const chain: NftChain =
+      hook === undefined
+        ? { ...base, name }
+        : { ...base, name, type: "nat", hook, prio: CHAIN_PRIORITY, policy: "accept" };
+    commands.push({ add: { chain } });
   }
   for (const chain of chains) {
     for (const expr of chain.rules) {
@@ -386,24 +402,29 @@ function tableContents(
  * The full sync: one transaction that creates the table if missing, deletes it with everything in it,
  * and builds it again. Atomic: the kernel switches from the old table to the new one in one step.
  */
-export function fullSyncDocument(
-  ruleset: Ruleset,
-  table: string,
-  elements?: (family: FamilyRuleset) => unknown,
-): NftDocument {
-  const tableObject = { table: { family: "inet", name: table } };
+export function fullSyncDocument(ruleset: Ruleset, table: string): NftDocument {
+  return fullSync(ruleset, table, everyMapElement);
+}
+
+function fullSync(ruleset: Ruleset, table: string, mapElements: MapElements): NftDocument {
+  const tableObject = { table: { family: "inet", name: table } } as const;
   return {
     nftables: [
       { add: tableObject },
       { delete: tableObject },
       { add: tableObject },
-      ...tableContents(ruleset, table, elements),
+      ...tableContents(ruleset, table, mapElements),
     ],
   };
 }
 
-/** Stands in for a map's elements until they are serialised; JSON escapes U+0000, so no value can. */
-const ELEMENTS_PLACEHOLDER = (family: string) => `\u0000elements-${family}`;
+/**
+ * Stands in for a family's map elements until they are serialised: one element whose key no
+ * mapping can have (JSON escapes U+0000, so its text cannot occur in any other value).
+ */
+const elementsPlaceholder = (family: FamilyRuleset): readonly NftMapElement[] => [
+  [`\u0000elements-${family.family}`, ""],
+];
 
 /**
  * `JSON.stringify(fullSyncDocument(ruleset, table))`, built one map element at a time: the whole
@@ -411,18 +432,12 @@ const ELEMENTS_PLACEHOLDER = (family: string) => `\u0000elements-${family}`;
  * keeps the controller's memory flat through a full sync.
  */
 export function fullSyncJson(ruleset: Ruleset, table: string): string {
-  const skeleton = JSON.stringify(
-    fullSyncDocument(ruleset, table, (family) => ELEMENTS_PLACEHOLDER(family.family)),
-  );
-  let text = skeleton;
+  let text = JSON.stringify(fullSync(ruleset, table, elementsPlaceholder));
   for (const family of ruleset.families) {
     if (family.mappings.length === 0) continue;
     const parts: string[] = [];
     for (const mapping of family.mappings) parts.push(JSON.stringify(mapElement(mapping)));
-    text = text.replace(
-      JSON.stringify(ELEMENTS_PLACEHOLDER(family.family)),
-      () => `[${parts.join(",")}]`,
-    );
+    text = text.replace(JSON.stringify(elementsPlaceholder(family)), () => `[${parts.join(",")}]`);
   }
   return text;
 }
@@ -436,15 +451,15 @@ export function fullSyncJson(ruleset: Ruleset, table: string): string {
  * flushed are found by `verify`.
  */
 export function incrementalDocument(diff: RulesetDiff, table: string): NftDocument {
-  const base = { family: "inet", table };
+  const base = { family: "inet", table } as const;
   const deletions = [...diff.removed, ...diff.changed.map(({ before }) => before)];
   const additions = [...diff.added, ...diff.changed.map(({ after }) => after)];
-  const commands: NftObject[] = [];
+  const commands: NftCommand[] = [];
   const elementCommands = (verb: "add" | "delete", mappings: readonly Mapping[]) => {
     for (const family of ["ipv4", "ipv6"] as const) {
       const own = mappings.filter((mapping) => mapping.family === family);
       const restricted = own.filter((mapping) => mapping.allowedSources !== undefined);
-      const lists: [string, unknown[]][] = [
+      const lists: [string, readonly (NftSetElement | NftMapElement)[]][] = [
         [mapName(family), verb === "add" ? own.map(mapElement) : own.map(elementKey)],
         [
           restrictedSetName(family),
@@ -453,7 +468,8 @@ export function incrementalDocument(diff: RulesetDiff, table: string): NftDocume
         [allowedSetName(family), restricted.flatMap(allowedElements)],
       ];
       for (const [name, elem] of lists) {
-        if (elem.length > 0) commands.push({ [verb]: { element: { ...base, name, elem } } });
+        const element = { element: { ...base, name, elem } };
+        if (elem.length > 0) commands.push(verb === "add" ? { add: element } : { delete: element });
       }
     }
   };

@@ -11,8 +11,7 @@ export {
   fullSyncJson,
   incrementalDocument,
   mapName,
-  type NftDocument,
-  type NftObject,
   podSetName,
 } from "./compile.js";
+export type * from "./nft-json.js";
 export { nftLiveRules } from "./read-back.js";

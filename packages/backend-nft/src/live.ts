@@ -27,7 +27,6 @@ import {
   cidrInterval,
   mapName,
   mergeIntervals,
-  type NftObject,
   podSetName,
   restrictedSetName,
   tableChains,
@@ -313,7 +312,7 @@ function chainProblems(expected: ChainSpec, chain: LiveChain | undefined): strin
         : `chain ${name} is not a nat chain at hook ${hook}, priority ${CHAIN_PRIORITY}, policy accept`,
     );
   }
-  const rules = expected.rules as NftObject[][];
+  const rules = expected.rules;
   const missing = rules.filter(
     (rule) => !chain.rules.some((liveRule) => isDeepStrictEqual(liveRule, rule)),
   ).length;

@@ -7,7 +7,7 @@ import {
   type CommandRunner,
   ToolRefusedError,
 } from "@ipvs-node-controller/backend";
-import type { NftDocument } from "./compile.js";
+import type { NftDocument } from "./nft-json.js";
 
 /** Matches nft's message when an object (table, chain, element) does not exist. */
 const NOT_FOUND = /No such file or directory/;

@@ -6,10 +6,13 @@ import {
   formatJson,
   fullSyncDocument,
   incrementalDocument,
-  type NftObject,
   tableChains,
 } from "../src/compile.js";
+import type { NftStatement } from "../src/nft-json.js";
 import { mapping, ruleset } from "./helpers.js";
+
+/** A JSON object of a document, read without its schema, as the assertions below walk it. */
+type NftObject = Record<string, unknown>;
 
 const TABLE = "ipvs-node-controller";
 const web4 = mapping({ externalIP: "203.0.113.10", clusterIP: "10.96.0.10" });
@@ -22,8 +25,11 @@ const dns4 = mapping({
 const web6 = mapping({ externalIP: "2001:db8::10", clusterIP: "fd00::10" });
 
 /** The rules of one chain of the table a sync of `rules` creates. */
-function rulesOf(rules: Parameters<typeof tableChains>[0], chain: string): NftObject[][] {
-  return (tableChains(rules).find((spec) => spec.name === chain)?.rules ?? []) as NftObject[][];
+function rulesOf(
+  rules: Parameters<typeof tableChains>[0],
+  chain: string,
+): readonly (readonly NftStatement[])[] {
+  return tableChains(rules).find((spec) => spec.name === chain)?.rules ?? [];
 }
 
 const KEY4 = {
@@ -35,7 +41,11 @@ const KEY4 = {
 };
 
 /** The commands of a document with the given verb and object, e.g. ("add", "map"). */
-function commands(document: { nftables: NftObject[] }, verb: string, object: string): NftObject[] {
+function commands(
+  document: { readonly nftables: readonly NftObject[] },
+  verb: string,
+  object: string,
+): NftObject[] {
   return document.nftables
     .map((command) => (command[verb] as NftObject | undefined)?.[object] as NftObject | undefined)
     .filter((value): value is NftObject => value !== undefined);

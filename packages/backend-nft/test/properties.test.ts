@@ -8,15 +8,13 @@ import {
 } from "@ipvs-node-controller/core";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import {
-  fullSyncDocument,
-  fullSyncJson,
-  incrementalDocument,
-  type NftObject,
-} from "../src/compile.js";
+import { fullSyncDocument, fullSyncJson, incrementalDocument } from "../src/compile.js";
 import { createNftBackend } from "../src/index.js";
 import { nftLiveRules } from "../src/read-back.js";
 import { arbitraryRuleset } from "./arbitraries.js";
+
+/** A JSON object of a document, read without its schema, as the assertions below walk it. */
+type NftObject = Record<string, unknown>;
 
 const TABLE = "ipvs-node-controller";
 /** Hundreds of generated rulesets per property: generous on a busy machine, never a measurement. */
@@ -38,7 +36,7 @@ function strings(value: unknown): string[] {
 }
 
 /** `ip|protocol|port` of every element of every map in a document, in order. */
-function mapElementKeys(document: { nftables: NftObject[] }): string[] {
+function mapElementKeys(document: { readonly nftables: readonly NftObject[] }): string[] {
   return document.nftables.flatMap((command) => {
     const map = (command.add as NftObject | undefined)?.map as
       | { name: string; elem?: unknown[] }
@@ -59,7 +57,7 @@ function allKeys(ruleset: Ruleset): string[] {
 function listingOf(ruleset: Ruleset): string {
   const objects = fullSyncDocument(ruleset, TABLE)
     .nftables.slice(3)
-    .map((command) => command.add as NftObject);
+    .map((command) => ("add" in command ? command.add : {}));
   return JSON.stringify({ nftables: [{ table: { family: "inet", name: TABLE } }, ...objects] });
 }
 
@@ -82,7 +80,9 @@ describe("render (properties)", () => {
             expect(() => backend.render(ruleset)).toThrow(InvalidRulesetError);
             return;
           }
-          const document = JSON.parse(backend.render(ruleset)) as { nftables: NftObject[] };
+          const document = JSON.parse(backend.render(ruleset)) as {
+            readonly nftables: readonly NftObject[];
+          };
           expect(mapElementKeys(document).sort()).toEqual(allKeys(ruleset).sort());
           const sets = ruleset.families.filter(
             (family) => family.localPods.kind === "sourceCIDRs",
@@ -138,16 +138,16 @@ describe("render (properties)", () => {
             const diff = diffRulesets(before, after);
             const document = incrementalDocument(diff, TABLE);
             const deleted = document.nftables.flatMap((command) => {
-              const element = (command.delete as NftObject | undefined)?.element as
-                | { name: string; elem: { concat: unknown[] }[] }
-                | undefined;
+              const element = ("delete" in command ? (command.delete as NftObject) : undefined)
+                ?.element as { name: string; elem: { concat: unknown[] }[] } | undefined;
               if (!element?.name.startsWith("mappings-")) return [];
               return (element?.elem ?? []).map((key) =>
                 [element?.name.slice(9), ...key.concat].join("|"),
               );
             });
             const added = document.nftables.flatMap((command) => {
-              const element = (command.add as NftObject | undefined)?.element as
+              const element = ("add" in command ? (command.add as NftObject) : undefined)
+                ?.element as
                 | { name: string; elem: [{ elem: { val: { concat: unknown[] } } }, string][] }
                 | undefined;
               if (!element?.name.startsWith("mappings-")) return [];

@@ -17,7 +17,7 @@ type Listed = Record<string, Record<string, unknown>>;
 function listed(rules: Ruleset): Listed[] {
   return fullSyncDocument(rules, TABLE)
     .nftables.slice(3) // the table's add, delete, add
-    .map((command) => command.add as Listed);
+    .map((command) => ("add" in command ? command.add : {}) as Listed);
 }
 
 const listing = (objects: readonly Listed[]) =>
