@@ -4,6 +4,7 @@
 //   pnpm bench:report              (root; after scripts/setup.sh; under half an hour on 2 cores)
 //   pnpm bench:report --quick      (a smoke run in a few minutes: bench/results/quick.*, READMEs untouched)
 //   pnpm bench:report --original-binary PATH   (the original controller itself beside ours)
+//   pnpm bench:report --parts footprint        (one part: bench/results/partial.*, READMEs untouched)
 //
 // Flags and BENCH_* variables change the parameters (see lib/options.mjs), e.g.
 // `--parts incremental,connections`, `--backends nft`, `--sizes 100,1000`, `--changes 20`.
@@ -15,14 +16,14 @@ import { basename, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import { measureConnectionRate } from "./connection-rate.mjs";
 import { measureController } from "./controller.mjs";
+import { measureSessions } from "./footprint.mjs";
 import { measureIncrementalSync } from "./incremental-sync.mjs";
 import { main } from "./lib/cleanup.mjs";
 import { evaluateGoals } from "./lib/goals.mjs";
 import { log } from "./lib/log.mjs";
 import { commitOf, loadAverage, machineInfo } from "./lib/machine.mjs";
 import { renderMarkdown, renderMemoryFigures, renderReadmeFigures } from "./lib/markdown.mjs";
-import { parseOptions } from "./lib/options.mjs";
-import { measureOriginalController } from "./original-controller.mjs";
+import { PARTS, parseOptions } from "./lib/options.mjs";
 import { measureOriginalMethod } from "./original-method.mjs";
 
 const ROOT = fileURLToPath(new URL("../", import.meta.url));
@@ -119,8 +120,10 @@ await main(async () => {
   if (process.getuid?.() !== 0) {
     throw new Error("the benchmarks need root (network namespaces, nft, iptables)");
   }
-  const out =
-    options.out ?? `${ROOT}bench/results/${options.quick ? "quick" : "latest"}`.replace(/\/$/, "");
+  // A smoke run, or one of some parts only, leaves bench/results/latest.* alone.
+  const complete = PARTS.every((part) => options.parts.includes(part));
+  const name = options.quick ? "quick" : complete ? "latest" : "partial";
+  const out = options.out ?? `${ROOT}bench/results/${name}`;
   const started = Date.now();
   const report = {
     command: ["pnpm bench:report", ...withoutDirectories(process.argv.slice(2))].join(" "),
@@ -147,14 +150,15 @@ await main(async () => {
     report.machine.kubeApiserver = result.kubeApiserver;
     Object.assign(report, controllerSections(result, options));
   }
-  if (options.parts.includes("original")) {
-    // The original controller itself when given, else its method emulated.
-    if (options.originalBinary) {
-      report.originalController = await measureOriginalController(options);
-      report.machine.kubeApiserver ??= report.originalController.kubeApiserver;
-    } else {
-      report.originalMethod = await measureOriginalMethod(options);
-    }
+  // The original controller itself when given, else its method emulated; the footprint's and
+  // the original's sessions run in one cluster, each once.
+  const sessions = await measureSessions(options, options.parts);
+  Object.assign(report, sessions);
+  for (const section of Object.values(sessions)) {
+    report.machine.kubeApiserver ??= section.kubeApiserver;
+  }
+  if (options.parts.includes("original") && !options.originalBinary) {
+    report.originalMethod = await measureOriginalMethod(options);
   }
 
   report.loadAverage.after = loadAverage();

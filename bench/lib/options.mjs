@@ -3,7 +3,7 @@
 // (`BENCH_CHANGES=20`). Lists are comma-separated.
 
 export const BACKENDS = ["nft", "iptables-nft", "iptables-legacy"];
-export const PARTS = ["incremental", "controller", "connections", "original"];
+export const PARTS = ["incremental", "controller", "connections", "original", "footprint"];
 
 const FULL = {
   parts: PARTS,
@@ -32,7 +32,10 @@ const FULL = {
   originalSizes: [250, 1000],
   // The iptables variants the original controller runs with, and its single changes.
   originalIptables: ["nft", "legacy"],
+  // Single changes per session of the original part and of the footprint.
   originalChanges: 10,
+  // Services of 1 port for the footprint: start, memory and size of each program.
+  footprintSizes: [100, 1000, 10_000],
 };
 
 const QUICK = {
@@ -48,12 +51,21 @@ const QUICK = {
   connectionSeconds: 1,
   originalSizes: [50, 100],
   originalChanges: 3,
+  footprintSizes: [100, 1000],
 };
 
-const LISTS = new Set(["parts", "backends", "sizes", "originalSizes", "originalIptables"]);
+const LISTS = new Set([
+  "parts",
+  "backends",
+  "sizes",
+  "originalSizes",
+  "originalIptables",
+  "footprintSizes",
+]);
 const WORDS = new Set(["parts", "backends", "originalIptables"]);
 const TEXT = new Set(["minSyncPeriod", "out", "render", "originalBinary", "originalVersion"]);
-const FLAGS = new Set(["quick", "readme"]);
+// Yes/no flags (`--image`, `--no-image`); unset, each has its own default.
+const FLAGS = new Set(["quick", "readme", "image", "imageArm64"]);
 
 const camel = (flag) => flag.replace(/-([a-z])/g, (_, letter) => letter.toUpperCase());
 const envName = (key) => `BENCH_${key.replace(/[A-Z]/g, (letter) => `_${letter}`).toUpperCase()}`;
@@ -101,7 +113,8 @@ export function parseOptions(argv, env = process.env) {
       throw new Error(`unknown flag --${name}`);
     }
   }
-  const quick = raw.quick === "true" || raw.quick === "1";
+  const yes = (key) => raw[key] !== undefined && raw[key] !== "false" && raw[key] !== "0";
+  const quick = yes("quick");
   const options = { ...(quick ? QUICK : FULL), quick };
   for (const [key, text] of Object.entries(raw)) {
     if (!FLAGS.has(key)) options[key] = convert(key, text);
@@ -110,7 +123,10 @@ export function parseOptions(argv, env = process.env) {
   options.readme =
     raw.readme === undefined
       ? !quick && PARTS.every((part) => options.parts.includes(part))
-      : raw.readme !== "false";
+      : yes("readme");
+  // The footprint builds the image unless told not to, and the arm64 one when it is present.
+  options.image = raw.image === undefined || yes("image");
+  if (raw.imageArm64 !== undefined) options.imageArm64 = yes("imageArm64");
   for (const part of options.parts) {
     if (!PARTS.includes(part)) throw new Error(`unknown part ${part}; parts: ${PARTS.join(", ")}`);
   }
@@ -126,6 +142,7 @@ export function parseOptions(argv, env = process.env) {
   }
   options.sizes = [...options.sizes].sort((a, b) => a - b);
   options.originalSizes = [...options.originalSizes].sort((a, b) => a - b);
+  options.footprintSizes = [...options.footprintSizes].sort((a, b) => a - b);
   return options;
 }
 

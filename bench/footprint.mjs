@@ -1,11 +1,18 @@
-// The original controller, end to end, beside ours: the same real kube-apiserver, the same node
-// namespace, the same LoadBalancer Services (one TCP port each, as the original translates whole
-// IPs), each program started as its own DaemonSet starts it.
+// Each program started as its DaemonSet starts it, end to end: ours with each backend and, given
+// `--original-binary PATH`, the original controller, one after the other in the same node
+// namespace against the same real kube-apiserver, with the same LoadBalancer Services (one TCP
+// port each, as the original translates whole IPs). Two parts of the report run here, in one
+// cluster, and a session that both ask for (the same program and number of Services) runs once:
+// - `footprint`: ours at `footprintSizes` (100, 1,000, 10,000) and the original at those it can
+//   reach (up to 1,000: it needs about 40 s for 1,000 and would need hours for 10,000); then the
+//   size of the bundle `run` loads and of the image (lib/artifacts.mjs);
+// - `original`, with `--original-binary`: the original beside ours at `originalSizes`.
 //
 // The original is a binary you give with `--original-binary PATH`; nothing here builds it (see
 // bench/README.md). It runs `iptables` and `iptables-save` from PATH: each session puts the
 // variant under test (`--original-iptables nft,legacy`) first on its PATH, and creates
-// kube-proxy's KUBE-MARK-MASQ chain, which its rules jump to, before it starts.
+// kube-proxy's KUBE-MARK-MASQ chain, which its rules jump to, before it starts. Ours is the
+// bundle, as the image runs it, with the DaemonSet's flags and NODE_OPTIONS.
 //
 // Per program and number of Services, one process, started in the node namespace:
 // - from the process's start to the first rule and to every Service's rules in the kernel, seen
@@ -20,13 +27,15 @@
 //   iptables-nft, back-to-back listings for iptables-legacy), then, after `--min-sync-period`
 //   and one more second, whether the old IP's translation is still in the kernel.
 //
-//   node bench/original-controller.mjs --original-binary PATH [--quick] [--original-sizes 1000]
+//   node bench/footprint.mjs [--quick] [--parts footprint] [--footprint-sizes 100,1000]
+//     [--original-binary PATH] [--original-sizes 1000] [--no-image]
 
 import { createHash } from "node:crypto";
 import { accessSync, constants, createReadStream, mkdirSync, symlinkSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { runTool } from "@ipvs-node-controller/backend";
 import { runnerIn } from "@ipvs-node-controller/test-support";
+import { bundleSizes, imageSizes } from "./lib/artifacts.mjs";
 import { startProcess } from "./lib/cleanup.mjs";
 import { measureInRemote, startApiServer } from "./lib/cluster.mjs";
 import {
@@ -48,16 +57,117 @@ const ONE_PORT = [PORTS[0]];
 const NODE_NAME = "bench";
 /** Every LB IP the benchmark hands out: lbIP (172.16.0.0/12) and changedIP (198.18.0.0/15). */
 const LB_IPS = /(?:172\.(?:1[6-9]|2\d|3[01])|198\.1[89])\.\d{1,3}\.\d{1,3}/g;
+/**
+ * The most Services the footprint runs the original with: one `iptables` process per rule, each
+ * reading the whole table, takes it about 40 s to 1,000 Services and hours to 10,000.
+ */
+export const ORIGINAL_REACH = 1000;
 
-export async function measureOriginalController(options) {
-  if (!options.originalBinary) throw new Error("--original-binary PATH is needed");
-  const binary = resolve(options.originalBinary);
-  accessSync(binary, constants.X_OK);
-  const result = await measureInRemote("bench-orig", import.meta.url, { options, binary });
-  const described = await describeBinary(binary);
-  // What the binary was built from, as whoever built it says (Go records "(devel)" for a checkout).
-  if (options.originalVersion) described.version = options.originalVersion;
-  return { ...result, original: { ...described, ...result.original } };
+const originalName = (variant) => `original-iptables-${variant}`;
+
+/**
+ * The sessions each part asks for: for `footprint` and `original`, when among `parts` (the
+ * latter only with `--original-binary`), a Map of number of Services → program names, the
+ * original's first.
+ */
+export function sessionPlan(options, parts) {
+  const originals = options.originalBinary ? options.originalIptables.map(originalName) : [];
+  const plan = {};
+  if (parts.includes("footprint")) {
+    plan.footprint = new Map(
+      options.footprintSizes.map((n) => [
+        n,
+        [...(n <= ORIGINAL_REACH ? originals : []), ...options.backends],
+      ]),
+    );
+  }
+  if (parts.includes("original") && options.originalBinary) {
+    plan.original = new Map(
+      options.originalSizes.map((n) => [n, [...originals, ...options.backends]]),
+    );
+  }
+  return plan;
+}
+
+/** Every session of the plan once: `[n, names]` by growing `n`. */
+function sessionsOf(plan) {
+  const merged = new Map();
+  for (const bySize of Object.values(plan)) {
+    for (const [n, names] of bySize)
+      merged.set(n, [...new Set([...(merged.get(n) ?? []), ...names])]);
+  }
+  for (const [n, names] of merged) {
+    // The original's programs first, then ours, whichever part asked for them first.
+    merged.set(n, [
+      ...names.filter((name) => name.startsWith("original-")),
+      ...names.filter((name) => !name.startsWith("original-")),
+    ]);
+  }
+  return [...merged].sort(([a], [b]) => a - b);
+}
+
+/**
+ * Runs the sessions of the `footprint` and `original` parts among `parts` and returns the report's
+ * sections: `footprint` and `originalController` (the latter only with `--original-binary`).
+ */
+export async function measureSessions(options, parts) {
+  const plan = sessionPlan(options, parts);
+  if (Object.keys(plan).length === 0) return {};
+  let binary;
+  if (options.originalBinary) {
+    binary = resolve(options.originalBinary);
+    accessSync(binary, constants.X_OK);
+  }
+  // The bundle as the sessions run it (it may be rebuilt while they run).
+  const bundle = plan.footprint ? bundleSizes() : undefined;
+  const result = await measureInRemote("bench-e2e", import.meta.url, {
+    options,
+    binary,
+    sessions: sessionsOf(plan),
+  });
+  let original;
+  if (binary) {
+    original = { ...(await describeBinary(binary)), iptables: result.iptables };
+    // What the binary was built from, as whoever built it says (Go records "(devel)" for a checkout).
+    if (options.originalVersion) original.version = options.originalVersion;
+  }
+  /** The sessions of one part's plan, by number of Services and program. */
+  const bySize = (sizes) =>
+    Object.fromEntries(
+      [...sizes].map(([n, names]) => [
+        n,
+        Object.fromEntries(names.map((name) => [name, result.bySize[n][name]])),
+      ]),
+    );
+  const common = {
+    kubeApiserver: result.kubeApiserver,
+    nodeOptions: result.nodeOptions,
+    changes: options.originalChanges,
+  };
+  const sections = {};
+  if (plan.original) {
+    sections.originalController = {
+      ...common,
+      original,
+      services: [...plan.original.keys()],
+      bySize: bySize(plan.original),
+    };
+  }
+  if (plan.footprint) {
+    const withOriginal = [...plan.footprint.values()].some((names) =>
+      names.some((name) => name.startsWith("original-")),
+    );
+    sections.footprint = {
+      ...common,
+      ...(withOriginal ? { original } : {}),
+      services: [...plan.footprint.keys()],
+      settleSeconds: options.settleSeconds,
+      bySize: bySize(plan.footprint),
+      bundle,
+      image: options.image ? await imageSizes(options) : { notMeasured: "--no-image" },
+    };
+  }
+  return sections;
 }
 
 /** What can be told about the binary: its name, digest and Go build information. */
@@ -75,7 +185,7 @@ async function describeBinary(binary) {
 }
 
 /** The measuring half, inside the `remote` namespace. */
-async function measure({ options, binary, namespaces }) {
+async function measure({ options, binary, sessions, namespaces }) {
   const { api, kube, version } = await startApiServer();
   const cluster = {
     api,
@@ -87,37 +197,36 @@ async function measure({ options, binary, namespaces }) {
     nextIP: 0,
   };
   const iptables = {};
-  for (const variant of options.originalIptables) {
-    iptables[variant] = (await runTool(`iptables-${variant}`, ["--version"])).stdout.trim();
+  if (binary) {
+    for (const variant of options.originalIptables) {
+      iptables[variant] = (await runTool(`iptables-${variant}`, ["--version"])).stdout.trim();
+    }
   }
 
   const bySize = {};
   let present = 0;
-  for (const n of [...options.originalSizes].sort((a, b) => a - b)) {
+  for (const [n, names] of sessions) {
     const started = performance.now();
     await createServices(kube, present, n, cluster.clusterIPs, ONE_PORT);
     for (let i = present; i < n; i++) cluster.current[i] = lbIP(i);
     log(
-      "original",
+      "sessions",
       `${n} Services of 1 port on the API server (${n - present} created in ` +
         `${round((performance.now() - started) / 1000, 1)} s)`,
     );
     present = n;
     bySize[n] = {};
-    const programs = [
-      ...options.originalIptables.map((variant) => originalProgram(binary, variant)),
-      ...options.backends.map((backend) => ourProgram(backend, options)),
-    ];
-    for (const program of programs) {
-      bySize[n][program.name] = await session(cluster, options, program, n);
+    for (const name of names) {
+      const program = name.startsWith("original-")
+        ? originalProgram(binary, name.slice("original-iptables-".length))
+        : ourProgram(name, options);
+      bySize[n][name] = await session(cluster, options, program, n);
     }
   }
   return {
     kubeApiserver: version,
     nodeOptions: daemonSetNodeOptions(),
-    original: { iptables },
-    services: Object.keys(bySize).map(Number),
-    changes: options.originalChanges,
+    iptables,
     bySize,
   };
 }
@@ -128,7 +237,7 @@ async function measure({ options, binary, namespaces }) {
  */
 function originalProgram(binary, variant) {
   return {
-    name: `original-iptables-${variant}`,
+    name: originalName(variant),
     label: `the original with iptables-${variant}`,
     variant,
     // Its rules for one IP: a mark and a DNAT rule in each of its two chains, the DNAT last.
@@ -349,7 +458,7 @@ async function session(cluster, options, program, n) {
   }
   const startListings = summarize(listing.durations.splice(0));
   log(
-    "original",
+    "sessions",
     `${label}: first rule ${round(firstRule / 1000)} s, all rules ${round(allRules / 1000)} s`,
   );
 
@@ -389,7 +498,7 @@ async function session(cluster, options, program, n) {
   await flushRules(cluster.node, program.variant);
   const change = { ...summarize(latencies), missed };
   log(
-    "original",
+    "sessions",
     `${label}: steady ${mib(steady)} MiB, peak ${mib(peak)} MiB; one change p50 ` +
       `${round(change.p50 ?? Number.NaN)} ms${missed > 0 ? ` (${missed} never seen)` : ""}; ` +
       `old IP's rules left behind after ${leftBehind} of ${options.originalChanges} changes`,
@@ -407,4 +516,8 @@ async function session(cluster, options, program, n) {
   };
 }
 
-await benchmarkEntry(import.meta.url, measureOriginalController, measure);
+await benchmarkEntry(
+  import.meta.url,
+  (options) => measureSessions(options, options.parts),
+  measure,
+);
