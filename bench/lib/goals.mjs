@@ -146,5 +146,70 @@ export function evaluateGoals(report) {
   if (memory?.heap) {
     goals.push(check("heap", "Heap per Service", memory.heap.perServiceKiB, 1, " KiB"));
   }
+  if (report.footprint) goals.push(...footprintGoals(report.footprint));
+  return goals;
+}
+
+/** Our backends in a footprint, in the order they ran. */
+export function footprintBackends(footprint) {
+  const names = Object.values(footprint.bySize).flatMap((programs) => Object.keys(programs));
+  return [...new Set(names)].filter((name) => !name.startsWith("original-"));
+}
+
+/**
+ * The footprint's goals for each of our backends: first rule and steady memory at 1,000 Services,
+ * steady memory at 10,000, peak over steady at the largest size; and the size of each image. A
+ * size the run left out (a quick run stops at 1,000) is "not measured".
+ */
+function footprintGoals(footprint) {
+  const goals = [];
+  const largest = Math.max(...Object.keys(footprint.bySize).map(Number));
+  for (const backend of footprintBackends(footprint)) {
+    const at = (n) => footprint.bySize[n]?.[backend];
+    goals.push(
+      check(
+        `footprint-first-rule-${backend}`,
+        `Start of run, ${backend}, 1,000 Services of 1 port: process start → first rule`,
+        at(1000)?.firstRuleSeconds,
+        0.6,
+        " s",
+      ),
+    );
+    for (const [n, target] of [
+      [1000, 64],
+      [10_000, 96],
+    ]) {
+      goals.push(
+        check(
+          `footprint-steady-${n}-${backend}`,
+          `Memory of run, ${backend}, ${count(n)} Services of 1 port: steady RSS`,
+          at(n)?.steadyMiB,
+          target,
+          " MiB",
+        ),
+      );
+    }
+    const s = at(largest);
+    goals.push(
+      check(
+        `footprint-peak-${backend}`,
+        `Memory of run, ${backend}, ${count(largest)} Services of 1 port: peak RSS over steady`,
+        s && s.peakMiB / s.steadyMiB,
+        1.2,
+        "×",
+      ),
+    );
+  }
+  const images = Object.entries(footprint.image?.images ?? {});
+  if (images.length === 0) {
+    const goal = check("image", "Image", undefined, 120, " MiB");
+    goal.note = footprint.image?.notMeasured;
+    goals.push(goal);
+  }
+  for (const [arch, image] of images) {
+    const goal = check(`image-${arch}`, `Image, linux/${arch}`, image.mib, 120, " MiB");
+    if (image.failed || image.note) goal.note = image.failed ?? image.note;
+    goals.push(goal);
+  }
   return goals;
 }

@@ -1,7 +1,7 @@
 // The report as Markdown: the full tables (bench/results/*.md) and the short table of the root
 // README, both generated from the JSON alone.
 
-import { runsOverlap } from "./goals.mjs";
+import { footprintBackends, runsOverlap } from "./goals.mjs";
 
 const count = (n) => Number(n).toLocaleString("en-US");
 const ms = (value) =>
@@ -61,8 +61,8 @@ function loadLine(report) {
 }
 
 function verdict(goal) {
-  if (goal.met === null) return "not measured";
   const note = goal.note ? ` (${goal.note})` : "";
+  if (goal.met === null) return `not measured${note}`;
   return `${goal.met ? "met" : `**missed** by ${goal.missedBy}`}${note}`;
 }
 
@@ -384,15 +384,10 @@ const programName = (name) =>
 function originalControllerSection(report) {
   const data = report.originalController;
   const o = data.original;
-  const built = [
-    o.module && `Go module ${o.module}`,
-    o.goVersion && `built with ${o.goVersion}`,
-    `sha256 ${o.sha256.slice(0, 12)}…`,
-  ].filter(Boolean);
   const lines = [
     "## The original controller against ours, end to end",
     "",
-    `The original controller${o.version ? ` ${o.version}` : ""} (\`${o.binary}\`: ${built.join(", ")})`,
+    originalLine(o),
     "and ours, each started as its DaemonSet starts it, one after the other in the same node",
     "namespace against the same kube-apiserver, with LoadBalancer Services of 1 TCP port each (the",
     "original translates whole IPs). The original runs `iptables` of the variant its row names",
@@ -462,6 +457,93 @@ function originalSummary(data) {
   return `At ${count(n)} Services: ${sentences.join(" ")}`;
 }
 
+/** A size in bytes as KiB. */
+const kib = (bytes) => `${count(Math.round(bytes / 1024))} KiB`;
+
+/** The original controller as the report names it: version, binary, how it was built. */
+function originalLine(o) {
+  const built = [
+    o.module && `Go module ${o.module}`,
+    o.goVersion && `built with ${o.goVersion}`,
+    `sha256 ${o.sha256.slice(0, 12)}…`,
+  ].filter(Boolean);
+  return `The original controller${o.version ? ` ${o.version}` : ""} (\`${o.binary}\`: ${built.join(", ")})`;
+}
+
+/** The image line of the footprint: each architecture's size, or why there is none. */
+function imageLine(image) {
+  const images = Object.entries(image?.images ?? {});
+  if (images.length === 0) return `Image: not measured (${image?.notMeasured ?? "no figures"}).`;
+  const each = images.map(([arch, i]) =>
+    i.failed
+      ? `linux/${arch}: not measured (${i.failed})`
+      : `linux/${arch} **${i.mib} MiB** (\`${i.reference}\`, ${i.note ?? `built by this run in ${i.buildSeconds} s`})`,
+  );
+  return `Image, as \`scripts/image.sh\` builds it from this tree (the size \`docker image inspect\` gives): ${each.join("; ")}.`;
+}
+
+function footprintSection(report) {
+  const data = report.footprint;
+  const settle = data.settleSeconds ?? report.parameters.settleSeconds;
+  const rows = [];
+  for (const [n, programs] of Object.entries(data.bySize)) {
+    for (const [name, s] of Object.entries(programs)) {
+      rows.push([
+        programName(name),
+        count(n),
+        String(s.firstRuleSeconds),
+        String(s.allRulesSeconds),
+        String(s.steadyMiB),
+        String(s.peakMiB),
+        `${(s.peakMiB / s.steadyMiB).toFixed(2)}×`,
+      ]);
+    }
+  }
+  const lines = [
+    "## Footprint: start, memory and size",
+    "",
+    "`ipvs-node-controller run` as the image runs it: the bundle (`packages/controller/bundle/`) with",
+    `the DaemonSet's flags and \`NODE_OPTIONS=${data.nodeOptions}\`, no memory limit, started in a node namespace`,
+    "against a real kube-apiserver, one backend after the other, with LoadBalancer Services of 1 TCP",
+    "port each.",
+    ...(data.original
+      ? [
+          `${originalLine(data.original)} ran in the same way up to 1,000 Services (it`,
+          "needs hours for 10,000), with `iptables` of the variant its row names.",
+        ]
+      : []),
+    "",
+    "Times are from the process's start to the first Service's and to every Service's translation in",
+    "the kernel, seen by listing the kernel every 20 ms until the first, then every 250 ms. Memory,",
+    `in MiB: VmRSS once settled (steady: the median of the last ${settle / 2} s of ${settle}), and VmHWM at the end`,
+    `of the session, after ${data.changes} single changes (peak).`,
+    "",
+    table(
+      [
+        "program",
+        "Services",
+        "first rule (s)",
+        "all rules (s)",
+        "RSS steady",
+        "RSS peak",
+        "peak / steady",
+      ],
+      rows,
+    ),
+    "",
+    imageLine(data.image),
+  ];
+  if (data.bundle) {
+    const { run, all } = data.bundle;
+    lines.push(
+      "",
+      `Bundle: \`run\` loads **${kib(run.bytes)}** in ${run.files.length} files (${run.files.map((f) => `\`${f}\``).join(", ")});`,
+      `the whole bundle, without source maps and esbuild's meta.json, is ${kib(all.bytes)} in ${all.files} files.`,
+    );
+  }
+  return lines.join("\n");
+}
+
 /** The full report. */
 export function renderMarkdown(report) {
   const sections = [
@@ -481,6 +563,7 @@ export function renderMarkdown(report) {
   if (report.connectionRate) sections.push("", connectionSection(report));
   if (report.rssMiB) sections.push("", memorySection(report));
   if (report.originalController) sections.push("", originalControllerSection(report));
+  if (report.footprint) sections.push("", footprintSection(report));
   if (report.originalMethod) sections.push("", originalSection(report));
   return `${sections.join("\n")}\n`;
 }
@@ -568,7 +651,7 @@ export function renderReadmeFigures(report, reportPath) {
       ]);
     }
   }
-  rows.push(...originalRows(report));
+  rows.push(...footprintRows(report), ...originalRows(report));
   return [
     `Generated by \`${report.command}\` on ${report.date.slice(0, 10)}: ${machineLine(report)}; ${loadLine(report)}.`,
     "Services are LoadBalancer Services of 3 ports each, except where a row says 1 port; every",
@@ -615,39 +698,115 @@ export function renderMemoryFigures(report, reportPath) {
 }
 
 /** The README's rows about the original controller: end to end when it ran, else its method emulated. */
+/**
+ * The figure `pick` of each program of a session, the original's first when it ran:
+ * `original: iptables-nft A, iptables-legacy B; ours: nft C, …`, or `nft C, …` without it.
+ */
+function sideBySide(programs, pick) {
+  const entries = Object.entries(programs);
+  const groups = ["original", "ours"]
+    .map((who) => [
+      who,
+      entries.filter(([name]) => name.startsWith("original-") === (who === "original")),
+    ])
+    .filter(([, mine]) => mine.length > 0);
+  const text = (mine) =>
+    mine.map(([name, s]) => `${name.replace(/^original-/, "")} ${pick(s)}`).join(", ");
+  if (groups.length === 1 && groups[0][0] === "ours") return text(groups[0][1]);
+  return groups.map(([who, mine]) => `${who}: ${text(mine)}`).join("; ");
+}
+
+/** The original controller as the README names it. */
+const originalName = (o) =>
+  `the original controller (kakao/ipvs-node-controller${o?.version ? ` ${o.version}` : ""})`;
+
+/** The size at which the README compares the footprints: 1,000 Services, or the largest below. */
+function comparedAt(footprint) {
+  const sizes = Object.keys(footprint.bySize).map(Number);
+  return Math.max(...sizes.filter((n) => n <= 1000), Math.min(...sizes));
+}
+
+/**
+ * The README's rows of the footprint: ours beside the original at 1,000 Services (or the largest
+ * size up to it), first rule and memory; ours at the largest size; the image and the bundle.
+ */
+function footprintRows(report) {
+  const data = report.footprint;
+  if (!data) return [];
+  const small = comparedAt(data);
+  const large = Math.max(...Object.keys(data.bySize).map(Number));
+  const programs = data.bySize[small];
+  const vs = Object.keys(programs).some((name) => name.startsWith("original-"))
+    ? ` vs ${originalName(data.original)}`
+    : "";
+  const rows = [
+    [
+      `start of \`run\`${vs}, ${count(small)} Services of 1 port: process start → first rule / all rules in the kernel`,
+      `${sideBySide(programs, (s) => `${s.firstRuleSeconds} / ${s.allRulesSeconds}`)} s`,
+      `first rule ≤ 0.6 s at 1,000: ${statusOf(report, "footprint-first-rule-")}`,
+    ],
+    [
+      "the same: resident memory, steady / peak (MiB)",
+      sideBySide(programs, (s) => `${s.steadyMiB} / ${s.peakMiB}`),
+      `steady ≤ 64 MiB at 1,000: ${statusOf(report, "footprint-steady-1000-")}`,
+    ],
+  ];
+  if (large > small) {
+    const ours = Object.fromEntries(
+      footprintBackends(data).map((backend) => [backend, data.bySize[large][backend]]),
+    );
+    rows.push([
+      `resident memory of \`run\` at ${count(large)} Services of 1 port, steady / peak (MiB)`,
+      sideBySide(ours, (s) => `${s.steadyMiB} / ${s.peakMiB}`),
+      `steady ≤ 96 MiB at 10,000: ${statusOf(report, "footprint-steady-10000-")}; peak ≤ 1.2× steady: ${statusOf(report, "footprint-peak-")}`,
+    ]);
+  }
+  const images = Object.entries(data.image?.images ?? {}).filter(([, image]) => !image.failed);
+  const bundle = data.bundle ? `; the bundle \`run\` loads: ${kib(data.bundle.run.bytes)}` : "";
+  rows.push([
+    "size of the image (`docker image inspect`), and of what `run` loads of the bundle",
+    (images.length > 0
+      ? images
+          .map(
+            ([arch, image]) =>
+              `linux/${arch} ${image.mib} MiB${image.note ? " (not built by this run)" : ""}`,
+          )
+          .join(", ")
+      : "image not measured") + bundle,
+    `image ≤ 120 MiB: ${statusOf(report, "image")}`,
+  ]);
+  return rows;
+}
+
 function originalRows(report) {
   const e2e = report.originalController;
   if (e2e) {
     const [n, programs] = Object.entries(e2e.bySize).at(-1);
-    const entries = Object.entries(programs);
-    /** `original: iptables-nft A, iptables-legacy B; ours: nft C, …` */
-    const side = (pick) =>
-      ["original", "ours"]
-        .map((who) => {
-          const mine = entries.filter(
-            ([name]) => name.startsWith("original-") === (who === "original"),
-          );
-          const text = mine
-            .map(([name, s]) => `${name.replace(/^original-/, "")} ${pick(s)}`)
-            .join(", ");
-          return `${who}: ${text}`;
-        })
-        .join("; ");
-    const version = e2e.original.version ? ` ${e2e.original.version}` : "";
-    const what = `the original controller (kakao/ipvs-node-controller${version}) vs ours, ${count(n)} Services of 1 port`;
+    const side = (pick) => sideBySide(programs, pick);
+    const what = `${originalName(e2e.original)} vs ours, ${count(n)} Services of 1 port`;
+    // The footprint's rows show start and memory of the same sessions when it ran them too.
+    const footprint = report.footprint;
+    const inFootprint =
+      footprint !== undefined &&
+      comparedAt(footprint) === Number(n) &&
+      Object.keys(footprint.bySize[n] ?? {}).some((name) => name.startsWith("original-"));
     return [
+      ...(inFootprint
+        ? []
+        : [
+            [
+              `${what}: process start → first rule / all rules in the kernel`,
+              `${side((s) => `${s.firstRuleSeconds} / ${s.allRulesSeconds}`)} s`,
+              "",
+            ],
+            [
+              "the same: resident memory, steady / peak (MiB)",
+              side((s) => `${s.steadyMiB} / ${s.peakMiB}`),
+              "",
+            ],
+          ]),
       [
-        `${what}: process start → first rule / all rules in the kernel`,
-        `${side((s) => `${s.firstRuleSeconds} / ${s.allRulesSeconds}`)} s`,
-        "",
-      ],
-      [
-        "the same: resident memory, steady / peak (MiB)",
-        side((s) => `${s.steadyMiB} / ${s.peakMiB}`),
-        "",
-      ],
-      [
-        "the same: one LB IP change → new rule in the kernel, p50 (changes never seen)",
+        `${inFootprint ? what : "the same"}: one LB IP change → new rule in the kernel, p50 (changes never seen)`,
         `${side((s) => `${ms(s.changeMs.p50)} (${s.changeMs.missed})`)} ms`,
         "",
       ],
@@ -679,7 +838,7 @@ function originalRows(report) {
 function statusOf(report, prefix) {
   const found = report.goals.filter((g) => g.id.startsWith(prefix) && g.met !== null);
   if (found.length === 0) return "not measured";
-  const note = found.some((g) => g.note) ? " (within the noise)" : "";
+  const note = found.some((g) => g.note?.includes("noise")) ? " (within the noise)" : "";
   if (found.every((g) => g.met)) return `met${note}`;
   if (found.every((g) => !g.met)) return `missed${note}`;
   // What tells the goals apart: a backend, or the time and the growth goal of one backend.
