@@ -8,7 +8,7 @@
 // are, splits on dynamic imports, and takes a second.
 //
 //   node bundle.mjs          # from packages/controller; `pnpm build` runs it
-import { rmSync, writeFileSync } from "node:fs";
+import { readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
@@ -83,6 +83,12 @@ const result = await build({
   // Some dependencies are CommonJS and call require() for Node.js' own modules.
   banner: {
     js: "import { createRequire as __createRequire } from 'node:module'; const require = __createRequire(import.meta.url);",
+  },
+  // The version `--version` prints: the bundle runs without the package's package.json.
+  define: {
+    IPVS_NODE_CONTROLLER_VERSION: JSON.stringify(
+      JSON.parse(readFileSync(join(PACKAGE, "package.json"), "utf8")).version,
+    ),
   },
   logLevel: "warning",
 });

@@ -22,8 +22,14 @@ import {
   type RuleFlags,
 } from "./options.js";
 
-/** The package's version, for `--version`. */
-const VERSION: string = createRequire(import.meta.url)("../package.json").version;
+/** The package's version, set by the bundler (bundle.mjs): the bundle ships without package.json. */
+declare const IPVS_NODE_CONTROLLER_VERSION: string | undefined;
+
+/** The package's version, for `--version`: the bundler's, else this package's package.json. */
+const VERSION: string =
+  typeof IPVS_NODE_CONTROLLER_VERSION === "string"
+    ? IPVS_NODE_CONTROLLER_VERSION
+    : createRequire(import.meta.url)("../package.json").version;
 
 /**
  * The one-shot commands' module. Each command's code loads when the command runs, so that `run`,
