@@ -50,7 +50,6 @@ import type {
   NftCommand,
   NftConcat,
   NftDocument,
-  NftExpression,
   NftMapElement,
   NftMatch,
   NftPrefix,

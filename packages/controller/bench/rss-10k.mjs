@@ -133,6 +133,25 @@ try {
         `${mib(metric(text, "nodejs_heap_size_used_bytes"))} MiB of ${mib(metric(text, "nodejs_heap_size_total_bytes"))} MiB; ` +
         `first full sync ${(fullSync * 1000).toFixed(0)} ms`,
     );
+    // Where the resident memory is: pages mapped from files (node, libnode, ICU and the other
+    // libraries' code and data) and anonymous pages (V8's heap spaces, external memory, the rest:
+    // malloc, thread stacks, V8's own structures).
+    const rollup = await readFile(`/proc/${controller.pid}/smaps_rollup`, "utf8");
+    const rolled = (name) =>
+      Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(rollup)?.[1]) * 1024;
+    const space = (name) => metric(text, `nodejs_heap_space_size_total_bytes\\{space="${name}"\\}`);
+    const spaces = ["new_space", "old_space", "code_space", "map_space", "large_object_space"]
+      .map((name) => [name, space(name)])
+      .filter(([, bytes]) => Number.isFinite(bytes));
+    const heapCommitted = spaces.reduce((sum, [, bytes]) => sum + bytes, 0);
+    const external = metric(text, "nodejs_external_memory_bytes");
+    const anonymous = rolled("Anonymous");
+    console.log(
+      `  RSS ${mib(rolled("Rss"))} MiB = files ${mib(rolled("Rss") - anonymous)} MiB + anonymous ` +
+        `${mib(anonymous)} MiB; V8 heap committed ${mib(heapCommitted)} MiB ` +
+        `(${spaces.map(([name, bytes]) => `${name} ${mib(bytes)}`).join(", ")}), external ` +
+        `${mib(external)} MiB, other anonymous ${mib(anonymous - heapCommitted - external)} MiB`,
+    );
     if (process.env.HEAP_SNAPSHOT) {
       // Which objects stay alive: V8 writes a snapshot (after a full GC) on SIGUSR2.
       controller.kill("SIGUSR2");
