@@ -67,7 +67,8 @@ class Applier implements Backend {
       const changes = applied.table.changesFrom(update);
       const diff = { ...changes, settingsChanged: false, settings: applied.settings };
       if (isEmptyDiff(diff)) return NOTHING;
-      const ruleset = next();
+      // The whole ruleset after the change is built only when the kernel turns the change down:
+      // building it costs time in proportion to every Service, the change itself only to it.
       let outcome: Awaited<ReturnType<Kernel["writeChange"]>>;
       try {
         outcome = await this.kernel.writeChange(diff, applied);
@@ -76,7 +77,7 @@ class Applier implements Backend {
         this.generation += 1;
         throw error;
       }
-      if (outcome !== "written") return this.fullSync(ruleset);
+      if (outcome !== "written") return this.fullSync(next());
       applied.table.apply(diff);
       this.generation += 1;
       return {
