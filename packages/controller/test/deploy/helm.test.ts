@@ -394,7 +394,7 @@ describe.skipIf(!helmBinary)("the Helm chart", { timeout: 30_000 }, () => {
         check: (_, daemonSet) =>
           expect(container(daemonSet).resources).toStrictEqual({
             requests: { cpu: "50m", memory: "200Mi" },
-            limits: { memory: "256Mi" },
+            limits: { memory: "192Mi" },
           }),
       },
       {

@@ -136,8 +136,8 @@ export function expectDefaultDaemonSet(daemonSet: V1DaemonSet): void {
   expect(container.env).toContainEqual({ name: "NODE_OPTIONS", value: "--max-semi-space-size=2" });
   expect(container.ports?.find((port) => port.name === "health")?.containerPort).toBe(HEALTH_PORT);
   expect(container.resources).toEqual({
-    requests: { cpu: "10m", memory: "128Mi" },
-    limits: { memory: "256Mi" },
+    requests: { cpu: "10m", memory: "64Mi" },
+    limits: { memory: "192Mi" },
   });
 }
 
