@@ -139,10 +139,10 @@ try {
     const rollup = await readFile(`/proc/${controller.pid}/smaps_rollup`, "utf8");
     const rolled = (name) =>
       Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(rollup)?.[1]) * 1024;
-    const space = (name) => metric(text, `nodejs_heap_space_size_total_bytes\\{space="${name}"\\}`);
-    const spaces = ["new_space", "old_space", "code_space", "map_space", "large_object_space"]
-      .map((name) => [name, space(name)])
-      .filter(([, bytes]) => Number.isFinite(bytes));
+    // prom-client's series, one per V8 space: space="new", "old", "code", "large_object", …
+    const spaces = [
+      ...text.matchAll(/^nodejs_heap_space_size_total_bytes\{space="([^"]+)"\} ([\d.e+]+)$/gm),
+    ].map(([, name, bytes]) => [name, Number(bytes)]);
     const heapCommitted = spaces.reduce((sum, [, bytes]) => sum + bytes, 0);
     const external = metric(text, "nodejs_external_memory_bytes");
     const anonymous = rolled("Anonymous");
