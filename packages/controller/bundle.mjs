@@ -8,7 +8,7 @@
 // are, splits on dynamic imports, and takes a second.
 //
 //   node bundle.mjs          # from packages/controller; `pnpm build` runs it
-import { readFileSync, rmSync, writeFileSync } from "node:fs";
+import { readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { build } from "esbuild";
@@ -93,3 +93,31 @@ const result = await build({
   logLevel: "warning",
 });
 writeFileSync(join(BUNDLE_DIR, "meta.json"), JSON.stringify(result.metafile));
+writeFileSync(join(BUNDLE_DIR, "THIRD-PARTY-LICENSES.txt"), thirdPartyLicenses(result.metafile));
+
+/**
+ * The licence of every npm package the bundle holds code of, with its name and version: minifying
+ * drops the notices from the code, and most licences (MIT, ISC, BSD, Apache-2.0) ask that they
+ * travel with every copy.
+ */
+function thirdPartyLicenses(metafile) {
+  const roots = new Map();
+  for (const input of Object.keys(metafile.inputs)) {
+    const match = /^(.*node_modules\/(?:@[^/]+\/)?[^/]+)\//.exec(input);
+    if (match) roots.set(match[1], true);
+  }
+  const sections = [...roots.keys()]
+    .map((root) => {
+      const manifest = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
+      const file = readdirSync(root).find((name) => /^(licen[cs]e|copying)(\.|$)/i.test(name));
+      const text = file
+        ? readFileSync(join(root, file), "utf8").trim()
+        : `(no licence file; package.json says ${JSON.stringify(manifest.license)})`;
+      return { name: `${manifest.name}@${manifest.version}`, license: manifest.license, text };
+    })
+    .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+  const rule = "-".repeat(80);
+  return `${sections
+    .map(({ name, license, text }) => `${rule}\n${name} (${license})\n\n${text}\n`)
+    .join("\n")}`;
+}

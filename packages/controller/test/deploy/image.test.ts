@@ -89,7 +89,7 @@ describe("docker-run-args: the kubelet's part, translated for Docker", () => {
         "--env=KUBERNETES_SERVICE_PORT=6443",
         `--env=NODE_NAME=${NODE_NAME}`,
         "--env=NODE_OPTIONS=--max-semi-space-size=2",
-        `--memory=${256 * 2 ** 20}`,
+        `--memory=${192 * 2 ** 20}`,
         "--entrypoint=ipvs-node-controller",
       ]),
     );
@@ -458,11 +458,13 @@ describe.skipIf(!enabled)("the image, run as the DaemonSet says", () => {
     // The build stage runs on the builder's platform: native code would be built for the wrong
     // architecture in another platform's image.
     expect(field("native")).toEqual([]);
-    // The bundle: one entry, the chunks it loads on demand and their source maps; no
-    // node_modules, so no build tools or test frameworks either.
+    // The bundle: one entry, the chunks it loads on demand, their source maps and the licences
+    // of the npm packages in it; no node_modules, so no build tools or test frameworks either.
     const bundle = field("bundle");
     expect(bundle).toContain("ipvs-node-controller.mjs");
-    expect(bundle.filter((file) => !/\.mjs(\.map)?$/.test(file))).toEqual([]);
+    expect(bundle.filter((file) => !/\.mjs(\.map)?$/.test(file))).toEqual([
+      "THIRD-PARTY-LICENSES.txt",
+    ]);
     // Each Debian package a file came from is recorded, and only those.
     const debs = field("deb");
     for (const deb of ["nodejs", "nftables", "iptables", "iproute2", "conntrack", "busybox"]) {
