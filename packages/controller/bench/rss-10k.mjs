@@ -18,6 +18,10 @@ import { CoreV1Api, KubeConfig } from "@kubernetes/client-node";
 const count = Number(process.argv[2] ?? 10_000);
 const cli = fileURLToPath(new URL("../bundle/ipvs-node-controller.mjs", import.meta.url));
 
+/** Bytes of a "Name:   N kB" line, as /proc/PID/status and smaps_rollup write them. */
+const kernelBytes = (text, name) =>
+  Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(text)?.[1]) * 1024;
+
 async function inBatches(total, concurrency, work) {
   let next = 0;
   await Promise.all(
@@ -121,7 +125,6 @@ try {
     // Let a few syncs and garbage collections pass before reading the steady state.
     await new Promise((resolve) => setTimeout(resolve, 10_000));
     const status = await readFile(`/proc/${controller.pid}/status`, "utf8");
-    const kib = (name) => Number(new RegExp(`${name}:\\s+(\\d+) kB`).exec(status)?.[1]) * 1024;
     const text = await metrics();
     const fullSync = metric(
       text,
@@ -129,7 +132,7 @@ try {
     );
     console.log(
       `node ${nodeOptions || "(defaults)"}: ${count * 3} mappings in the kernel ${ready} s after start; ` +
-        `RSS ${mib(kib("VmRSS"))} MiB (peak ${mib(kib("VmHWM"))} MiB), V8 heap used ` +
+        `RSS ${mib(kernelBytes(status, "VmRSS"))} MiB (peak ${mib(kernelBytes(status, "VmHWM"))} MiB), V8 heap used ` +
         `${mib(metric(text, "nodejs_heap_size_used_bytes"))} MiB of ${mib(metric(text, "nodejs_heap_size_total_bytes"))} MiB; ` +
         `first full sync ${(fullSync * 1000).toFixed(0)} ms`,
     );
@@ -137,8 +140,7 @@ try {
     // libraries' code and data) and anonymous pages (V8's heap spaces, external memory, the rest:
     // malloc, thread stacks, V8's own structures).
     const rollup = await readFile(`/proc/${controller.pid}/smaps_rollup`, "utf8");
-    const rolled = (name) =>
-      Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(rollup)?.[1]) * 1024;
+    const rolled = (name) => kernelBytes(rollup, name);
     // prom-client's series, one per V8 space: space="new", "old", "code", "large_object", …
     const spaces = [
       ...text.matchAll(/^nodejs_heap_space_size_total_bytes\{space="([^"]+)"\} ([\d.e+]+)$/gm),
