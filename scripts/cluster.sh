@@ -657,14 +657,23 @@ kubectl_node() {
     --cache-dir="${STATE_DIR}/kube-cache" "$@"
 }
 
+node_pod_cidr() {
+  kubectl_node get node "${NODE_NAME}" -o jsonpath='{.spec.podCIDR}'
+}
+
+# A function, not `test -n "$(…)"`: wait_for must ask again on every poll, and a command
+# substitution in its arguments would be expanded once, before the first.
+node_has_pod_cidr() {
+  [[ -n "$(node_pod_cidr 2>/dev/null)" ]]
+}
+
 # The pod network, once the controller manager has given the node its pod CIDR: a bridge with
 # host-local addresses from that CIDR; containerd picks the file up and the node becomes Ready.
 write_cni_config() {
   local file="${STATE_DIR}/cni/net.d/10-bridge.conflist" pod_cidr
   [[ -f "${file}" ]] && return 0
-  wait_for "node ${NODE_NAME} has a pod CIDR" 60 kube-controller-manager \
-    test -n "$(kubectl_node get node "${NODE_NAME}" -o jsonpath='{.spec.podCIDR}' 2>/dev/null)"
-  pod_cidr="$(kubectl_node get node "${NODE_NAME}" -o jsonpath='{.spec.podCIDR}')"
+  wait_for "node ${NODE_NAME} has a pod CIDR" 60 kube-controller-manager node_has_pod_cidr
+  pod_cidr="$(node_pod_cidr)"
   cat >"${file}.new" <<JSON
 {
   "cniVersion": "1.0.0",
