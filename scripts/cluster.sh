@@ -10,6 +10,9 @@
 #   bash scripts/cluster.sh status             what runs; exit 0 when all of it, 3 when nothing
 #   bash scripts/cluster.sh restart COMPONENT  e.g. kube-proxy, as a DaemonSet rollout would
 #   bash scripts/cluster.sh exec CMD [ARG...]  run CMD on the node (its network and mount view)
+#   bash scripts/cluster.sh registry add|remove 127.0.0.1:PORT
+#                                              let the node pull from a registry that listens
+#                                              on the machine's loopback (plain HTTP), or stop
 #
 # Needs root and cgroup v1 (the machines it was made on have no other). Safe to run `up` again:
 # it starts only what is missing, and re-imports an image only when it changed.
@@ -22,14 +25,16 @@
 # node's programs through `cluster.sh exec`. Every process of the node runs in one cgroup
 # subtree, so `down` finds them all, pods included.
 #
-# The images: the cluster pulls from no registry. `up` builds and imports into containerd's
-# k8s.io namespace
+# The images: `up` builds and imports into containerd's k8s.io namespace
 #   ipvs-node-controller-pause:local     the pod sandbox, a static program on an empty root
 #   ipvs-node-controller-workload:local  the same program as an HTTP server and client for test
 #                                        pods (`workload serve|get|loop`, scripts/cluster/workload)
 #   ipvs-node-controller:<version>       our image, from scripts/image.sh, under the reference
 #                                        the manifests use, so `kubectl apply -f
 #                                        deploy/ipvs-node-controller.yaml` works unchanged
+# Any other image comes from a registry on the machine's loopback, once `registry add` made it
+# reachable: containerd then pulls as a node pulls in production (an image index resolved to
+# the node's architecture, layers checked against their digests).
 #
 # Environment:
 #   CLUSTER_STATE_DIR  where the node keeps its state (default /var/tmp/ipvs-node-controller-cluster);
@@ -76,6 +81,8 @@ readonly PIDS="${STATE_DIR}/pids"
 readonly ADMIN_KUBECONFIG="${STATE_DIR}/admin.kubeconfig"
 readonly CONTAINERD_SOCKET="${STATE_DIR}/containerd/containerd.sock"
 readonly API_RELAY_SOCKET="${STATE_DIR}/api.sock"
+# containerd's per-registry configuration (hosts.toml), read again at every pull.
+readonly REGISTRY_HOSTS_DIR="${STATE_DIR}/containerd/certs.d"
 
 usage() {
   sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//' >&2
@@ -435,6 +442,10 @@ state = "/run/containerd"
         # cgroupfs like the kubelet (cgroupDriver): no systemd manages this node.
         SystemdCgroup = false
 
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    # `registry add` writes a directory per registry here.
+    config_path = "${REGISTRY_HOSTS_DIR}"
+
   [plugins."io.containerd.grpc.v1.cri".cni]
     # Debian's containernetworking-plugins.
     bin_dir = "/usr/lib/cni"
@@ -476,6 +487,15 @@ evictionHard:
   nodefs.inodesFree: 1%
 # Development machines often have swap.
 failSwapOn: false
+# The images \`up\` imports are used as they are. By default (KubeletEnsureSecretPulledImages, on
+# since v1.35) an image counts as preloaded only until the kubelet pulls the same image under
+# another name: pulling our image from a registry (\`registry add\`) would make every pod that
+# names the imported copy try docker.io, and fail. Everything else is verified as by default.
+imagePullCredentialsVerificationPolicy: NeverVerifyAllowlistedImages
+preloadedImagesVerificationAllowlist:
+$(for image in "${PAUSE_IMAGE}" "${WORKLOAD_IMAGE}" "${CONTROLLER_IMAGE}"; do
+    printf -- '- %s\n- docker.io/library/%s\n' "${image%:*}" "${image%:*}"
+  done)
 YAML
 }
 
@@ -841,6 +861,46 @@ cmd_restart() {
   log "restarted ${component}"
 }
 
+# A registry on the machine's 127.0.0.1:PORT appears on the node's own 127.0.0.1:PORT through
+# two relays joined by a Unix socket, the API server's relays the other way round: the node
+# reaches nothing else of the machine. Its hosts.toml tells containerd to speak plain HTTP there.
+cmd_registry() {
+  require_root
+  [[ $# == 2 && ( "$1" == add || "$1" == remove ) ]] || usage
+  local action="$1" address="$2" port
+  [[ "${address}" =~ ^127\.0\.0\.1:([0-9]{1,5})$ ]] ||
+    die "registry wants 127.0.0.1:PORT (a registry on the machine's loopback), got '${address}'"
+  port="${BASH_REMATCH[1]}"
+  running mounts || die "the cluster is not up"
+  exec 8>"${STATE_DIR}/.lock"
+  flock 8
+  local socket="${STATE_DIR}/registry-${port}.sock" hosts="${REGISTRY_HOSTS_DIR}/${address}"
+  stop_component "registry-${port}-node"
+  stop_component "registry-${port}-machine"
+  rm -rf "${hosts}" "${socket}"
+  if [[ "${action}" == remove ]]; then
+    log "the node no longer reaches ${address}"
+    return 0
+  fi
+  grep -q 'config_path = "'"${REGISTRY_HOSTS_DIR}"'"' "${ETC}/containerd.toml" ||
+    die "the node's containerd was started without registry configuration: run down, then up"
+  launch "registry-${port}-machine" machine socat \
+    "UNIX-LISTEN:${socket},fork,unlink-early,mode=600" "TCP:${address}"
+  wait_for "the registry's relay listens" 10 "registry-${port}-machine" test -S "${socket}"
+  launch "registry-${port}-node" node-network socat \
+    "TCP-LISTEN:${port},bind=127.0.0.1,fork,reuseaddr" "UNIX-CONNECT:${socket}"
+  mkdir -p "${hosts}"
+  cat >"${hosts}/hosts.toml" <<TOML
+server = "http://${address}"
+
+[host."http://${address}"]
+  capabilities = ["pull", "resolve"]
+TOML
+  wait_for "the node reaches the registry at ${address}" 20 "registry-${port}-node" \
+    on_node curl -fsS --max-time 2 -o /dev/null "http://${address}/v2/"
+  log "the node pulls from ${address}"
+}
+
 cmd_exec() {
   require_root
   (($# > 0)) || usage
@@ -859,6 +919,10 @@ case "${1:-}" in
   exec)
     shift
     cmd_exec "$@"
+    ;;
+  registry)
+    shift
+    cmd_registry "$@"
     ;;
   *) usage ;;
 esac

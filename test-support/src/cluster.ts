@@ -93,6 +93,11 @@ export interface LocalCluster extends ApiEndpoint {
   readonly onNode: CommandRunner;
   /** Runs a program in the LAN's network namespace: traffic from outside the node. */
   readonly lan: CommandRunner;
+  /**
+   * Lets the node's containerd pull from a registry on the machine's loopback, `127.0.0.1:PORT`
+   * (`cluster.sh registry add`), until the returned function is called (`registry remove`).
+   */
+  pullFrom(registryAddress: string): Promise<() => Promise<void>>;
   /** Restarts one component (`cluster.sh restart`), e.g. `kube-proxy`. */
   restart(component: string): Promise<void>;
   /** Brings the cluster down if this process brought it up. Idempotent. */
@@ -216,6 +221,15 @@ export async function startLocalCluster(options: { assetsDir: string }): Promise
     onNode: (file, args, runOptions) =>
       runTool("bash", [CLUSTER_SCRIPT, "exec", file, ...args], runOptions),
     lan: runnerIn(facts.lanNetworkNamespace),
+    async pullFrom(registryAddress) {
+      await clusterScript(["registry", "add", registryAddress]);
+      let removed = false;
+      return async () => {
+        if (removed) return;
+        removed = true;
+        await clusterScript(["registry", "remove", registryAddress]);
+      };
+    },
     async restart(component) {
       await clusterScript(["restart", component]);
     },

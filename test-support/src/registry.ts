@@ -6,8 +6,8 @@
  *
  * Docker Engine speaks plain HTTP to registries on 127.0.0.0/8 without configuration; helm needs
  * `--plain-http`; containerd needs a `hosts.toml` naming `http://127.0.0.1:PORT` as the server.
- * A node in a network namespace of its own reaches the registry through
- * {@link bridgeIntoNamespace} on its own 127.0.0.1.
+ * The node of `scripts/cluster.sh`, in a network namespace of its own, gets both, and the
+ * registry on its own 127.0.0.1, from `LocalCluster.pullFrom`.
  *
  * @example
  * ```ts

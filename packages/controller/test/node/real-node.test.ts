@@ -11,6 +11,11 @@
  * ({@link emulateIpvsVirtualServer}). `web` is an ordinary `Local` LoadBalancer Service that
  * kube-proxy serves.
  *
+ * The Helm chart is installed as operators install a release: `helm install oci://…` from a
+ * registry on the machine's loopback, with the image index of both architectures pushed there and
+ * pinned by its digest, and the node's containerd pulling it (`cluster.sh registry add`) instead
+ * of the imported copy that `kubectl apply` of the manifest runs.
+ *
  * The tests run in order and share the cluster: one `cluster.sh up` for the whole file. Two client
  * pods, one on the pod network and one with hostNetwork, open a new connection to ipvs-web's LB IP
  * every 100 ms from the start, and count what fails.
@@ -22,6 +27,7 @@ import {
   compareMappings,
   createHelm,
   createLoadBalancerServices,
+  debianToolGate,
   differenceCount,
   emulateIpvsVirtualServer,
   eventually,
@@ -35,7 +41,13 @@ import {
   listServices,
   localClusterEnabled,
   nftTableLines,
+  type PushedChart,
+  type PushedImageIndex,
+  pushChart,
+  pushImageIndex,
   startLocalCluster,
+  startTestRegistry,
+  type TestRegistry,
 } from "@ipvs-node-controller/test-support";
 import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 
@@ -46,6 +58,11 @@ const CHART = `${REPO_ROOT}deploy/helm/ipvs-node-controller`;
 
 const assetsDir = await localClusterEnabled(SUITE);
 const helmBinary = assetsDir === undefined ? undefined : await helmTestsEnabled(SUITE);
+/** The chart is installed as a release is: from an OCI registry, which the node pulls from. */
+const registryBinary =
+  helmBinary === undefined ? undefined : await debianToolGate(SUITE, "docker-registry");
+/** What a release pushes: one image index with an image per architecture. */
+const PLATFORMS = ["linux/amd64", "linux/arm64"] as const;
 
 const NAMESPACE = "node-tests";
 const SCALE_NAMESPACE = "node-tests-scale";
@@ -168,10 +185,10 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
             creationTimestamp: string;
             deletionTimestamp?: string;
           };
-          spec: { containers: { args?: string[] }[] };
+          spec: { containers: { args?: string[]; image?: string }[] };
           status: {
             conditions?: { type: string; status: string }[];
-            containerStatuses?: { containerID?: string }[];
+            containerStatuses?: { containerID?: string; imageID?: string }[];
           };
         }[];
       }>(["get", "pods", "-n", SYSTEM, "-l", SELECTOR])
@@ -521,21 +538,67 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
     });
   }, 240_000);
 
-  describe.skipIf(helmBinary === undefined)("the Helm chart", () => {
-    const helmRun = (args: readonly string[]) =>
-      (helm as Helm).run(args, { kubeconfig: cluster.kubeconfigPath });
+  describe.skipIf(registryBinary === undefined)("the Helm chart, from a registry", () => {
+    let registry: TestRegistry;
+    let image: PushedImageIndex;
+    let chart: PushedChart;
+    let stopPulling: (() => Promise<void>) | undefined;
 
-    it("helm install after the manifest is removed: Ready, and no connection fails", async () => {
+    const helmRun = (args: readonly string[], input?: string) =>
+      (helm as Helm).run(args, {
+        kubeconfig: cluster.kubeconfigPath,
+        ...(input === undefined ? {} : { input }),
+      });
+    const fromRegistry = () => [chart.url, "--version", chart.version, "--plain-http"];
+
+    beforeAll(async () => {
+      registry = await startTestRegistry(registryBinary as string);
+      image = await pushImageIndex(registry, PLATFORMS);
+      chart = await pushChart(helm as Helm, registry, CHART);
+      stopPulling = await cluster.pullFrom(registry.address);
+    }, 3_600_000);
+
+    afterAll(async () => {
+      await stopPulling?.();
+      await registry?.stop();
+    }, 120_000);
+
+    it("helm install from oci:// after the manifest is removed: the node pulls the image index from the registry; Ready, and no connection fails", async () => {
       const failed = await failuresDuring(async () => {
         await kubectl(["delete", "-f", MANIFEST, "--wait"]);
         await untilNoControllerPod();
         // Its rules stay in place by design.
         expect((await controllerRules()).join("\n")).toContain(IPVS_WEB.lbIP);
-        await helmRun(["install", DAEMONSET, CHART, "--namespace", SYSTEM]);
+        await helmRun(
+          ["install", DAEMONSET, ...fromRegistry(), "--namespace", SYSTEM, "--values", "-"],
+          JSON.stringify({ image: { repository: image.repository, digest: image.digest } }),
+        );
         await waitRolledOut();
       });
       expect(failed).toEqual({ client: 0, host: 0, errors: expect.anything() });
-    }, 300_000);
+
+      const [pod] = await controllerPods();
+      expect(pod?.spec.containers[0]?.image).toBe(image.reference);
+      // The index by its digest, which only a pull from a registry gives the node (the imported
+      // copy has its own manifest and no index), resolved by the node to its own architecture.
+      // containerd names the image by the first registry it came from: an earlier run's port on
+      // a cluster that stayed up.
+      expect(pod?.status.containerStatuses?.[0]?.imageID).toMatch(
+        new RegExp(`^127\\.0\\.0\\.1:\\d+/ipvs-node-controller@${image.digest}$`),
+      );
+      const pulled = await jsonOf<{ items: { reason: string; message: string }[] }>([
+        "get",
+        "events",
+        "-n",
+        SYSTEM,
+        "--field-selector",
+        `involvedObject.name=${controllerPod.name},reason=Pulled`,
+      ]);
+      console.log(pulled.items.map((event) => event.message).join("\n"));
+      expect(pulled.items.map((event) => event.message)).toEqual([
+        expect.stringMatching(/^Successfully pulled image "127\.0\.0\.1:\d+\/ipvs-node-controller/),
+      ]);
+    }, 600_000);
 
     it("helm upgrade with a changed value: a rolling update of the DaemonSet, and no connection fails", async () => {
       const old = controllerPod;
@@ -543,9 +606,10 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
         await helmRun([
           "upgrade",
           DAEMONSET,
-          CHART,
+          ...fromRegistry(),
           "--namespace",
           SYSTEM,
+          "--reuse-values",
           "--set",
           "logLevel=debug",
         ]);
@@ -560,6 +624,7 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
       const [pod] = await controllerPods();
       expect(pod?.metadata.uid).not.toBe(old.uid);
       expect(pod?.spec.containers[0]?.args).toContain("--log-level=debug");
+      expect(pod?.spec.containers[0]?.image).toBe(image.reference);
       expect(failed).toEqual({ client: 0, host: 0, errors: expect.anything() });
     }, 300_000);
   });
