@@ -89,6 +89,13 @@ usage() {
   exit 2
 }
 
+# One command at a time changes the node: held on descriptor 8 until the script exits (the
+# daemons it launches close that descriptor).
+lock_state() {
+  exec 8>"${STATE_DIR}/.lock"
+  flock 8
+}
+
 require_root() {
   [[ "$(id -u)" == 0 ]] || die "needs root (network namespaces, cgroups, mounts)"
 }
@@ -773,8 +780,7 @@ cmd_up() {
   ASSETS="$(bash "${repo_root}/scripts/envtest-build.sh" --node | tail -n 1)"
   build_images
   mkdir -p "${STATE_DIR}"
-  exec 8>"${STATE_DIR}/.lock"
-  flock 8
+  lock_state
   write_pki
   write_configs
   create_network
@@ -808,8 +814,7 @@ cmd_up() {
 cmd_down() {
   require_root
   if [[ -d "${STATE_DIR}" ]]; then
-    exec 8>"${STATE_DIR}/.lock"
-    flock 8
+    lock_state
   fi
   # Everything of the node is in its cgroups: killing them ends the mount namespace, and with it
   # every mount made there.
@@ -850,8 +855,7 @@ cmd_restart() {
   [[ "${component}" != mounts ]] || die "the mount namespace is the node: use down and up"
   running mounts || die "the cluster is not up"
   ASSETS="$(bash "${repo_root}/scripts/envtest-build.sh" --node --check | tail -n 1)"
-  exec 8>"${STATE_DIR}/.lock"
-  flock 8
+  lock_state
   stop_component "${component}"
   if [[ "${component}" == containerd ]]; then
     start_containerd
@@ -872,8 +876,7 @@ cmd_registry() {
     die "registry wants 127.0.0.1:PORT (a registry on the machine's loopback), got '${address}'"
   port="${BASH_REMATCH[1]}"
   running mounts || die "the cluster is not up"
-  exec 8>"${STATE_DIR}/.lock"
-  flock 8
+  lock_state
   local socket="${STATE_DIR}/registry-${port}.sock" hosts="${REGISTRY_HOSTS_DIR}/${address}"
   stop_component "registry-${port}-node"
   stop_component "registry-${port}-machine"

@@ -101,12 +101,12 @@ writeFileSync(join(BUNDLE_DIR, "THIRD-PARTY-LICENSES.txt"), thirdPartyLicenses(r
  * travel with every copy.
  */
 function thirdPartyLicenses(metafile) {
-  const roots = new Map();
+  const roots = new Set();
   for (const input of Object.keys(metafile.inputs)) {
     const match = /^(.*node_modules\/(?:@[^/]+\/)?[^/]+)\//.exec(input);
-    if (match) roots.set(match[1], true);
+    if (match) roots.add(match[1]);
   }
-  const sections = [...roots.keys()]
+  const sections = [...roots]
     .map((root) => {
       const manifest = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
       const file = readdirSync(root).find((name) => /^(licen[cs]e|copying)(\.|$)/i.test(name));

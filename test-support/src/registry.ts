@@ -182,6 +182,9 @@ export async function startTestRegistry(
   };
 }
 
+/** The architectures a release ships: one image each, in one image index. */
+export const RELEASE_PLATFORMS = ["linux/amd64", "linux/arm64"] as const;
+
 /** What {@link pushImageIndex} pushed. */
 export interface PushedImageIndex {
   /** `ADDRESS/ipvs-node-controller:VERSION@sha256:...`: the index, pinned by its digest. */

@@ -21,6 +21,7 @@ import {
   prometheusOperatorCrds,
   pushChart,
   pushImageIndex,
+  RELEASE_PLATFORMS,
   startTestApiServer,
   startTestRegistry,
   type TestApiServer,
@@ -35,7 +36,6 @@ import { docker, imageTestsEnabled } from "./docker.js";
 const CHART_DIR = fileURLToPath(
   new URL("../../../../deploy/helm/ipvs-node-controller", import.meta.url),
 );
-const PLATFORMS = ["linux/amd64", "linux/arm64"] as const;
 const NAMESPACE = "kube-system";
 const RELEASE = "ipvs-node-controller";
 
@@ -57,7 +57,7 @@ describe.skipIf(!enabled)("a release through a real OCI registry", () => {
     releaseEmulation = await acquireEmulation("arm64");
     registry = await startTestRegistry(registryBinary as string);
     const started = performance.now();
-    image = await pushImageIndex(registry, PLATFORMS);
+    image = await pushImageIndex(registry, RELEASE_PLATFORMS);
     helm = await createHelm(helmBinary as string);
     chart = await pushChart(helm, registry, CHART_DIR);
     console.log(
@@ -86,7 +86,7 @@ describe.skipIf(!enabled)("a release through a real OCI registry", () => {
     const platforms = (index.body.manifests ?? []).map(
       (entry) => `${entry.platform?.os}/${entry.platform?.architecture}`,
     );
-    expect(platforms.sort()).toEqual([...PLATFORMS].sort());
+    expect(platforms.sort()).toEqual([...RELEASE_PLATFORMS].sort());
     for (const entry of index.body.manifests ?? []) {
       const arch = entry.platform?.architecture as string;
       // The image by its digest (checked against the bytes served), and its config.
@@ -117,7 +117,7 @@ describe.skipIf(!enabled)("a release through a real OCI registry", () => {
   }, 120_000);
 
   it("gives a machine of each architecture its own image when pulled by the index's digest", async () => {
-    for (const platform of PLATFORMS) {
+    for (const platform of RELEASE_PLATFORMS) {
       await docker(["pull", "--quiet", "--platform", platform, image.reference]);
       pulled.push(image.reference);
       expect(

@@ -45,6 +45,7 @@ import {
   type PushedImageIndex,
   pushChart,
   pushImageIndex,
+  RELEASE_PLATFORMS,
   startLocalCluster,
   startTestRegistry,
   type TestRegistry,
@@ -61,8 +62,6 @@ const helmBinary = assetsDir === undefined ? undefined : await helmTestsEnabled(
 /** The chart is installed as a release is: from an OCI registry, which the node pulls from. */
 const registryBinary =
   helmBinary === undefined ? undefined : await debianToolGate(SUITE, "docker-registry");
-/** What a release pushes: one image index with an image per architecture. */
-const PLATFORMS = ["linux/amd64", "linux/arm64"] as const;
 
 const NAMESPACE = "node-tests";
 const SCALE_NAMESPACE = "node-tests-scale";
@@ -553,7 +552,7 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
 
     beforeAll(async () => {
       registry = await startTestRegistry(registryBinary as string);
-      image = await pushImageIndex(registry, PLATFORMS);
+      image = await pushImageIndex(registry, RELEASE_PLATFORMS);
       chart = await pushChart(helm as Helm, registry, CHART);
       stopPulling = await cluster.pullFrom(registry.address);
     }, 3_600_000);
@@ -594,8 +593,9 @@ describe.skipIf(assetsDir === undefined)("a real node: the DaemonSet run by the 
         "--field-selector",
         `involvedObject.name=${controllerPod.name},reason=Pulled`,
       ]);
-      console.log(pulled.items.map((event) => event.message).join("\n"));
-      expect(pulled.items.map((event) => event.message)).toEqual([
+      const messages = pulled.items.map((event) => event.message);
+      console.log(messages.join("\n"));
+      expect(messages).toEqual([
         expect.stringMatching(/^Successfully pulled image "127\.0\.0\.1:\d+\/ipvs-node-controller/),
       ]);
     }, 600_000);
